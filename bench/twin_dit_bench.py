@@ -1,0 +1,110 @@
+#!/usr/bin/python3
+"""Time one classifier-free-guidance step (cond + uncond as one batch) of the
+PyTorch twin DiT on the CPU, with random float32 weights (no model file needed).
+
+    /usr/bin/python3 bench/twin_dit_bench.py --config oboro-1b --height 416 --width 736 \
+        --batch 2 --text-len 32 --threads 2 --repeats 3
+
+Prints one JSON object; `seconds_per_step` is the mean over the timed repeats of one
+forward of the given batch under torch.no_grad().
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "twin"))
+import oboro_twin as tw  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="oboro-1b", help="tiny | small | oboro-1b")
+    ap.add_argument("--height", type=int, default=416, help="image height in pixels")
+    ap.add_argument("--width", type=int, default=736, help="image width in pixels")
+    ap.add_argument("--batch", type=int, default=2, help="2 = one CFG step (cond + uncond)")
+    ap.add_argument("--text-len", type=int, default=32, help="padded text length L")
+    ap.add_argument("--text-dim", type=int, default=4096)
+    ap.add_argument("--latent-channels", type=int, default=16)
+    ap.add_argument("--latent-stride", type=int, default=8)
+    ap.add_argument("--patch-size", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--attention", default="fast", choices=("fast", "explicit"),
+                    help="fast: baddbmm + torch.softmax (default); explicit: the reference "
+                         "exp/sum softmax used by the tests (slower, same result)")
+    args = ap.parse_args()
+
+    threads = args.threads or (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    s = args.latent_stride * args.patch_size
+    if args.height % s or args.width % s:
+        sys.exit(f"height and width must be multiples of {s}")
+
+    cfg = tw.make_config(args.config, text_dim=args.text_dim,
+                         latent_channels=args.latent_channels, patch_size=args.patch_size)
+    t0 = time.time()
+    # build on the meta device, allocate once, fill with the random-weight rule
+    model = tw.OboroDiT(cfg, device="meta").to_empty(device="cpu")
+    tw.randomize_(model, seed=args.seed)
+    model = model.to(args.device).eval().set_attention_impl(args.attention)
+    build_s = time.time() - t0
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    B, L = args.batch, args.text_len
+    h, w = args.height // args.latent_stride, args.width // args.latent_stride
+    x = torch.randn(B, args.latent_channels, h, w, generator=g)
+    t = torch.full((B,), 0.5)
+    txt = torch.randn(B, L, args.text_dim, generator=g)
+    mask = torch.ones(B, L)
+    if B >= 2:          # the uncond half: the empty prompt is one token (</s>), rest padding
+        mask[B // 2:, 1:] = 0.0
+    x, t, txt, mask = (a.to(args.device) for a in (x, t, txt, mask))
+
+    def step():
+        with torch.no_grad():
+            v = model(x, t, txt, mask)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return v
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.repeats):
+        t1 = time.perf_counter()
+        v = step()
+        times.append(time.perf_counter() - t1)
+    if not torch.isfinite(v).all():
+        sys.exit("non-finite output")
+
+    n_img = (h // args.patch_size) * (w // args.patch_size)
+    print(json.dumps({
+        "seconds_per_step": sum(times) / len(times),
+        "threads": threads,
+        "min_seconds": min(times),
+        "times": times,
+        "config": args.config,
+        "params": tw.count_params(cfg),
+        "batch": B,
+        "image_tokens": n_img,
+        "text_len": L,
+        "height": args.height,
+        "width": args.width,
+        "dtype": "float32",
+        "attention": args.attention,
+        "device": args.device,
+        "torch": torch.__version__,
+        "build_seconds": build_s,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+// oboro: one binary for generate / train / data / serve / convert / merge / eval / bench.
+#include "cli/commands.h"
+#include "core/error.h"
+#include <cstdio>
+#include <exception>
+
+int main(int argc, char** argv) {
+  CLI::App app{"oboro — train and run the oboro text-to-image model"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "oboro 0.1.0");
+  oboro::cli::register_info(app);
+  oboro::cli::register_debug(app);
+  oboro::cli::register_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const oboro::Error& e) {
+    std::fprintf(stderr, "oboro: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "oboro: error: out of memory: use a smaller model, batch or image size\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "oboro: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,100 @@
+// The backend seam. Model code calls these methods on float buffers the backend owns and
+// never branches on the device; a CUDA backend implements the same interface.
+//
+// Conventions (all ops):
+//   - row-major, contiguous unless a leading dimension is given; shapes in the comments.
+//   - Backward functions ACCUMULATE (+=) into every gradient output (activation and
+//     parameter gradients alike); callers zero gradient buffers before a backward pass.
+//     A null gradient pointer means "not needed".
+//   - Statistics (norms, softmax) are computed in fp32 or better.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace oboro {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // Memory. Buffers are zero-initialised.
+  virtual float* alloc(size_t n) = 0;
+  virtual void free(float* p) = 0;
+  virtual void zero(float* p, size_t n) = 0;
+  virtual void copy(float* dst, const float* src, size_t n) = 0;
+  virtual void upload(float* dst, const float* host, size_t n) = 0;
+  virtual void download(float* host, const float* src, size_t n) = 0;
+  virtual void add_inplace(float* y, const float* x, size_t n) = 0;  // y += x
+
+  // Linear: y(M,N) = x(M,K) · w(N,K)ᵀ + b(N); b may be null.
+  virtual void linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) = 0;
+  // dx(M,K) += dy·w; dw(N,K) += dyᵀ·x; db(N) += Σ_rows dy.
+  virtual void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                               int M, int K, int N) = 0;
+
+  // RMSNorm over rows of width D: y = γ ⊙ x / sqrt(mean(x²) + eps); rstd(M) saved.
+  virtual void rmsnorm_forward(float* y, float* rstd, const float* x, const float* gamma, int M, int D, float eps) = 0;
+  virtual void rmsnorm_backward(float* dx, float* dgamma, const float* dy, const float* x, const float* gamma,
+                                const float* rstd, int M, int D) = 0;
+
+  // LayerNorm over rows: y = (x − μ)·rstd ⊙ γ + β; gamma/beta may be null (no affine).
+  virtual void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                                 const float* beta, int M, int D, float eps) = 0;
+  virtual void layernorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                                  const float* gamma, const float* mean, const float* rstd, int M, int D) = 0;
+
+  // Elementwise activations over n values.
+  virtual void silu_forward(float* y, const float* x, size_t n) = 0;
+  virtual void silu_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
+  virtual void gelu_tanh_forward(float* y, const float* x, size_t n) = 0;
+  virtual void gelu_tanh_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
+  // SwiGLU: y = silu(a) ⊙ b.
+  virtual void swiglu_forward(float* y, const float* a, const float* b, size_t n) = 0;
+  virtual void swiglu_backward(float* da, float* db, const float* dy, const float* a, const float* b, size_t n) = 0;
+  virtual void tanh_forward(float* y, const float* x, size_t n) = 0;
+
+  // adaLN modulation, per-sample broadcast over S rows: y(B,S,D) = x ⊙ (1 + s(B,·)), s row stride ld_s.
+  virtual void modulate_forward(float* y, const float* x, const float* s, int ld_s, int B, int S, int D) = 0;
+  virtual void modulate_backward(float* dx, float* ds, const float* dy, const float* x, const float* s, int ld_s,
+                                 int B, int S, int D) = 0;
+  // Gated residual: h(B,S,D) += tanh(g(B,·)) ⊙ y. Backward: dy += dh ⊙ tanh g; dg += Σ_S dh ⊙ y ⊙ (1 − tanh² g)
+  // (dh itself passes through the residual unchanged).
+  virtual void gate_residual_forward(float* h, const float* y, const float* g, int ld_g, int B, int S, int D) = 0;
+  virtual void gate_residual_backward(float* dy, float* dg, const float* dh, const float* y, const float* g, int ld_g,
+                                      int B, int S, int D) = 0;
+
+  // 2D RoPE on x(B,S,D) viewed as (B,S,H,dh), in place. cos/sin tables (S, dh/2): pair p of every head rotates
+  // by angle[s][p]. Backward applies the inverse rotation to the gradient (in place on dx).
+  virtual void rope_forward(float* x, const float* cos, const float* sin, int B, int S, int H, int dh) = 0;
+  virtual void rope_backward(float* dx, const float* cos, const float* sin, int B, int S, int H, int dh) = 0;
+
+  // Attention: q,k,v,o (B,S,H·dh) head h in columns [h·dh, (h+1)·dh). key_valid (B,S) 1/0 or null (all valid).
+  // o = softmax(q kᵀ·scale + mask) v, computed tile by tile with an online softmax (memory O(S·dh), not S²);
+  // lse (B,H,S) = logsumexp of the scaled masked scores, saved for backward.
+  virtual void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
+                                 const float* key_valid, int B, int S, int H, int dh, float scale) = 0;
+  virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                  const float* k, const float* v, const float* o, const float* lse,
+                                  const float* key_valid, int B, int S, int H, int dh, float scale) = 0;
+
+  // Patchify x(B,C,h,w) → tokens(B, (h/p)(w/p), C·p²), feature f = c·p² + i·p + j, token n = y·(w/p) + x.
+  virtual void patchify(float* tokens, const float* x, int B, int C, int h, int w, int p) = 0;
+  // Inverse (pixel_shuffle). Also the backward of patchify (accumulating), and vice versa.
+  virtual void unpatchify(float* x, const float* tokens, int B, int C, int h, int w, int p) = 0;
+  virtual void patchify_backward(float* dx, const float* dtokens, int B, int C, int h, int w, int p) = 0;
+  virtual void unpatchify_backward(float* dtokens, const float* dx, int B, int C, int h, int w, int p) = 0;
+
+  // Sinusoidal timestep embedding: out(B, dim) = [cos(scale·t·φ_k), sin(scale·t·φ_k)], φ_k = exp(−ln(max_period)·k/(dim/2)).
+  virtual void timestep_embedding(float* out, const float* t, int B, int dim, float scale, float max_period) = 0;
+
+  // MSE: returns mean((pred − target)²) over n; backward dpred += 2·(pred − target)/n · dloss.
+  virtual double mse_forward(const float* pred, const float* target, size_t n) = 0;
+  virtual void mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) = 0;
+};
+
+// The CPU backend (OpenBLAS GEMM, thread pool for everything else).
+Backend& cpu_backend();
+
+}  // namespace oboro

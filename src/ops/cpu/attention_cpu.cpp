@@ -1,0 +1,196 @@
+// Work unit = one (batch, head) pair: its Q, K, V columns are gathered into contiguous
+// per-thread panels (K also transposed so score rows vectorise over keys), then query
+// blocks of kBq rows sweep key blocks of kBk columns with an online softmax.
+// Memory per thread: a few S×dh panels plus one kBq×kBk score tile.
+#include "ops/cpu/attention_cpu.h"
+#include "core/threads.h"
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace oboro::cpu {
+namespace {
+
+constexpr int kBq = 32;
+constexpr int kBk = 64;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Panels {
+  std::vector<float> q, kt, kr, v, vt, dout;  // q (S,dh); kt (dh,S); kr (S,dh); v (S,dh); vt (dh,S)
+};
+
+// Copy columns [h·dh, (h+1)·dh) of x(S, D) (batch b already applied) into dst(S, dh), optionally scaled.
+void gather_rows(float* dst, const float* x, int S, int D, int h, int dh, float mul = 1.f) {
+  for (int s = 0; s < S; ++s) {
+    const float* src = x + (size_t)s * D + (size_t)h * dh;
+    for (int d = 0; d < dh; ++d) dst[(size_t)s * dh + d] = src[d] * mul;
+  }
+}
+void gather_cols(float* dst, const float* x, int S, int D, int h, int dh) {  // dst(dh, S)
+  for (int s = 0; s < S; ++s) {
+    const float* src = x + (size_t)s * D + (size_t)h * dh;
+    for (int d = 0; d < dh; ++d) dst[(size_t)d * S + s] = src[d];
+  }
+}
+
+// scores(nq, nk) = qblk(nq, dh) · kt[:, j0:j0+nk] ; masked keys → -inf
+inline void score_tile(float* sc, const float* qblk, int nq, const float* kt, int S, int j0, int nk, int dh,
+                       const float* valid) {
+  for (int i = 0; i < nq; ++i) {
+    float* row = sc + i * kBk;
+    for (int j = 0; j < kBk; ++j) row[j] = 0.f;
+    const float* qi = qblk + (size_t)i * dh;
+    for (int d = 0; d < dh; ++d) {
+      float qv = qi[d];
+      const float* kd = kt + (size_t)d * S + j0;
+      for (int j = 0; j < nk; ++j) row[j] += qv * kd[j];
+    }
+    if (valid)
+      for (int j = 0; j < nk; ++j)
+        if (valid[j0 + j] == 0.f) row[j] = kNegInf;
+  }
+}
+
+}  // namespace
+
+void attention_forward_tiled(float* o, float* lse, const float* q, const float* k, const float* v,
+                             const float* key_valid, int B, int S, int H, int dh, float scale) {
+  const int D = H * dh;
+  parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
+    Panels P;
+    P.q.resize((size_t)S * dh);
+    P.kt.resize((size_t)S * dh);
+    P.v.resize((size_t)S * dh);
+    std::vector<float> sc(kBq * kBk), acc((size_t)kBq * dh), m(kBq), l(kBq);
+    for (int64_t u = u0; u < u1; ++u) {
+      int b = (int)(u / H), h = (int)(u % H);
+      size_t bo = (size_t)b * S * D;
+      const float* valid = key_valid ? key_valid + (size_t)b * S : nullptr;
+      gather_rows(P.q.data(), q + bo, S, D, h, dh, scale);  // scale folded into Q
+      gather_cols(P.kt.data(), k + bo, S, D, h, dh);
+      gather_rows(P.v.data(), v + bo, S, D, h, dh);
+      for (int i0 = 0; i0 < S; i0 += kBq) {
+        int nq = std::min(kBq, S - i0);
+        std::fill(m.begin(), m.end(), kNegInf);
+        std::fill(l.begin(), l.end(), 0.f);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int j0 = 0; j0 < S; j0 += kBk) {
+          int nk = std::min(kBk, S - j0);
+          score_tile(sc.data(), P.q.data() + (size_t)i0 * dh, nq, P.kt.data(), S, j0, nk, dh, valid);
+          for (int i = 0; i < nq; ++i) {
+            float* row = sc.data() + i * kBk;
+            float mx = m[i];
+            for (int j = 0; j < nk; ++j) mx = std::max(mx, row[j]);
+            if (mx == kNegInf) continue;  // every key so far masked
+            float corr = std::exp(m[i] - mx);  // exp(-inf) = 0 on the first block
+            float sum = 0.f;
+            for (int j = 0; j < nk; ++j) { row[j] = std::exp(row[j] - mx); sum += row[j]; }
+            l[i] = l[i] * corr + sum;
+            m[i] = mx;
+            float* a = acc.data() + (size_t)i * dh;
+            for (int d = 0; d < dh; ++d) a[d] *= corr;
+            for (int j = 0; j < nk; ++j) {
+              float p = row[j];
+              if (p == 0.f) continue;
+              const float* vj = P.v.data() + (size_t)(j0 + j) * dh;
+              for (int d = 0; d < dh; ++d) a[d] += p * vj[d];
+            }
+          }
+        }
+        for (int i = 0; i < nq; ++i) {
+          float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+          float* orow = o + bo + (size_t)(i0 + i) * D + (size_t)h * dh;
+          const float* a = acc.data() + (size_t)i * dh;
+          for (int d = 0; d < dh; ++d) orow[d] = a[d] * inv;
+          lse[((size_t)b * H + h) * S + i0 + i] = l[i] > 0.f ? m[i] + std::log(l[i]) : kNegInf;
+        }
+      }
+    }
+  }, 1);
+}
+
+void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                              const float* v, const float* o, const float* lse, const float* key_valid, int B, int S,
+                              int H, int dh, float scale) {
+  const int D = H * dh;
+  parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
+    Panels P;
+    P.q.resize((size_t)S * dh);
+    P.kt.resize((size_t)S * dh);
+    P.kr.resize((size_t)S * dh);
+    P.vt.resize((size_t)S * dh);
+    P.dout.resize((size_t)S * dh);
+    std::vector<float> gq((size_t)S * dh), gk((size_t)S * dh), gv((size_t)S * dh), delta(S);
+    std::vector<float> pt(kBq * kBk), dpt(kBq * kBk);
+    for (int64_t u = u0; u < u1; ++u) {
+      int b = (int)(u / H), h = (int)(u % H);
+      size_t bo = (size_t)b * S * D;
+      const float* valid = key_valid ? key_valid + (size_t)b * S : nullptr;
+      const float* L = lse + ((size_t)b * H + h) * S;
+      gather_rows(P.q.data(), q + bo, S, D, h, dh, scale);
+      gather_cols(P.kt.data(), k + bo, S, D, h, dh);
+      gather_rows(P.kr.data(), k + bo, S, D, h, dh);
+      gather_cols(P.vt.data(), v + bo, S, D, h, dh);
+      gather_rows(P.dout.data(), dout + bo, S, D, h, dh);
+      for (int s = 0; s < S; ++s) {  // delta_i = dO_i · O_i
+        const float* orow = o + bo + (size_t)s * D + (size_t)h * dh;
+        const float* g = P.dout.data() + (size_t)s * dh;
+        double acc = 0;
+        for (int d = 0; d < dh; ++d) acc += (double)g[d] * orow[d];
+        delta[s] = (float)acc;
+      }
+      std::fill(gq.begin(), gq.end(), 0.f);
+      std::fill(gk.begin(), gk.end(), 0.f);
+      std::fill(gv.begin(), gv.end(), 0.f);
+      for (int i0 = 0; i0 < S; i0 += kBq) {
+        int nq = std::min(kBq, S - i0);
+        for (int j0 = 0; j0 < S; j0 += kBk) {
+          int nk = std::min(kBk, S - j0);
+          // P = exp(scores − lse); dP = dO · Vᵀ
+          score_tile(pt.data(), P.q.data() + (size_t)i0 * dh, nq, P.kt.data(), S, j0, nk, dh, valid);
+          score_tile(dpt.data(), P.dout.data() + (size_t)i0 * dh, nq, P.vt.data(), S, j0, nk, dh, nullptr);
+          for (int i = 0; i < nq; ++i) {
+            float li = L[i0 + i];
+            float* prow = pt.data() + i * kBk;
+            float* dprow = dpt.data() + i * kBk;
+            float di = delta[i0 + i];
+            for (int j = 0; j < nk; ++j) {
+              float p = li == kNegInf ? 0.f : std::exp(prow[j] - li);
+              prow[j] = p;
+              dprow[j] = p * (dprow[j] - di);  // dS (w.r.t. the scaled scores)
+            }
+          }
+          for (int i = 0; i < nq; ++i) {
+            const float* prow = pt.data() + i * kBk;
+            const float* dsrow = dpt.data() + i * kBk;
+            const float* gi = P.dout.data() + (size_t)(i0 + i) * dh;
+            const float* qi = P.q.data() + (size_t)(i0 + i) * dh;  // already scaled
+            float* gqi = gq.data() + (size_t)(i0 + i) * dh;
+            for (int j = 0; j < nk; ++j) {
+              float p = prow[j], ds = dsrow[j];
+              float* gvj = gv.data() + (size_t)(j0 + j) * dh;
+              float* gkj = gk.data() + (size_t)(j0 + j) * dh;
+              const float* kj = P.kr.data() + (size_t)(j0 + j) * dh;
+              for (int d = 0; d < dh; ++d) {
+                gvj[d] += p * gi[d];
+                gkj[d] += ds * qi[d];   // qi carries the scale
+                gqi[d] += ds * kj[d];
+              }
+            }
+          }
+        }
+      }
+      for (int s = 0; s < S; ++s) {
+        size_t off = bo + (size_t)s * D + (size_t)h * dh;
+        for (int d = 0; d < dh; ++d) {
+          if (dq) dq[off + d] += gq[(size_t)s * dh + d] * scale;
+          if (dk) dk[off + d] += gk[(size_t)s * dh + d];
+          if (dv) dv[off + d] += gv[(size_t)s * dh + d];
+        }
+      }
+    }
+  }, 1);
+}
+
+}  // namespace oboro::cpu

@@ -1,0 +1,364 @@
+// CPU backend: OpenBLAS for GEMM, the thread pool for everything else.
+// Reductions over rows (parameter gradients) run in a fixed order, parallel over columns,
+// so results do not depend on the thread count.
+#include "ops/backend.h"
+#include "ops/cpu/attention_cpu.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include <cblas.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace oboro {
+namespace {
+
+constexpr int64_t kElemGrain = 16384;
+
+// Σ over rows r of f(r, col) for a block of columns, parallel over columns.
+template <class F>
+void column_reduce(float* out, int rows, int cols, F f) {
+  parallel_for(cols, [&](int64_t c0, int64_t c1) {
+    std::vector<double> acc(c1 - c0, 0.0);
+    for (int r = 0; r < rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) acc[c - c0] += f(r, (int)c);
+    for (int64_t c = c0; c < c1; ++c) out[c] += (float)acc[c - c0];
+  }, 64);
+}
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+
+  float* alloc(size_t n) override {
+    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+    void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+    if (!p) fail("out of memory allocating ", n * 4 / (1 << 20), " MiB: use a smaller model, batch or image size");
+    std::memset(p, 0, bytes);
+    return static_cast<float*>(p);
+  }
+  void free(float* p) override { std::free(p); }
+  void zero(float* p, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) { std::memset(p + b, 0, (e - b) * 4); }, 1 << 20);
+  }
+  void copy(float* d, const float* s, size_t n) override { std::memcpy(d, s, n * 4); }
+  void upload(float* d, const float* h, size_t n) override { std::memcpy(d, h, n * 4); }
+  void download(float* h, const float* s, size_t n) override { std::memcpy(h, s, n * 4); }
+  void add_inplace(float* y, const float* x, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) y[i] += x[i]; }, kElemGrain);
+  }
+
+  void linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) override {
+    float beta = 0.f;
+    if (b) {
+      parallel_for(M, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) std::memcpy(y + r * N, b, N * 4);
+      }, 64);
+      beta = 1.f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x, K, w, K, beta, y, N);
+  }
+
+  void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int M, int K,
+                       int N) override {
+    if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.f, dy, N, w, K, 1.f, dx, K);
+    if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.f, dy, N, x, K, 1.f, dw, K);
+    if (db) column_reduce(db, M, N, [&](int r, int c) { return (double)dy[(size_t)r * N + c]; });
+  }
+
+  void rmsnorm_forward(float* y, float* rstd, const float* x, const float* g, int M, int D, float eps) override {
+    parallel_for(M, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * D;
+        double ss = 0;
+        for (int i = 0; i < D; ++i) ss += (double)xr[i] * xr[i];
+        float rs = (float)(1.0 / std::sqrt(ss / D + eps));
+        rstd[r] = rs;
+        float* yr = y + r * D;
+        for (int i = 0; i < D; ++i) yr[i] = xr[i] * rs * g[i];
+      }
+    }, 16);
+  }
+
+  void rmsnorm_backward(float* dx, float* dg, const float* dy, const float* x, const float* g, const float* rstd, int M,
+                        int D) override {
+    if (dx) parallel_for(M, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = x + r * D, *dyr = dy + r * D;
+        double dot = 0;
+        for (int i = 0; i < D; ++i) dot += (double)dyr[i] * g[i] * xr[i];
+        float rs = rstd[r];
+        float c = (float)(dot * rs * rs * rs / D);
+        float* dxr = dx + r * D;
+        for (int i = 0; i < D; ++i) dxr[i] += dyr[i] * g[i] * rs - xr[i] * c;
+      }
+    }, 16);
+    if (dg) column_reduce(dg, M, D, [&](int r, int c) {
+      size_t i = (size_t)r * D + c;
+      return (double)dy[i] * x[i] * rstd[r];
+    });
+  }
+
+  void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* g, const float* bta, int M,
+                         int D, float eps) override {
+    parallel_for(M, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * D;
+        double s = 0;
+        for (int i = 0; i < D; ++i) s += xr[i];
+        double mu = s / D, v = 0;
+        for (int i = 0; i < D; ++i) { double d = xr[i] - mu; v += d * d; }
+        float rs = (float)(1.0 / std::sqrt(v / D + eps));
+        float m = (float)mu;
+        mean[r] = m;
+        rstd[r] = rs;
+        float* yr = y + r * D;
+        for (int i = 0; i < D; ++i) {
+          float n = (xr[i] - m) * rs;
+          yr[i] = g ? n * g[i] + (bta ? bta[i] : 0.f) : n;
+        }
+      }
+    }, 16);
+  }
+
+  void layernorm_backward(float* dx, float* dg, float* dbeta, const float* dy, const float* x, const float* g,
+                          const float* mean, const float* rstd, int M, int D) override {
+    if (dx) parallel_for(M, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = x + r * D, *dyr = dy + r * D;
+        float m = mean[r], rs = rstd[r];
+        double s1 = 0, s2 = 0;  // Σ dn, Σ dn·n  with dn = dy·γ
+        for (int i = 0; i < D; ++i) {
+          double dn = g ? (double)dyr[i] * g[i] : dyr[i];
+          s1 += dn;
+          s2 += dn * (xr[i] - m) * rs;
+        }
+        float a = (float)(s1 / D), b = (float)(s2 / D);
+        float* dxr = dx + r * D;
+        for (int i = 0; i < D; ++i) {
+          float dn = g ? dyr[i] * g[i] : dyr[i];
+          float n = (xr[i] - m) * rs;
+          dxr[i] += rs * (dn - a - n * b);
+        }
+      }
+    }, 16);
+    if (dg) column_reduce(dg, M, D, [&](int r, int c) {
+      size_t i = (size_t)r * D + c;
+      return (double)dy[i] * (x[i] - mean[r]) * rstd[r];
+    });
+    if (dbeta) column_reduce(dbeta, M, D, [&](int r, int c) { return (double)dy[(size_t)r * D + c]; });
+  }
+
+  void silu_forward(float* y, const float* x, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) y[i] = x[i] / (1.f + std::exp(-x[i]));
+    }, kElemGrain);
+  }
+  void silu_backward(float* dx, const float* dy, const float* x, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        float s = 1.f / (1.f + std::exp(-x[i]));
+        dx[i] += dy[i] * s * (1.f + x[i] * (1.f - s));
+      }
+    }, kElemGrain);
+  }
+
+  static constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
+  void gelu_tanh_forward(float* y, const float* x, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        float v = x[i];
+        y[i] = 0.5f * v * (1.f + std::tanh(kGeluC * (v + 0.044715f * v * v * v)));
+      }
+    }, kElemGrain);
+  }
+  void gelu_tanh_backward(float* dx, const float* dy, const float* x, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        float v = x[i];
+        float th = std::tanh(kGeluC * (v + 0.044715f * v * v * v));
+        float d = 0.5f * (1.f + th) + 0.5f * v * (1.f - th * th) * kGeluC * (1.f + 3.f * 0.044715f * v * v);
+        dx[i] += dy[i] * d;
+      }
+    }, kElemGrain);
+  }
+
+  void swiglu_forward(float* y, const float* a, const float* b, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) y[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
+    }, kElemGrain);
+  }
+  void swiglu_backward(float* da, float* db, const float* dy, const float* a, const float* b, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) {
+        float sg = 1.f / (1.f + std::exp(-a[i]));
+        float sl = a[i] * sg;
+        if (da) da[i] += dy[i] * b[i] * sg * (1.f + a[i] * (1.f - sg));
+        if (db) db[i] += dy[i] * sl;
+      }
+    }, kElemGrain);
+  }
+  void tanh_forward(float* y, const float* x, size_t n) override {
+    for (size_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+  }
+
+  void modulate_forward(float* y, const float* x, const float* s, int ld_s, int B, int S, int D) override {
+    parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* sb = s + (r / S) * ld_s;
+        const float* xr = x + r * D;
+        float* yr = y + r * D;
+        for (int i = 0; i < D; ++i) yr[i] = xr[i] * (1.f + sb[i]);
+      }
+    }, 16);
+  }
+  void modulate_backward(float* dx, float* ds, const float* dy, const float* x, const float* s, int ld_s, int B, int S,
+                         int D) override {
+    if (dx) parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* sb = s + (r / S) * ld_s;
+        for (int i = 0; i < D; ++i) dx[r * D + i] += dy[r * D + i] * (1.f + sb[i]);
+      }
+    }, 16);
+    if (ds) for (int b = 0; b < B; ++b) {
+      size_t o = (size_t)b * S * D;
+      column_reduce(ds + (size_t)b * ld_s, S, D, [&](int r, int c) {
+        return (double)dy[o + (size_t)r * D + c] * x[o + (size_t)r * D + c];
+      });
+    }
+  }
+
+  void gate_residual_forward(float* h, const float* y, const float* g, int ld_g, int B, int S, int D) override {
+    parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      std::vector<float> tg(D);
+      int64_t cur = -1;
+      for (int64_t r = r0; r < r1; ++r) {
+        if (r / S != cur) { cur = r / S; for (int i = 0; i < D; ++i) tg[i] = std::tanh(g[cur * ld_g + i]); }
+        for (int i = 0; i < D; ++i) h[r * D + i] += tg[i] * y[r * D + i];
+      }
+    }, 16);
+  }
+  void gate_residual_backward(float* dy, float* dg, const float* dh, const float* y, const float* g, int ld_g, int B,
+                              int S, int D) override {
+    if (dy) parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      std::vector<float> tg(D);
+      int64_t cur = -1;
+      for (int64_t r = r0; r < r1; ++r) {
+        if (r / S != cur) { cur = r / S; for (int i = 0; i < D; ++i) tg[i] = std::tanh(g[cur * ld_g + i]); }
+        for (int i = 0; i < D; ++i) dy[r * D + i] += dh[r * D + i] * tg[i];
+      }
+    }, 16);
+    if (dg) for (int b = 0; b < B; ++b) {
+      size_t o = (size_t)b * S * D;
+      std::vector<float> tmp(D, 0.f);
+      column_reduce(tmp.data(), S, D, [&](int r, int c) {
+        return (double)dh[o + (size_t)r * D + c] * y[o + (size_t)r * D + c];
+      });
+      for (int i = 0; i < D; ++i) {
+        float t = std::tanh(g[(size_t)b * ld_g + i]);
+        dg[(size_t)b * ld_g + i] += tmp[i] * (1.f - t * t);
+      }
+    }
+  }
+
+  void rope_forward(float* x, const float* cs, const float* sn, int B, int S, int H, int dh) override {
+    rope_apply(x, cs, sn, B, S, H, dh, 1.f);
+  }
+  void rope_backward(float* dx, const float* cs, const float* sn, int B, int S, int H, int dh) override {
+    rope_apply(dx, cs, sn, B, S, H, dh, -1.f);  // rotation is orthogonal: gradient rotates back
+  }
+
+  void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v, const float* kv,
+                         int B, int S, int H, int dh, float scale) override {
+    cpu::attention_forward_tiled(o, lse, q, k, v, kv, B, S, H, dh, scale);
+  }
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                          const float* v, const float* o, const float* lse, const float* kv, int B, int S, int H,
+                          int dh, float scale) override {
+    cpu::attention_backward_tiled(dq, dk, dv, dout, q, k, v, o, lse, kv, B, S, H, dh, scale);
+  }
+
+  // Token (b, n=(y,x)), feature f=(c,i,j) ↔ pixel (b, c, y·p+i, x·p+j). mode 0: gather to tokens, 1: scatter.
+  template <bool ToTokens, bool Accumulate>
+  static void shuffle(float* dst, const float* src, int B, int C, int h, int w, int p) {
+    if (h % p || w % p) fail("latent size ", h, "x", w, " is not divisible by the patch size ", p);
+    int hp = h / p, wp = w / p, F = C * p * p;
+    parallel_for((int64_t)B * hp, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int b = (int)(r / hp), y = (int)(r % hp);
+        for (int x = 0; x < wp; ++x)
+          for (int c = 0; c < C; ++c)
+            for (int i = 0; i < p; ++i)
+              for (int j = 0; j < p; ++j) {
+                size_t ti = (((size_t)b * hp + y) * wp + x) * F + (size_t)c * p * p + i * p + j;
+                size_t pi = (((size_t)b * C + c) * h + (size_t)y * p + i) * w + (size_t)x * p + j;
+                if (ToTokens) { if (Accumulate) dst[ti] += src[pi]; else dst[ti] = src[pi]; }
+                else { if (Accumulate) dst[pi] += src[ti]; else dst[pi] = src[ti]; }
+              }
+      }
+    }, 1);
+  }
+  void patchify(float* t, const float* x, int B, int C, int h, int w, int p) override {
+    shuffle<true, false>(t, x, B, C, h, w, p);
+  }
+  void unpatchify(float* x, const float* t, int B, int C, int h, int w, int p) override {
+    shuffle<false, false>(x, t, B, C, h, w, p);
+  }
+  void patchify_backward(float* dx, const float* dt, int B, int C, int h, int w, int p) override {
+    shuffle<false, true>(dx, dt, B, C, h, w, p);
+  }
+  void unpatchify_backward(float* dt, const float* dx, int B, int C, int h, int w, int p) override {
+    shuffle<true, true>(dt, dx, B, C, h, w, p);
+  }
+
+  void timestep_embedding(float* out, const float* t, int B, int dim, float scale, float max_period) override {
+    int half = dim / 2;
+    for (int b = 0; b < B; ++b)
+      for (int k = 0; k < half; ++k) {
+        double phi = std::exp(-std::log((double)max_period) * k / half);
+        double a = (double)scale * t[b] * phi;
+        out[(size_t)b * dim + k] = (float)std::cos(a);
+        out[(size_t)b * dim + half + k] = (float)std::sin(a);
+      }
+  }
+
+  double mse_forward(const float* pred, const float* target, size_t n) override {
+    double s = 0;
+    for (size_t i = 0; i < n; ++i) { double d = (double)pred[i] - target[i]; s += d * d; }
+    return n ? s / n : 0.0;
+  }
+  void mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) override {
+    float c = 2.f * dloss / (float)n;
+    for (size_t i = 0; i < n; ++i) dpred[i] += c * (pred[i] - target[i]);
+  }
+
+ private:
+  static void rope_apply(float* x, const float* cs, const float* sn, int B, int S, int H, int dh, float sign) {
+    int half = dh / 2, D = H * dh;
+    parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int s = (int)(r % S);
+        const float *c = cs + (size_t)s * half, *sg = sn + (size_t)s * half;
+        float* xr = x + r * D;
+        for (int h = 0; h < H; ++h)
+          for (int p = 0; p < half; ++p) {
+            float a = xr[h * dh + 2 * p], b = xr[h * dh + 2 * p + 1];
+            float sp = sign * sg[p];
+            xr[h * dh + 2 * p] = a * c[p] - b * sp;
+            xr[h * dh + 2 * p + 1] = a * sp + b * c[p];
+          }
+      }
+    }, 16);
+  }
+};
+
+}  // namespace
+
+Backend& cpu_backend() {
+  static CpuBackend be;
+  return be;
+}
+
+}  // namespace oboro
