@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   oboro::cli::register_info(app);
   oboro::cli::register_debug(app);
   oboro::cli::register_bench(app);
+  oboro::cli::register_init(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -161,7 +161,8 @@ ParamLayout dit_param_layout(const DiTConfig& c) {
 
 int64_t DiTConfig::param_count() const {
   int64_t n = 0;
-  for (const auto& v : dit_param_layout(*this).views()) n += (int64_t)v.numel();
+  const ParamLayout layout = dit_param_layout(*this);  // keep alive: views() returns a reference
+  for (const auto& v : layout.views()) n += (int64_t)v.numel();
   return n;
 }
 
