@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install every Debian 12 package oboro needs (idempotent: installs only what is missing).
+# Run as root, or as a user with sudo.
+set -euo pipefail
+PACKAGES=(
+  build-essential cmake pkg-config git
+  libopenblas-dev            # CPU GEMM
+  nlohmann-json3-dev libcli11-dev
+  libgtest-dev googletest    # tests
+  python3 python3-torch python3-numpy   # the PyTorch twin (test oracle)
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "setup: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
