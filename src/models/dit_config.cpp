@@ -28,7 +28,7 @@ DiTConfig DiTConfig::preset(const std::string& name, int text_dim, const std::st
   else if (name == "tiny") { c.hidden_size = 192; layers = 4; c.ffn_hidden_size = ffn_rule(192, 32); }
   else fail("unknown model preset '", name, "': choose oboro-1b, small or tiny");
   if (schedule == "mmh") c.heads = mmh_heads(layers);
-  else if (schedule == "uniform") c.heads.assign(layers, 16);  // 16 heads everywhere: the report's baseline
+  else if (schedule == "uniform") c.heads.assign(layers, std::max(1, c.hidden_size / 64));  // head dim 64 everywhere: the baseline
   else fail("unknown head schedule '", schedule, "': choose mmh or uniform");
   c.text_dim = text_dim;
   c.extra["name"] = name;
