@@ -102,15 +102,18 @@ uint8_t f32_to_f8e4m3(float f) {
   if (std::isnan(f)) return 0x7f;
   uint8_t sign = std::signbit(f) ? 0x80 : 0;
   float a = std::fabs(f);
-  if (a >= 448.0f) return sign | 0x7e;  // saturate
-  // brute-force nearest (ties to even) over the 127 non-negative finite codes: exact and simple
-  uint8_t best = 0;
-  float bestd = a;
-  for (uint8_t c = 1; c < 0x7f; ++c) {
-    float d = std::fabs(f8e4m3_to_f32(c) - a);
-    if (d < bestd || (d == bestd && (c & 1) == 0)) { best = c; bestd = d; }
+  if (a >= 464.0f) return sign | 0x7e;  // 448 is the largest finite value; saturate (464 = halfway to 480)
+  if (a < 0.015625f) {                   // below the smallest normal 2^-6: subnormal steps of 2^-9
+    int q = (int)std::nearbyint(a * 512.0f);  // ties to even; q == 8 is the smallest normal, code 0x08
+    return sign | (uint8_t)q;
   }
-  return sign | best;
+  int e;
+  float m = std::frexp(a, &e);           // a = m·2^e, m in [0.5, 1)
+  int exp_field = e - 1 + 7;             // a = (1 + frac)·2^(e-1)
+  int mant = (int)std::nearbyint((m * 2.0f - 1.0f) * 8.0f);
+  if (mant == 8) { mant = 0; ++exp_field; }
+  if (exp_field > 15 || (exp_field == 15 && mant == 7)) return sign | 0x7e;
+  return sign | (uint8_t)((exp_field << 3) | mant);
 }
 
 void convert_to_f32(const void* src, DType t, size_t n, float* dst) {
