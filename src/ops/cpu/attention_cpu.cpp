@@ -5,7 +5,9 @@
 #include "ops/cpu/attention_cpu.h"
 #include "core/threads.h"
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -15,6 +17,22 @@ namespace {
 constexpr int kBq = 32;
 constexpr int kBk = 64;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// e^x for a whole row, branch-free so it vectorises: x = n·ln2 + r, |r| ≤ ln2/2, e^r by its
+// degree-7 Taylor polynomial (relative error < 2e-8 before rounding), 2^n through the exponent
+// bits. Inputs below −87 (including −inf from masked keys) give exactly 0.
+inline void exp_row(float* x, int n) {
+  for (int j = 0; j < n; ++j) {
+    float v = std::max(x[j], -87.0f);
+    float t = v * 1.44269504088896341f;
+    float k = (t + 12582912.0f) - 12582912.0f;  // round to nearest integer
+    float r = v - k * 0.693145751953125f - k * 1.42860682030941723e-6f;
+    float p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720 + r * (1.f / 5040)))))));
+    int32_t e = ((int32_t)k + 127) << 23;
+    float y = p * std::bit_cast<float>(e);
+    x[j] = x[j] < -87.0f ? 0.f : y;
+  }
+}
 
 struct Panels {
   std::vector<float> q, kt, kr, v, vt, dout;  // q (S,dh); kt (dh,S); kr (S,dh); v (S,dh); vt (dh,S)
@@ -84,8 +102,10 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
             for (int j = 0; j < nk; ++j) mx = std::max(mx, row[j]);
             if (mx == kNegInf) continue;  // every key so far masked
             float corr = std::exp(m[i] - mx);  // exp(-inf) = 0 on the first block
+            for (int j = 0; j < nk; ++j) row[j] -= mx;
+            exp_row(row, nk);
             float sum = 0.f;
-            for (int j = 0; j < nk; ++j) { row[j] = std::exp(row[j] - mx); sum += row[j]; }
+            for (int j = 0; j < nk; ++j) sum += row[j];
             l[i] = l[i] * corr + sum;
             m[i] = mx;
             float* a = acc.data() + (size_t)i * dh;
@@ -155,11 +175,13 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
             float* prow = pt.data() + i * kBk;
             float* dprow = dpt.data() + i * kBk;
             float di = delta[i0 + i];
-            for (int j = 0; j < nk; ++j) {
-              float p = li == kNegInf ? 0.f : std::exp(prow[j] - li);
-              prow[j] = p;
-              dprow[j] = p * (dprow[j] - di);  // dS (w.r.t. the scaled scores)
+            if (li == kNegInf) {
+              for (int j = 0; j < nk; ++j) prow[j] = 0.f;
+            } else {
+              for (int j = 0; j < nk; ++j) prow[j] -= li;
+              exp_row(prow, nk);
             }
+            for (int j = 0; j < nk; ++j) dprow[j] = prow[j] * (dprow[j] - di);  // dS (w.r.t. the scaled scores)
           }
           for (int i = 0; i < nq; ++i) {
             const float* prow = pt.data() + i * kBk;
