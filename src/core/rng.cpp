@@ -20,7 +20,9 @@ void Philox::block(uint64_t seed, uint64_t stream, uint64_t index, uint32_t out[
   out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
 }
 
-static inline float u01(uint32_t w) { return ((float)w + 0.5f) * (1.0f / 4294967296.0f); }
+// Top 23 bits, centred: exactly representable, in [2^-24, 1 - 2^-24] (a float sum of all 32 bits
+// would round to 1.0 for the largest words).
+static inline float u01(uint32_t w) { return ((float)(w >> 9) + 0.5f) * 0x1p-23f; }
 static inline double u01d(uint32_t w) { return ((double)w + 0.5) * (1.0 / 4294967296.0); }
 
 float uniform_at(uint64_t seed, uint64_t stream, uint64_t index) {

@@ -10,7 +10,7 @@ struct Philox {
   static void block(uint64_t seed, uint64_t stream, uint64_t index, uint32_t out[4]);
 };
 
-// Uniform in (0, 1): word -> (w + 0.5) / 2^32, never 0 or 1.
+// Uniform in (0, 1): top 23 bits of a word -> (w' + 0.5) / 2^23, never 0 or 1.
 float uniform_at(uint64_t seed, uint64_t stream, uint64_t index);
 // Standard normal for element `index` (Box-Muller on the block holding it).
 float normal_at(uint64_t seed, uint64_t stream, uint64_t index);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -23,7 +24,8 @@ class Pool {
     stop();
     n = std::max(1, n);
     quit_ = false;
-    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i] { loop(i + 1); });
+    const uint64_t start = gen_;  // new workers must not pick up the last (finished) job
+    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i, start] { loop(i + 1, start); });
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
@@ -40,17 +42,25 @@ class Pool {
       ++gen_;
     }
     cv_.notify_all();
+    std::exception_ptr mine;
     nested_ = true;
-    fn(0, n / chunks);  // chunk 0 on the calling thread
+    try {
+      fn(0, n / chunks);  // chunk 0 on the calling thread
+    } catch (...) {
+      mine = std::current_exception();
+    }
     nested_ = false;
     std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    done_cv_.wait(lk, [&] { return pending_ == 0; });  // workers may still use fn: wait even on error
     fn_ = nullptr;
+    std::exception_ptr err = mine ? mine : worker_error_;
+    worker_error_ = nullptr;
+    lk.unlock();
+    if (err) std::rethrow_exception(err);
   }
 
  private:
-  void loop(int id) {
-    uint64_t seen = 0;
+  void loop(int id, uint64_t seen) {
     for (;;) {
       const std::function<void(int64_t, int64_t)>* fn;
       int64_t n, chunks;
@@ -64,10 +74,16 @@ class Pool {
         chunks = chunks_;
       }
       if (id < chunks) {
+        std::exception_ptr err;
         nested_ = true;
-        (*fn)(n * id / chunks, n * (id + 1) / chunks);
+        try {
+          (*fn)(n * id / chunks, n * (id + 1) / chunks);
+        } catch (...) {
+          err = std::current_exception();
+        }
         nested_ = false;
         std::lock_guard<std::mutex> lk(mu_);
+        if (err && !worker_error_) worker_error_ = err;
         if (--pending_ == 0) done_cv_.notify_all();
       }
     }
@@ -91,6 +107,7 @@ class Pool {
   int pending_ = 0;
   uint64_t gen_ = 0;
   bool quit_ = false;
+  std::exception_ptr worker_error_;
   static thread_local bool nested_;
 };
 thread_local bool Pool::nested_ = false;

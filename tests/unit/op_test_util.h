@@ -111,6 +111,7 @@ class ThreadCount {
   ThreadCount(const ThreadCount&) = delete;
   ThreadCount& operator=(const ThreadCount&) = delete;
   static void set(int n) {
+    if (num_threads() == n) return;  // no needless respawn of the workers
     set_num_threads(n);
     parallel_for(1024, [](int64_t, int64_t) {}, 1);
   }

@@ -117,7 +117,7 @@ class CpuBackend final : public Backend {
         float* yr = y + r * D;
         for (int i = 0; i < D; ++i) {
           float n = (xr[i] - m) * rs;
-          yr[i] = g ? n * g[i] + (bta ? bta[i] : 0.f) : n;
+          yr[i] = (g ? n * g[i] : n) + (bta ? bta[i] : 0.f);
         }
       }
     }, 16);
