@@ -136,9 +136,8 @@ TEST(Rng, UniformAtExtremeWordsStaysBelowOne) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// parallel_for. The tests that resize the pool run last (suites are run in registration order):
-// until the respawn bug below is fixed, a resize after earlier work can crash the process, and
-// this keeps such a crash from hiding the results of the tests above.
+// parallel_for. The tests that resize the pool run last (suites are run in registration order),
+// so that a regression of the respawn bug below cannot hide the results of the tests above.
 
 // Runs fn on a helper thread; a deadlock becomes a test failure (and ends the process, since a
 // hung thread cannot be joined).
@@ -197,10 +196,9 @@ TEST(ThreadPool, ConcurrentCallersFromOutsideThePool) {
 
 // Resizing the pool after it has run work must not make the new workers run a stale job.
 // Runs in a child process (death-test machinery) so that a crash fails only this test.
-// KNOWN BUG (src/core/threads.cpp, Pool::resize/loop): new workers start with seen = 0 while
-// gen_ is already > 0, so they wake at once, read fn_ (nullptr after the last run) and the
-// stale chunks_, and call a null std::function → SIGSEGV, whenever they wake before the next
-// parallel_for publishes a new job. The sleep below makes that window certain.
+// Regression test for a fixed bug (Pool::resize/loop): new workers started with seen = 0 while
+// gen_ was already > 0, so they woke at once, read fn_ (nullptr after the last run) and the
+// stale chunks_, and called a null std::function → SIGSEGV. The sleep below makes that window certain.
 TEST(ThreadPool, RespawnAfterWorkDoesNotRunStaleJob) {
 #ifdef GTEST_FLAG_SET
   GTEST_FLAG_SET(death_test_style, "threadsafe");
@@ -288,3 +286,15 @@ TEST(ThreadPoolSizes, ParallelForCoversRangeExactlyOnce) {
 }
 
 }  // namespace
+
+// An exception thrown inside parallel_for (on any thread) reaches the caller, and the pool keeps working.
+TEST(ThreadPoolSizes, ExceptionsPropagateToTheCaller) {
+  for (int64_t bad : {0, 999}) {  // chunk 0 runs on the caller, the last chunk on a worker
+    EXPECT_THROW(parallel_for(1000, [&](int64_t b, int64_t e) {
+      if (bad >= b && bad < e) throw std::runtime_error("boom");
+    }, 1), std::runtime_error);
+  }
+  std::atomic<int64_t> sum{0};
+  parallel_for(1000, [&](int64_t b, int64_t e) { sum += e - b; }, 1);
+  EXPECT_EQ(sum.load(), 1000);
+}
