@@ -16,7 +16,7 @@ namespace oboro::cli {
 
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;  // keep keys in the order written
 
 std::string thousands(uint64_t v) {
   std::string s = std::to_string(v), r;
@@ -109,7 +109,16 @@ void run_info(const InfoArgs& a) {
     std::cout << "  " << k << ": " << shown << "\n";
   }
   if (!any_md) std::cout << "metadata: (none)\n";
-  if (!config.is_null()) std::cout << "config:\n" << config.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+  if (!config.is_null()) {
+    std::string text = config.dump(2, ' ', false, json::error_handler_t::replace);
+    std::cout << "config:\n";
+    for (size_t pos = 0; pos <= text.size();) {
+      size_t nl = text.find('\n', pos);
+      if (nl == std::string::npos) nl = text.size();
+      std::cout << "  " << text.substr(pos, nl - pos) << "\n";
+      pos = nl + 1;
+    }
+  }
   else if (config_bad) std::cout << "config: (oboro.config is not valid JSON; shown raw under metadata)\n";
 }
 

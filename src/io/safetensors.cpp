@@ -41,6 +41,7 @@ namespace {
 
 constexpr uint64_t kMaxHeader = 100ull * 1000 * 1000;  // 100 MB, as the reference implementation
 constexpr size_t kMaxRank = 64;
+constexpr int kMaxJsonDepth = 64;
 constexpr size_t kWriteChunk = size_t(64) << 20;
 
 const DType kAllDTypes[] = {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F64, DType::I64,
@@ -128,7 +129,9 @@ json parse_json_strict(const char* b, const char* e, const std::string& where, c
     std::string dup_key, dup_top;
     size_t dup_level = 0;
   } st;
-  json::parser_callback_t cb = [&st](int, json::parse_event_t ev, json& parsed) -> bool {
+  struct TooDeep {};
+  json::parser_callback_t cb = [&st](int depth, json::parse_event_t ev, json& parsed) -> bool {
+    if (depth > kMaxJsonDepth) throw TooDeep{};  // nothing legitimate nests this deep
     switch (ev) {
       case json::parse_event_t::object_start: st.keys.emplace_back(); break;
       case json::parse_event_t::object_end: if (!st.keys.empty()) st.keys.pop_back(); break;
@@ -151,6 +154,8 @@ json parse_json_strict(const char* b, const char* e, const std::string& where, c
   json j;
   try {
     j = json::parse(b, e, cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
+  } catch (const TooDeep&) {
+    fail(where, ": ", what, " nests JSON deeper than ", kMaxJsonDepth, " levels: the file is corrupt or hostile");
   } catch (const json::exception& ex) {
     std::string m = ex.what();
     if (m.rfind("[json.exception.", 0) == 0) {
@@ -255,7 +260,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->self_ = f;
   f->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not hang; it is rejected below as not a regular file.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int e = errno;
     fail(path, ": cannot open: ", errno_text(e), e == ENOENT ? " (check the path)" : "");
@@ -497,6 +503,8 @@ TensorSource TensorSource::open(const std::string& path) {
     int e = errno;
     fail(path, ": cannot open checkpoint: ", errno_text(e), e == ENOENT ? " (check the path)" : "");
   }
+  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
+    fail(path, ": is not a regular file or directory: pass a .safetensors file, an index.json or a checkpoint directory");
   std::string file = path;
   if (S_ISDIR(st.st_mode)) {
     std::vector<std::string> idx, single, other;

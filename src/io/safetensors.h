@@ -32,8 +32,12 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return infos_; }  // in data-offset order
   bool has(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;  // throws naming file + tensor if missing
-  Tensor tensor(const std::string& name) const;            // zero-copy view, stored dtype
-  Tensor tensor_f32(const std::string& name) const;        // converted contiguous F32 copy
+  // Zero-copy view, stored dtype. The view keeps this file (and its mapping) alive. The
+  // mapping is read-only: never write through a view (clone() it first). If the data is not
+  // aligned to its element size (the format allows any offset), an aligned owned copy is
+  // returned instead, so typed access is always well-defined.
+  Tensor tensor(const std::string& name) const;
+  Tensor tensor_f32(const std::string& name) const;        // converted contiguous F32 copy (always owned)
 
  private:
   SafetensorsFile() = default;

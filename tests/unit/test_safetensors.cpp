@@ -94,6 +94,16 @@ Tensor make(const Shape& shape, DType dt, uint32_t seed) {
   return t;
 }
 
+// "{" + s + "}"
+std::string braces(const std::string& s) {
+  std::string r;
+  r.reserve(s.size() + 2);
+  r += '{';
+  r += s;
+  r += '}';
+  return r;
+}
+
 const char* kLabel = "mem/test.safetensors";
 
 // Parse `bytes`; expect an oboro::Error whose single-line message starts with the label and
@@ -179,7 +189,9 @@ TEST(Safetensors, RoundTripDtypesShapesMetadata) {
     ASSERT_EQ(r32.shape(), t.shape());
     for (int64_t k = 0; k < want.numel(); ++k) {
       float a = r32.f32()[k], b = want.f32()[k];
-      if (!(std::isnan(a) && std::isnan(b))) ASSERT_EQ(a, b) << k;
+      if (!(std::isnan(a) && std::isnan(b))) {
+        ASSERT_EQ(a, b) << k;
+      }
     }
   }
   EXPECT_EQ(f->metadata().at("format"), "pt");
@@ -187,12 +199,12 @@ TEST(Safetensors, RoundTripDtypesShapesMetadata) {
   EXPECT_EQ(f->metadata().size(), 3u);
   EXPECT_FALSE(f->has("nope"));
   try {
-    f->info("f23");
+    f->info("f32x");
     ADD_FAILURE();
   } catch (const oboro::Error& e) {
     std::string m = e.what();
     EXPECT_EQ(m.rfind(path, 0), 0u) << m;
-    EXPECT_NE(m.find("\"f23\""), std::string::npos) << m;
+    EXPECT_NE(m.find("\"f32x\""), std::string::npos) << m;
     EXPECT_NE(m.find("did you mean \"f32\""), std::string::npos) << m;
   }
   EXPECT_THROW(f->tensor("nope"), oboro::Error);
@@ -252,7 +264,7 @@ TEST(Safetensors, UnalignedDataIsCopiedAligned) {
   data.append(reinterpret_cast<const char*>(v), 8);
   data.append(1, 'y');
   data.append(reinterpret_cast<const char*>(&h), 2);
-  std::string hdr = "{" + entry("a", "F32", "[2]", "[1,9]") + "," + entry("h", "F16", "[1]", "[10,12]") + "}";
+  std::string hdr = braces(entry("a", "F32", "[2]", "[1,9]") + "," + entry("h", "F16", "[1]", "[10,12]"));
   while ((8 + hdr.size()) % 8) hdr += ' ';
   std::string img = image(hdr, data);
   for (int pass = 0; pass < 2; ++pass) {
@@ -413,6 +425,13 @@ TEST(SafetensorsValidation, HeaderNotJson) {
   expect_error(image("{\"a\":\"\xff\"}"), {"not valid JSON"});
 }
 
+TEST(SafetensorsValidation, DeeplyNestedHeader) {
+  expect_error(image(std::string(1000000, '[')), {"deeper than"});
+  std::string deep = "{\"a\":";
+  for (int i = 0; i < 200; ++i) deep += "{\"a\":";
+  expect_error(image(deep), {"deeper than"});
+}
+
 TEST(SafetensorsValidation, HeaderNotObject) {
   expect_error(image("[1, 2]"), {"not a JSON object"});
   expect_error(image("42"), {"not a JSON object"});
@@ -433,72 +452,71 @@ TEST(SafetensorsValidation, MissingDataOffsets) {
 }
 
 TEST(SafetensorsValidation, WrongJsonTypes) {
-  expect_error(image("{" + entry("w", "F32", "[1]", "[0,4]").replace(10, 5, "5") + "}", "abcd"), {"tensor \"w\""});
   expect_error(image("{\"w\":{\"dtype\":5,\"shape\":[1],\"data_offsets\":[0,4]}}", "abcd"),
                {"tensor \"w\"", "\"dtype\" is an integer"});
-  expect_error(image("{" + entry("w", "F32", "\"1\"", "[0,4]") + "}", "abcd"), {"tensor \"w\"", "\"shape\" is a JSON string"});
-  expect_error(image("{" + entry("w", "F32", "[1.0]", "[0,4]") + "}", "abcd"), {"tensor \"w\"", "non-integer"});
-  expect_error(image("{" + entry("w", "F32", "[null]", "[0,4]") + "}", "abcd"), {"tensor \"w\"", "shape entry"});
-  expect_error(image("{" + entry("w", "F32", "[1]", "{}") + "}", "abcd"), {"tensor \"w\"", "not [begin, end]"});
-  expect_error(image("{" + entry("w", "F32", "[1]", "[0]") + "}", "abcd"), {"tensor \"w\"", "array of 1 values"});
-  expect_error(image("{" + entry("w", "F32", "[1]", "[0,4,8]") + "}", "abcd"), {"tensor \"w\"", "not [begin, end]"});
-  expect_error(image("{" + entry("w", "F32", "[1]", "[0,\"4\"]") + "}", "abcd"), {"tensor \"w\"", "data_offsets entry"});
-  expect_error(image("{" + entry("w", "F32", "[1]", "[0,4.5]") + "}", "abcd"), {"tensor \"w\"", "data_offsets entry"});
+  expect_error(image(braces(entry("w", "F32", "\"1\"", "[0,4]")), "abcd"), {"tensor \"w\"", "\"shape\" is a JSON string"});
+  expect_error(image(braces(entry("w", "F32", "[1.0]", "[0,4]")), "abcd"), {"tensor \"w\"", "non-integer"});
+  expect_error(image(braces(entry("w", "F32", "[null]", "[0,4]")), "abcd"), {"tensor \"w\"", "shape entry"});
+  expect_error(image(braces(entry("w", "F32", "[1]", "{}")), "abcd"), {"tensor \"w\"", "not [begin, end]"});
+  expect_error(image(braces(entry("w", "F32", "[1]", "[0]")), "abcd"), {"tensor \"w\"", "array of 1 values"});
+  expect_error(image(braces(entry("w", "F32", "[1]", "[0,4,8]")), "abcd"), {"tensor \"w\"", "not [begin, end]"});
+  expect_error(image(braces(entry("w", "F32", "[1]", "[0,\"4\"]")), "abcd"), {"tensor \"w\"", "data_offsets entry"});
+  expect_error(image(braces(entry("w", "F32", "[1]", "[0,4.5]")), "abcd"), {"tensor \"w\"", "data_offsets entry"});
 }
 
 TEST(SafetensorsValidation, UnknownDtype) {
-  expect_error(image("{" + entry("w", "F8_E5M2", "[4]", "[0,4]") + "}", "abcd"),
+  expect_error(image(braces(entry("w", "F8_E5M2", "[4]", "[0,4]")), "abcd"),
                {"tensor \"w\"", "unsupported dtype \"F8_E5M2\"", "F32, F16, BF16, F8_E4M3"});
 }
 
 TEST(SafetensorsValidation, NegativeDim) {
-  expect_error(image("{" + entry("w", "F32", "[-1, 4]", "[0,4]") + "}", "abcd"), {"tensor \"w\"", "negative dimension -1"});
+  expect_error(image(braces(entry("w", "F32", "[-1, 4]", "[0,4]")), "abcd"), {"tensor \"w\"", "negative dimension -1"});
 }
 
 TEST(SafetensorsValidation, AbsurdShape) {
-  expect_error(image("{" + entry("w", "F32", "[4294967296, 4294967296]", "[0,0]") + "}"), {"tensor \"w\"", "absurd"});
-  expect_error(image("{" + entry("w", "F32", "[18446744073709551615]", "[0,0]") + "}"), {"tensor \"w\"", "absurd"});
+  expect_error(image(braces(entry("w", "F32", "[4294967296, 4294967296]", "[0,0]"))), {"tensor \"w\"", "absurd"});
+  expect_error(image(braces(entry("w", "F32", "[18446744073709551615]", "[0,0]"))), {"tensor \"w\"", "absurd"});
   // numel*4 wraps to 0 in 64 bits: must not be accepted as an empty tensor
-  expect_error(image("{" + entry("w", "F32", "[4611686018427387904]", "[0,0]") + "}"), {"tensor \"w\"", "absurd"});
-  expect_error(image("{" + entry("w", "F32", "[2305843009213693952, 8]", "[0,0]") + "}"), {"tensor \"w\"", "absurd"});
+  expect_error(image(braces(entry("w", "F32", "[4611686018427387904]", "[0,0]"))), {"tensor \"w\"", "absurd"});
+  expect_error(image(braces(entry("w", "F32", "[2305843009213693952, 8]", "[0,0]"))), {"tensor \"w\"", "absurd"});
   std::string many = "[";
   for (int i = 0; i < 100; ++i) many += i ? ",1" : "1";
-  expect_error(image("{" + entry("w", "F32", many + "]", "[0,4]") + "}", "abcd"), {"tensor \"w\"", "dimensions"});
+  expect_error(image(braces(entry("w", "F32", many + "]", "[0,4]")), "abcd"), {"tensor \"w\"", "dimensions"});
 }
 
 TEST(SafetensorsValidation, OffsetsBeginAfterEnd) {
-  expect_error(image("{" + entry("w", "U8", "[0]", "[4,0]") + "}", "abcd"), {"tensor \"w\"", "[4, 0]", "begin > end"});
-  expect_error(image("{" + entry("w", "U8", "[1]", "[-1,0]") + "}", "abcd"), {"tensor \"w\"", "negative"});
+  expect_error(image(braces(entry("w", "U8", "[0]", "[4,0]")), "abcd"), {"tensor \"w\"", "[4, 0]", "begin > end"});
+  expect_error(image(braces(entry("w", "U8", "[1]", "[-1,0]")), "abcd"), {"tensor \"w\"", "negative"});
 }
 
 TEST(SafetensorsValidation, OffsetsBeyondData) {
-  expect_error(image("{" + entry("w", "F32", "[4]", "[0,16]") + "}", "abcdefgh"),
+  expect_error(image(braces(entry("w", "F32", "[4]", "[0,16]")), "abcdefgh"),
                {"tensor \"w\"", "[0, 16]", "beyond the data section (8 bytes)"});
-  expect_error(image("{" + entry("w", "F32", "[0]", "[9,9]") + "}", "abcdefgh"), {"tensor \"w\"", "beyond"});
+  expect_error(image(braces(entry("w", "F32", "[0]", "[9,9]")), "abcdefgh"), {"tensor \"w\"", "beyond"});
 }
 
 TEST(SafetensorsValidation, SizeMismatch) {
-  expect_error(image("{" + entry("w", "F32", "[2]", "[0,12]") + "}", "abcdefghijkl"),
+  expect_error(image(braces(entry("w", "F32", "[2]", "[0,12]")), "abcdefghijkl"),
                {"tensor \"w\"", "span 12 bytes", "F32 shape (2,) needs 8"});
-  expect_error(image("{" + entry("w", "BF16", "[2, 3]", "[0,6]") + "}", "abcdefghijkl"), {"tensor \"w\"", "needs 12"});
+  expect_error(image(braces(entry("w", "BF16", "[2, 3]", "[0,6]")), "abcdefghijkl"), {"tensor \"w\"", "needs 12"});
 }
 
 TEST(SafetensorsValidation, OverlappingTensors) {
-  expect_error(image("{" + entry("a", "F32", "[2]", "[0,8]") + "," + entry("b", "F32", "[2]", "[4,12]") + "}",
+  expect_error(image(braces(entry("a", "F32", "[2]", "[0,8]") + "," + entry("b", "F32", "[2]", "[4,12]")),
                      "abcdefghijkl"),
                {"\"a\"", "\"b\"", "overlap"});
-  expect_error(image("{" + entry("a", "U8", "[12]", "[0,12]") + "," + entry("b", "U8", "[2]", "[4,6]") + "}",
+  expect_error(image(braces(entry("a", "U8", "[12]", "[0,12]") + "," + entry("b", "U8", "[2]", "[4,6]")),
                      "abcdefghijkl"),
                {"\"a\"", "\"b\"", "overlap"});
   // same range twice
-  expect_error(image("{" + entry("a", "U8", "[4]", "[0,4]") + "," + entry("b", "U8", "[4]", "[0,4]") + "}", "abcd"),
+  expect_error(image(braces(entry("a", "U8", "[4]", "[0,4]") + "," + entry("b", "U8", "[4]", "[0,4]")), "abcd"),
                {"overlap"});
 }
 
 TEST(SafetensorsValidation, HolesAndEmptyTensorsAreAllowed) {
   auto f = SafetensorsFile::from_bytes(
-      image("{" + entry("a", "U8", "[4]", "[0,4]") + "," + entry("b", "U8", "[2]", "[8,10]") + "," +
-                entry("e", "F32", "[0, 3]", "[2,2]") + "}",
+      image(braces(entry("a", "U8", "[4]", "[0,4]") + "," + entry("b", "U8", "[2]", "[8,10]") + "," +
+                entry("e", "F32", "[0, 3]", "[2,2]")),
             "abcdefghij"),
       "mem");
   EXPECT_EQ(f->tensors().size(), 3u);
@@ -518,7 +536,7 @@ TEST(SafetensorsValidation, MetadataNotObjectOfStrings) {
 }
 
 TEST(SafetensorsValidation, DuplicateKeys) {
-  expect_error(image("{" + entry("a", "U8", "[4]", "[0,4]") + "," + entry("a", "U8", "[4]", "[0,4]") + "}", "abcd"),
+  expect_error(image(braces(entry("a", "U8", "[4]", "[0,4]") + "," + entry("a", "U8", "[4]", "[0,4]")), "abcd"),
                {"\"a\"", "twice"});
   expect_error(image("{\"a\":{\"dtype\":\"U8\",\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,4]}}", "abcd"),
                {"\"a\"", "\"dtype\"", "twice"});
@@ -809,8 +827,8 @@ void mutate(std::string& img, std::mt19937_64& rng, const Corpus& c) {
       size_t at = digits[rnd(digits.size())] + rnd(2);
       std::string ins;
       for (int k = 0, m = 1 + (int)rnd(22); k < m; ++k) ins += (char)('0' + rnd(10));
-      if (rnd(3) == 0) set_hdr_len(img, hdr_len(img));  // sometimes leave the prefix stale
-      splice_header(img, at, 0, ins);
+      if (rnd(3) == 0) img.insert(at, ins);  // sometimes leave the length prefix stale
+      else splice_header(img, at, 0, ins);
       break;
     }
     case 4: {  // replace a number with an interesting one
