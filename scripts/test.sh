@@ -11,5 +11,5 @@ if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DOBORO_SANITIZE=ON -DOBORO_NATIVE=OFF >/dev/null
   cmake --build build-asan -j"$(nproc)" --target oboro_tests oboro
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ./build-asan/tests/oboro_tests --gtest_filter='Safetensors*:Dtype*:Cli*:DiT.Load*:DiTConfig*'
+    ./build-asan/tests/oboro_tests --gtest_filter='Safetensors*:TensorSource*:InfoCommand*:DType*:DtypeF8*:Cli*:Tensor.*:DiT.Load*:DiTConfig*'
 fi
