@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: install missing packages, build, run ctest (unit tests + PyTorch
-# twin tests), then rebuild the file-parsing tests under AddressSanitizer + UBSan and run them.
+# twin tests), then rebuild everything under AddressSanitizer + UBSan and run the unit and twin tests again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/build.sh
 (cd build && ctest --output-on-failure -j"$(nproc)")
 if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
-  echo "== sanitizer build (ASan + UBSan): parsers, corrupted files, bad CLI input =="
+  echo "== sanitizer build (ASan + UBSan): every unit test, and the twin test on the sanitized binary =="
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DOBORO_SANITIZE=ON -DOBORO_NATIVE=OFF >/dev/null
   cmake --build build-asan -j"$(nproc)" --target oboro_tests oboro
-  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ./build-asan/tests/oboro_tests --gtest_filter='Safetensors*:TensorSource*:InfoCommand*:DType*:DtypeF8*:Cli*:Tensor.*:DiT.Load*:DiTConfig*'
+  export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
+  ./build-asan/tests/oboro_tests --gtest_brief=1
+  /usr/bin/python3 tests/twin/test_dit_twin.py --oboro build-asan/oboro --workdir build-asan/twin_dit
 fi
