@@ -24,6 +24,7 @@ import oboro_twin as tw  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="oboro-1b", help="tiny | small | oboro-1b")
+    ap.add_argument("--schedule", default="mmh", choices=["mmh", "uniform"], help="head schedule")
     ap.add_argument("--height", type=int, default=416, help="image height in pixels")
     ap.add_argument("--width", type=int, default=736, help="image width in pixels")
     ap.add_argument("--batch", type=int, default=2, help="2 = one CFG step (cond + uncond)")
@@ -49,7 +50,8 @@ def main():
         sys.exit(f"height and width must be multiples of {s}")
 
     cfg = tw.make_config(args.config, text_dim=args.text_dim,
-                         latent_channels=args.latent_channels, patch_size=args.patch_size)
+                         latent_channels=args.latent_channels, patch_size=args.patch_size,
+                         schedule=args.schedule)
     t0 = time.time()
     # build on the meta device, allocate once, fill with the random-weight rule
     model = tw.OboroDiT(cfg, device="meta").to_empty(device="cpu")
