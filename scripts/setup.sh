@@ -5,7 +5,9 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config git
   libopenblas-dev            # CPU GEMM
-  nlohmann-json3-dev libcli11-dev
+  nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
+  libsentencepiece-dev       # tokenizer (T5 spiece.model) and vocabulary training
+  libstb-dev libpng-dev libwebp-dev   # image decode (PNG/JPEG/WebP), PNG with text chunks
   libgtest-dev googletest    # tests
   python3 python3-torch python3-numpy   # the PyTorch twin (test oracle)
 )

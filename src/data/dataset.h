@@ -1,0 +1,51 @@
+// Training images with captions: a folder of images with sidecar captions (`img.png` + `img.txt`,
+// folders named `N_name` repeat N times) or a kohya-style dataset TOML ([[datasets]] /
+// [[datasets.subsets]]: image_dir, caption_extension, num_repeats, shuffle_caption, keep_tokens,
+// caption_dropout_rate, flip_aug). Scanning reads no pixels; load() decodes one image.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace oboro {
+
+struct DatasetEntry {
+  std::string image_path;
+  std::string caption;            // sidecar text (first line trimmed), "" if none
+  int subset = 0;                 // index into subsets()
+};
+
+struct DatasetSubset {
+  std::string image_dir;
+  std::string caption_extension = ".txt";
+  int num_repeats = 1;
+  bool shuffle_caption = false;   // shuffle comma-separated tags after the first keep_tokens
+  int keep_tokens = 0;
+  float caption_dropout_rate = 0.f;
+  bool flip_aug = false;
+};
+
+class Dataset {
+ public:
+  // `source`: a directory or a .toml file. Errors name the path and the fix.
+  static Dataset open(const std::string& source);
+
+  const std::vector<DatasetEntry>& entries() const { return entries_; }  // repeats expanded
+  const std::vector<DatasetSubset>& subsets() const { return subsets_; }
+  size_t size() const { return entries_.size(); }
+  std::vector<std::string> captions() const;  // for vocabulary training
+
+  // Decode entry i, resize-cover + crop to width×height (crop window from `rng_seed`, centre when
+  // rng_seed == 0), write (3, height, width) in [-1, 1] into chw and the caption after subset
+  // augmentations (shuffle, flip flag applied to pixels) into caption. A corrupt or unreadable image
+  // prints one warning line, is counted in skipped() and returns false; never throws for it.
+  bool load(size_t i, int width, int height, uint64_t rng_seed, float* chw, std::string* caption) const;
+  size_t skipped() const { return skipped_; }
+
+ private:
+  std::vector<DatasetEntry> entries_;
+  std::vector<DatasetSubset> subsets_;
+  mutable size_t skipped_ = 0;
+};
+
+}  // namespace oboro
