@@ -1,0 +1,33 @@
+// Flow matching (spec §6): the I-CFM training pair and the Euler sampling schedule.
+// t = 0 is noise, t = 1 is data; the model's velocity points from noise to data.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace oboro {
+
+enum class TimestepSampling { Uniform, LogitNormal };
+TimestepSampling timestep_sampling_from_name(const std::string& s);  // "uniform" | "logit_normal"
+
+// Random streams of one training step, all from Philox keyed by (seed, step, slot): a resumed run
+// draws exactly the numbers the uninterrupted run drew.
+struct StepRng {
+  uint64_t seed;
+  uint64_t step;
+  uint64_t stream(uint64_t slot) const { return step * 64 + slot; }
+};
+enum RngSlot : uint64_t { kSlotNoise = 1, kSlotEps = 2, kSlotTime = 3, kSlotDropout = 4, kSlotCrop = 5, kSlotShuffle = 6 };
+
+// For B samples of n values each (x1 = data latents):
+//   x0 ~ N(0, I), t ~ U[0,1] (or logit-normal), ε ~ N(0, I),
+//   x_t = t·x1 + (1 − t)·x0 + σ·ε,  target u = x1 − x0.
+void icfm_pair(const float* x1, int B, int64_t n, float sigma, TimestepSampling ts, const StepRng& rng, float* t_out,
+               float* xt_out, float* u_out);
+
+// Euler timesteps t_0 = 0 < … < t_S = 1 with the FLUX resolution shift for N image tokens
+// (shift on: k = exp(μ), μ = 0.5 + (N − 256)·(1.15 − 0.5)/(4096 − 256)). Returns S + 1 values.
+std::vector<float> euler_timesteps(int steps, int n_tokens, bool shift);
+double resolution_shift(int n_tokens);  // k
+
+}  // namespace oboro

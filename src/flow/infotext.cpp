@@ -1,0 +1,120 @@
+#include "flow/infotext.h"
+#include "core/error.h"
+#include <nlohmann/json.hpp>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+namespace oboro {
+
+std::string py_float(double v) {
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string((long long)v);
+  char buf[64];
+  for (int prec = 1; prec <= 17; ++prec) {  // shortest representation that round-trips
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string s = buf;
+  auto e = s.find('e');
+  if (e != std::string::npos) {  // Python prints 1e-4 as 0.0001 and switches to exponent below 1e-4
+    double a = std::fabs(v);
+    if (a >= 1e-4 && a < 1e16) {
+      std::snprintf(buf, sizeof buf, "%.17f", v);
+      s = buf;
+      while (s.back() == '0') s.pop_back();
+      // trim to the shortest round-tripping digits
+      for (size_t len = s.find('.') + 2; len <= s.size(); ++len)
+        if (std::strtod(s.substr(0, len).c_str(), nullptr) == v) { s = s.substr(0, len); break; }
+    }
+  }
+  return s;
+}
+
+static std::string quote_if_needed(const std::string& v) {
+  if (v.find_first_of(",:\n") == std::string::npos) return v;
+  return nlohmann::json(v).dump();
+}
+
+std::string format_infotext(const std::string& prompt, const std::string& negative,
+                            const std::vector<std::pair<std::string, std::string>>& params) {
+  std::string s = prompt;
+  if (!negative.empty()) s += "\nNegative prompt: " + negative;
+  s += "\n";
+  for (size_t i = 0; i < params.size(); ++i) s += (i ? ", " : "") + params[i].first + ": " + quote_if_needed(params[i].second);
+  return s;
+}
+
+Infotext parse_infotext(const std::string& text) {
+  Infotext r;
+  std::vector<std::string> lines;
+  std::stringstream ss(text);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  if (lines.empty()) return r;
+  std::string last = lines.back();
+  bool has_params = last.find("Steps: ") != std::string::npos || last.find(": ") != std::string::npos;
+  size_t n = has_params && lines.size() > 1 ? lines.size() - 1 : lines.size();
+  bool in_neg = false;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& l = lines[i];
+    if (l.rfind("Negative prompt: ", 0) == 0) { in_neg = true; r.negative = l.substr(17); continue; }
+    std::string& dst = in_neg ? r.negative : r.prompt;
+    dst += (dst.empty() ? "" : "\n") + l;
+  }
+  if (has_params && lines.size() > 1) {
+    // key: value pairs; values may be JSON strings containing ", "
+    size_t i = 0;
+    while (i < last.size()) {
+      size_t colon = last.find(": ", i);
+      if (colon == std::string::npos) break;
+      std::string key = last.substr(i, colon - i);
+      size_t v0 = colon + 2, end;
+      std::string val;
+      if (v0 < last.size() && last[v0] == '"') {
+        end = v0 + 1;
+        while (end < last.size() && last[end] != '"') end += last[end] == '\\' ? 2 : 1;
+        ++end;
+        try { val = nlohmann::json::parse(last.substr(v0, end - v0)).get<std::string>(); } catch (...) { val = last.substr(v0, end - v0); }
+      } else {
+        end = last.find(", ", v0);
+        if (end == std::string::npos) end = last.size();
+        val = last.substr(v0, end - v0);
+      }
+      r.params.emplace_back(key, val);
+      i = end;
+      if (last.compare(i, 2, ", ") == 0) i += 2;
+    }
+  }
+  return r;
+}
+
+PromptLine parse_prompt_line(const std::string& line) {
+  PromptLine p;
+  std::string rest = line;
+  size_t pos = rest.find(" --");
+  p.prompt = rest.substr(0, pos);
+  while (pos != std::string::npos) {
+    size_t next = rest.find(" --", pos + 3);
+    std::string opt = rest.substr(pos + 3, next == std::string::npos ? std::string::npos : next - pos - 3);
+    if (opt.empty()) { pos = next; continue; }
+    char f = opt[0];
+    std::string val = opt.size() > 2 ? opt.substr(2) : "";
+    try {
+      switch (f) {
+        case 'n': p.negative = val; break;
+        case 'w': p.width = std::stoi(val); break;
+        case 'h': p.height = std::stoi(val); break;
+        case 'd': p.seed = std::stoll(val); break;
+        case 's': p.steps = std::stoi(val); break;
+        case 'l': p.cfg = std::stof(val); break;
+        default: fail("unknown flag --", f, " in sample prompt line: ", line, " (known: --n --w --h --d --s --l)");
+      }
+    } catch (const std::logic_error&) {
+      fail("bad value for --", f, " in sample prompt line: ", line);
+    }
+    pos = next;
+  }
+  while (!p.prompt.empty() && std::isspace((unsigned char)p.prompt.back())) p.prompt.pop_back();
+  return p;
+}
+
+}  // namespace oboro

@@ -1,0 +1,30 @@
+// Euler ODE sampler with classifier-free guidance (spec §6): cond and uncond run as ONE batched
+// forward (text padded, keys masked). Each image's starting noise depends only on its seed.
+#pragma once
+#include "models/dit.h"
+#include "models/text_encoder.h"
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+namespace oboro {
+
+struct SamplerOptions {
+  int steps = 30;
+  float cfg_scale = 5.f;
+  bool shift = true;
+  // Called after each step with (step, total, current latents of the batch).
+  std::function<void(int, int, const std::vector<float>&)> on_step;
+};
+
+// Initial noise of one image: N(0, I) of n values from Philox(seed, stream 0), drawn on the CPU.
+void initial_noise(uint64_t seed, int64_t n, float* out);
+
+// cond / uncond: n rows each (uncond ignored when cfg_scale == 1). Returns latents (n, C, h, w).
+std::vector<float> sample_euler(DiT& dit, const TextBatch& cond, const TextBatch& uncond, int h, int w,
+                                const std::vector<uint64_t>& seeds, const SamplerOptions& opt);
+
+// Stack two text batches (same dim) into one, padding to the longer L (mask 0 on padding).
+TextBatch concat_text(const TextBatch& a, const TextBatch& b);
+
+}  // namespace oboro

@@ -1,0 +1,42 @@
+// Prompt → T5 hidden states: the tokenizer plus the T5 encoder, padded into one batch with a mask.
+// A text-encoder file is a T5 safetensors file whose metadata `oboro.tokenizer` holds the
+// sentencepiece model (base64), so it is self-contained; or a directory / file with
+// `spiece.model` beside it (HF layout).
+#pragma once
+#include "models/t5.h"
+#include "models/tokenizer.h"
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace oboro {
+
+struct TextBatch {
+  int B = 0, L = 0, dim = 0;
+  std::vector<float> hidden;  // (B, L, dim)
+  std::vector<float> mask;    // (B, L) 1 valid / 0 pad
+};
+
+class TextEncoder {
+ public:
+  TextEncoder(Tokenizer tok, std::unique_ptr<T5Encoder> t5);
+  static std::unique_ptr<TextEncoder> load(const std::string& path, Backend& be);
+  void save(const std::string& path) const;  // T5 weights + tokenizer in metadata
+
+  // Encode prompts (each tokenised with </s>, padded to the longest, at most max_len tokens).
+  TextBatch encode(const std::vector<std::string>& prompts, bool training, int max_len = 256);
+  // After encode(training = true): accumulate T5 gradients for dL/dhidden (B, L, dim).
+  void backward(const float* dhidden);
+
+  T5Encoder& t5() { return *t5_; }
+  const Tokenizer& tokenizer() const { return tok_; }
+  int dim() const { return t5_->config().d_model; }
+
+ private:
+  Tokenizer tok_;
+  std::unique_ptr<T5Encoder> t5_;
+  std::vector<float> last_mask_;  // of the last training encode: padded rows get no gradient
+  int last_dim_ = 0;
+};
+
+}  // namespace oboro

@@ -1,0 +1,9 @@
+// Loss curve as a self-contained SVG (axes, ticks, raw loss and a moving average).
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace oboro {
+std::string plot_loss_svg(const std::vector<std::pair<double, double>>& step_loss, const std::string& title);
+}  // namespace oboro

@@ -1,0 +1,642 @@
+#include "train/trainer.h"
+#include "core/base64.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "data/dataset.h"
+#include "flow/flow.h"
+#include "flow/infotext.h"
+#include "flow/sampler.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "models/codec.h"
+#include "models/dit.h"
+#include "models/text_encoder.h"
+#include "train/optim.h"
+#include "train/plot.h"
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+#include <unistd.h>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+namespace oboro {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// ---------------------------------------------------------------- config
+
+TrainConfig TrainConfig::from_toml(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    fail(path, ":", e.source().begin.line, ": invalid TOML: ", e.description());
+  }
+  TrainConfig c;
+  std::set<std::string> used;
+  // Flat kohya-style keys; tables ([model], [train], ...) are only grouping and are flattened.
+  std::map<std::string, const toml::node*> keys;
+  std::function<void(const toml::table&)> flatten = [&](const toml::table& t) {
+    for (auto&& [k, v] : t) {
+      if (v.is_table()) flatten(*v.as_table());
+      else keys[std::string(k.str())] = &v;
+    }
+  };
+  flatten(root);
+  auto where = [&](const std::string& k) { return str(path, ": ", k); };
+  auto get_str = [&](const char* k, std::string& dst) {
+    if (auto it = keys.find(k); it != keys.end()) {
+      used.insert(k);
+      if (!it->second->is_string()) fail(where(k), " must be a string");
+      dst = it->second->as_string()->get();
+    }
+  };
+  auto get_num = [&](const char* k, auto& dst) {
+    if (auto it = keys.find(k); it != keys.end()) {
+      used.insert(k);
+      if (auto i = it->second->as_integer()) dst = (std::remove_reference_t<decltype(dst)>)i->get();
+      else if (auto f = it->second->as_floating_point()) dst = (std::remove_reference_t<decltype(dst)>)f->get();
+      else fail(where(k), " must be a number");
+    }
+  };
+  auto get_bool = [&](const char* k, bool& dst) {
+    if (auto it = keys.find(k); it != keys.end()) {
+      used.insert(k);
+      if (!it->second->is_boolean()) fail(where(k), " must be true or false");
+      dst = it->second->as_boolean()->get();
+    }
+  };
+  get_str("pretrained_model", c.pretrained_model);
+  get_str("model_preset", c.model_preset);
+  get_str("head_schedule", c.head_schedule);
+  get_num("hidden_size", c.hidden_size);
+  get_num("num_layers", c.num_layers);
+  get_num("ffn_hidden_size", c.ffn_hidden_size);
+  get_str("codec", c.codec);
+  get_num("pixels_stride", c.pixels_stride);
+  get_num("patch_size", c.patch_size);
+  get_str("text_encoder", c.text_encoder);
+  get_bool("train_text_encoder", c.train_text_encoder);
+  get_num("vocab_size", c.vocab_size);
+  get_num("t5_d_model", c.t5_d_model);
+  get_num("t5_layers", c.t5_layers);
+  get_num("t5_heads", c.t5_heads);
+  get_num("t5_d_kv", c.t5_d_kv);
+  get_num("t5_d_ff", c.t5_d_ff);
+  get_num("max_token_length", c.max_token_length);
+  get_str("train_data_dir", c.train_data_dir);
+  get_str("dataset_config", c.dataset_config);
+  if (auto it = keys.find("resolution"); it != keys.end()) {
+    used.insert("resolution");
+    if (auto i = it->second->as_integer()) c.width = c.height = (int)i->get();
+    else if (auto s = it->second->as_string()) {
+      if (std::sscanf(s->get().c_str(), "%d,%d", &c.width, &c.height) != 2) fail(where("resolution"), " must be N or \"W,H\"");
+    } else fail(where("resolution"), " must be N or \"W,H\"");
+  }
+  get_str("output_dir", c.output_dir);
+  get_str("output_name", c.output_name);
+  get_num("train_batch_size", c.train_batch_size);
+  get_num("gradient_accumulation_steps", c.gradient_accumulation_steps);
+  get_num("max_train_steps", c.max_train_steps);
+  get_num("learning_rate", c.learning_rate);
+  get_str("lr_scheduler", c.lr_scheduler);
+  get_num("lr_warmup_steps", c.lr_warmup_steps);
+  get_num("min_lr_ratio", c.min_lr_ratio);
+  get_str("optimizer_type", c.optimizer_type);
+  get_num("adam_beta1", c.adam_beta1);
+  get_num("adam_beta2", c.adam_beta2);
+  get_num("adam_epsilon", c.adam_epsilon);
+  get_num("weight_decay", c.weight_decay);
+  get_num("max_grad_norm", c.max_grad_norm);
+  get_num("ema_decay", c.ema_decay);
+  get_num("seed", c.seed);
+  get_num("caption_dropout_rate", c.caption_dropout_rate);
+  get_str("timestep_sampling", c.timestep_sampling);
+  get_num("save_every_n_steps", c.save_every_n_steps);
+  get_num("save_last_n_steps", c.save_last_n_steps);
+  get_str("sample_prompts", c.sample_prompts);
+  get_num("sample_every_n_steps", c.sample_every_n_steps);
+  get_num("sample_steps", c.sample_steps);
+  get_num("sample_cfg", c.sample_cfg);
+  get_num("threads", c.threads);
+  std::string unknown;
+  for (auto& [k, v] : keys)
+    if (!used.count(k)) unknown += (unknown.empty() ? "" : ", ") + k;
+  if (!unknown.empty()) fail(path, ": unknown setting(s): ", unknown, " — check the spelling (see docs/training.md)");
+  // Paths relative to the config file.
+  fs::path base = fs::path(path).parent_path();
+  auto rel = [&](std::string& p) { if (!p.empty() && fs::path(p).is_relative()) p = (base / p).lexically_normal().string(); };
+  rel(c.train_data_dir); rel(c.dataset_config); rel(c.output_dir); rel(c.pretrained_model); rel(c.text_encoder);
+  rel(c.sample_prompts);
+  return c;
+}
+
+std::string TrainConfig::to_json() const {
+  json j = {{"pretrained_model", pretrained_model}, {"model_preset", model_preset}, {"head_schedule", head_schedule},
+            {"hidden_size", hidden_size}, {"num_layers", num_layers}, {"ffn_hidden_size", ffn_hidden_size},
+            {"codec", codec}, {"pixels_stride", pixels_stride}, {"patch_size", patch_size},
+            {"text_encoder", text_encoder}, {"train_text_encoder", train_text_encoder}, {"vocab_size", vocab_size},
+            {"t5_d_model", t5_d_model}, {"t5_layers", t5_layers}, {"t5_heads", t5_heads}, {"t5_d_kv", t5_d_kv},
+            {"t5_d_ff", t5_d_ff}, {"max_token_length", max_token_length}, {"train_data_dir", train_data_dir},
+            {"dataset_config", dataset_config}, {"width", width}, {"height", height},
+            {"train_batch_size", train_batch_size}, {"gradient_accumulation_steps", gradient_accumulation_steps},
+            {"max_train_steps", max_train_steps}, {"learning_rate", learning_rate}, {"lr_scheduler", lr_scheduler},
+            {"lr_warmup_steps", lr_warmup_steps}, {"min_lr_ratio", min_lr_ratio}, {"optimizer_type", optimizer_type},
+            {"adam_beta1", adam_beta1}, {"adam_beta2", adam_beta2}, {"adam_epsilon", adam_epsilon},
+            {"weight_decay", weight_decay}, {"max_grad_norm", max_grad_norm}, {"ema_decay", ema_decay}, {"seed", seed},
+            {"caption_dropout_rate", caption_dropout_rate}, {"timestep_sampling", timestep_sampling}};
+  return j.dump();
+}
+
+// ---------------------------------------------------------------- helpers
+
+namespace {
+
+std::vector<float> to_host(Backend& be, const float* p, size_t n) {
+  std::vector<float> h(n);
+  be.download(h.data(), p, n);
+  return h;
+}
+
+std::vector<uint32_t> epoch_permutation(size_t n, uint64_t seed, int64_t epoch) {
+  std::vector<uint32_t> p(n);
+  for (size_t i = 0; i < n; ++i) p[i] = (uint32_t)i;
+  for (size_t i = n; i > 1; --i) {
+    size_t j = (size_t)(uniform_at(seed, 0x5EED0000ull + (uint64_t)epoch, i) * i);
+    std::swap(p[i - 1], p[std::min(j, i - 1)]);
+  }
+  return p;
+}
+
+struct Checkpointable {
+  std::vector<float> dit_ema, t5_ema;
+};
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", (long long)step);
+  return buf;
+}
+
+std::string fmt_time(double s) {
+  int t = (int)std::lround(s);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%d:%02d", t / 60, t % 60);
+  return buf;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- trainer
+
+struct Trainer {
+  TrainConfig cfg;
+  Backend& be = cpu_backend();
+  Dataset data;
+  std::unique_ptr<TextEncoder> te;
+  std::unique_ptr<DiT> dit;
+  bool train_te = false;
+  AdamW opt_dit, opt_te;
+  std::vector<float> ema_dit, ema_te;
+  LrSchedule sched;
+  int64_t step = 0, epoch = 0, index = 0, samples_seen = 0;
+  double loss_ema = 0;
+  std::vector<uint32_t> perm;
+  int64_t perm_epoch = -1;
+  PixelsCodec codec;
+  std::vector<std::pair<int64_t, double>> loss_history;
+
+  explicit Trainer(const TrainConfig& c) : cfg(c) {}
+
+  std::string state_dir() const { return (fs::path(cfg.output_dir) / "state").string(); }
+  std::string model_path() const { return (fs::path(cfg.output_dir) / (cfg.output_name + ".safetensors")).string(); }
+  std::string te_path() const { return (fs::path(cfg.output_dir) / (cfg.output_name + ".t5.safetensors")).string(); }
+  std::string log_path() const { return (fs::path(cfg.output_dir) / "log.jsonl").string(); }
+
+  void validate() {
+    if (cfg.optimizer_type != "AdamW" && cfg.optimizer_type != "adamw")
+      fail("optimizer_type '", cfg.optimizer_type, "' is not supported: use AdamW");
+    LrSchedule::validate_kind(cfg.lr_scheduler);
+    timestep_sampling_from_name(cfg.timestep_sampling);
+    if (cfg.codec != "pixels")
+      fail("codec '", cfg.codec, "': only the pixels codec can be trained in this build (the FLUX VAE arrives later)");
+    if (cfg.train_batch_size < 1) fail("train_batch_size must be at least 1");
+    if (cfg.gradient_accumulation_steps < 1) fail("gradient_accumulation_steps must be at least 1");
+    if (cfg.max_train_steps < 1) fail("max_train_steps must be at least 1");
+    const int m = cfg.pixels_stride * cfg.patch_size;
+    if (cfg.width % m || cfg.height % m)
+      fail("resolution ", cfg.width, "x", cfg.height, " must be a multiple of pixels_stride·patch_size = ", m);
+    if (cfg.train_data_dir.empty() == cfg.dataset_config.empty())
+      fail("set exactly one of train_data_dir (a folder of images + .txt captions) or dataset_config (a dataset TOML)");
+  }
+
+  void setup_new() {
+    // Text encoder: a frozen pretrained T5, or a small T5 + vocabulary trained here.
+    if (!cfg.text_encoder.empty()) {
+      te = TextEncoder::load(cfg.text_encoder, be);
+      train_te = false;
+    } else {
+      fs::create_directories(cfg.output_dir);
+      std::string prefix = (fs::path(cfg.output_dir) / "tokenizer").string();
+      std::vector<std::string> lines = data.captions();
+      lines.erase(std::remove(lines.begin(), lines.end(), std::string()), lines.end());
+      if (lines.empty()) fail("the dataset has no captions to train a vocabulary on: add .txt captions beside the images");
+      std::fprintf(stderr, "training a %d-piece vocabulary on %zu captions\n", cfg.vocab_size, lines.size());
+      train_vocab(lines, cfg.vocab_size, prefix);
+      Tokenizer tok = Tokenizer::load(prefix + ".model");
+      T5Config tc;
+      tc.vocab_size = tok.vocab_size();
+      tc.d_model = cfg.t5_d_model;
+      tc.d_kv = cfg.t5_d_kv;
+      tc.num_heads = cfg.t5_heads;
+      tc.d_ff = cfg.t5_d_ff;
+      tc.num_layers = cfg.t5_layers;
+      auto t5 = std::make_unique<T5Encoder>(tc, be);
+      t5->init_weights(cfg.seed ^ 0x75);
+      te = std::make_unique<TextEncoder>(std::move(tok), std::move(t5));
+      train_te = cfg.train_text_encoder;
+    }
+    if (!cfg.pretrained_model.empty()) {
+      dit = DiT::load(cfg.pretrained_model, be);
+    } else {
+      DiTConfig dc = DiTConfig::preset(cfg.model_preset, te->dim(), cfg.head_schedule);
+      if (cfg.hidden_size > 0) dc.hidden_size = cfg.hidden_size;
+      if (cfg.ffn_hidden_size > 0) dc.ffn_hidden_size = cfg.ffn_hidden_size;
+      if (cfg.num_layers > 0)
+        dc.heads = cfg.head_schedule == "mmh" ? DiTConfig::mmh_heads(cfg.num_layers)
+                                              : std::vector<int>(cfg.num_layers, std::max(1, dc.hidden_size / 64));
+      if (cfg.head_schedule == "uniform" && cfg.hidden_size > 0)
+        dc.heads.assign(dc.layers(), std::max(1, dc.hidden_size / 64));
+      dc.latent_channels = codec.channels();
+      dc.patch_size = cfg.patch_size;
+      dc.codec = cfg.codec;
+      dc.validate("training config");
+      dit = std::make_unique<DiT>(dc, be);
+      dit->init_weights(cfg.seed);
+    }
+    const DiTConfig& dc = dit->config();
+    if (dc.text_dim != te->dim())
+      fail("the DiT expects text_dim ", dc.text_dim, " but the text encoder outputs ", te->dim());
+    if (dc.latent_channels != codec.channels())
+      fail("the DiT has ", dc.latent_channels, " latent channels but pixels_stride ", cfg.pixels_stride, " gives ",
+           codec.channels());
+  }
+
+  void setup_optim() {
+    AdamWConfig ac{cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.weight_decay};
+    opt_dit.init(dit->layout(), ac);
+    if (train_te) opt_te.init(te->t5().layout(), ac);
+    if (cfg.ema_decay > 0) {
+      ema_dit = to_host(be, dit->params(), dit->num_params());
+      if (train_te) ema_te = to_host(be, te->t5().params(), te->t5().layout().total());
+    }
+    sched.kind = cfg.lr_scheduler;
+    sched.lr = cfg.learning_rate;
+    sched.total_steps = cfg.max_train_steps;
+    sched.warmup_steps = cfg.lr_warmup_steps < 1 && cfg.lr_warmup_steps > 0
+                             ? (int64_t)std::llround(cfg.lr_warmup_steps * cfg.max_train_steps)
+                             : (int64_t)cfg.lr_warmup_steps;
+    sched.min_lr_ratio = cfg.min_lr_ratio;
+  }
+
+  // ------------------------------------------------ checkpoint state
+
+  void save_state() {
+    fs::create_directories(state_dir());
+    std::string path = (fs::path(state_dir()) / (step_name(step) + ".safetensors")).string();
+    SafetensorsWriter wr;
+    std::vector<std::vector<float>> keep;
+    auto add = [&](const std::string& name, std::vector<float> v) {
+      keep.push_back(std::move(v));
+      wr.add(name, Tensor::borrow(keep.back().data(), {(int64_t)keep.back().size()}, DType::F32, nullptr));
+    };
+    keep.reserve(8);
+    add("dit.params", to_host(be, dit->params(), dit->num_params()));
+    add("dit.adam_m", opt_dit.m);
+    add("dit.adam_v", opt_dit.v);
+    if (!ema_dit.empty()) add("dit.ema", ema_dit);
+    add("t5.params", to_host(be, te->t5().params(), te->t5().layout().total()));
+    if (train_te) {
+      add("t5.adam_m", opt_te.m);
+      add("t5.adam_v", opt_te.v);
+      if (!ema_te.empty()) add("t5.ema", ema_te);
+    }
+    json st = {{"step", step}, {"epoch", epoch}, {"index", index}, {"samples_seen", samples_seen},
+               {"loss_ema", loss_ema}, {"train_text_encoder", train_te}, {"skipped_images", data.skipped()},
+               {"config", json::parse(cfg.to_json())}};
+    wr.set_metadata("oboro.train_state", st.dump());
+    wr.set_metadata("oboro.config", dit->config().to_json().dump());
+    wr.set_metadata("oboro.t5_config", te->t5().config().to_json().dump());
+    wr.set_metadata("oboro.tokenizer", base64_encode(te->tokenizer().serialized()));
+    wr.write(path);
+    // Keep the checkpoints of the last save_last_n_steps steps.
+    if (cfg.save_last_n_steps > 0) {
+      for (auto& e : fs::directory_iterator(state_dir())) {
+        std::string n = e.path().filename().string();
+        long long s;
+        if (std::sscanf(n.c_str(), "step-%lld.safetensors", &s) == 1 && s < step - cfg.save_last_n_steps)
+          fs::remove(e.path());
+      }
+    }
+  }
+
+  static std::string latest_state(const std::string& dir) {
+    std::string best;
+    if (!fs::is_directory(dir)) fail("--resume latest: there is no checkpoint folder ", dir, " (nothing to resume)");
+    for (auto& e : fs::directory_iterator(dir)) {
+      std::string n = e.path().filename().string();
+      if (n.rfind("step-", 0) == 0 && n.size() > 12 && n.substr(n.size() - 12) == ".safetensors" &&
+          (best.empty() || n > fs::path(best).filename().string()))
+        best = e.path().string();
+    }
+    if (best.empty()) fail("--resume latest: no step-*.safetensors checkpoint in ", dir);
+    return best;
+  }
+
+  void load_state(const std::string& path) {
+    auto f = SafetensorsFile::open(path);
+    auto meta = [&](const char* k) -> const std::string& {
+      auto it = f->metadata().find(k);
+      if (it == f->metadata().end()) fail(path, ": not an oboro training checkpoint (no '", k, "' metadata)");
+      return it->second;
+    };
+    json st = json::parse(meta("oboro.train_state"));
+    DiTConfig dc = DiTConfig::from_json(json::parse(meta("oboro.config")), path);
+    T5Config tc = T5Config::from_json(json::parse(meta("oboro.t5_config")), path);
+    Tokenizer tok = Tokenizer::from_serialized(base64_decode(meta("oboro.tokenizer")));
+    train_te = st.at("train_text_encoder").get<bool>();
+    auto t5 = std::make_unique<T5Encoder>(tc, be);
+    te = std::make_unique<TextEncoder>(std::move(tok), std::move(t5));
+    dit = std::make_unique<DiT>(dc, be);
+    setup_optim();
+    auto load_flat = [&](const std::string& name, float* dst, size_t n, bool device) {
+      if (!f->has(name)) fail(path, ": checkpoint tensor ", name, " is missing");
+      Tensor t = f->tensor_f32(name);
+      if ((size_t)t.numel() != n)
+        fail(path, ": checkpoint tensor ", name, " has ", t.numel(), " values, the model needs ", n,
+             " — the checkpoint belongs to a different model config");
+      if (device) be.upload(dst, t.f32(), n);
+      else std::copy_n(t.f32(), n, dst);
+    };
+    load_flat("dit.params", dit->params(), dit->num_params(), true);
+    load_flat("dit.adam_m", opt_dit.m.data(), opt_dit.m.size(), false);
+    load_flat("dit.adam_v", opt_dit.v.data(), opt_dit.v.size(), false);
+    if (!ema_dit.empty()) load_flat("dit.ema", ema_dit.data(), ema_dit.size(), false);
+    load_flat("t5.params", te->t5().params(), te->t5().layout().total(), true);
+    if (train_te) {
+      load_flat("t5.adam_m", opt_te.m.data(), opt_te.m.size(), false);
+      load_flat("t5.adam_v", opt_te.v.data(), opt_te.v.size(), false);
+      if (!ema_te.empty()) load_flat("t5.ema", ema_te.data(), ema_te.size(), false);
+    }
+    step = st.at("step").get<int64_t>();
+    epoch = st.at("epoch").get<int64_t>();
+    index = st.at("index").get<int64_t>();
+    samples_seen = st.at("samples_seen").get<int64_t>();
+    loss_ema = st.at("loss_ema").get<double>();
+    std::fprintf(stderr, "resumed from %s at step %lld (epoch %lld)\n", path.c_str(), (long long)step, (long long)epoch);
+  }
+
+  // ------------------------------------------------ inference model files
+
+  void save_models() {
+    fs::create_directories(cfg.output_dir);
+    // Inference weights: EMA when enabled.
+    std::vector<float> raw_dit, raw_te;
+    if (!ema_dit.empty()) {
+      raw_dit = to_host(be, dit->params(), dit->num_params());
+      be.upload(dit->params(), ema_dit.data(), ema_dit.size());
+      if (!ema_te.empty()) {
+        raw_te = to_host(be, te->t5().params(), ema_te.size());
+        be.upload(te->t5().params(), ema_te.data(), ema_te.size());
+      }
+    }
+    te->save(te_path());
+    json summary = {{"steps", step}, {"samples_seen", samples_seen}, {"loss_ema", loss_ema},
+                    {"dataset", cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir},
+                    {"ema", !ema_dit.empty()}};
+    dit->save(model_path(), {{"oboro.text_encoder", fs::path(te_path()).filename().string()},
+                             {"oboro.train", summary.dump()},
+                             {"modelspec.title", cfg.output_name},
+                             {"modelspec.resolution", str(cfg.width, "x", cfg.height)},
+                             {"ss_steps", std::to_string(step)},
+                             {"ss_learning_rate", py_float(cfg.learning_rate)},
+                             {"ss_optimizer", cfg.optimizer_type},
+                             {"ss_lr_scheduler", cfg.lr_scheduler},
+                             {"ss_seed", std::to_string(cfg.seed)},
+                             {"ss_num_train_images", std::to_string(data.size())}});
+    if (!raw_dit.empty()) be.upload(dit->params(), raw_dit.data(), raw_dit.size());
+    if (!raw_te.empty()) be.upload(te->t5().params(), raw_te.data(), raw_te.size());
+  }
+
+  // ------------------------------------------------ samples during training
+
+  void sample_images() {
+    std::ifstream f(cfg.sample_prompts);
+    if (!f) fail("cannot read sample_prompts file ", cfg.sample_prompts);
+    std::vector<PromptLine> lines;
+    for (std::string l; std::getline(f, l);)
+      if (!l.empty() && l[0] != '#') lines.push_back(parse_prompt_line(l));
+    if (lines.empty()) return;
+    std::vector<float> raw_dit, raw_te;
+    if (!ema_dit.empty()) {  // sample with EMA weights
+      raw_dit = to_host(be, dit->params(), dit->num_params());
+      be.upload(dit->params(), ema_dit.data(), ema_dit.size());
+      if (!ema_te.empty()) {
+        raw_te = to_host(be, te->t5().params(), ema_te.size());
+        be.upload(te->t5().params(), ema_te.data(), ema_te.size());
+      }
+    }
+    std::vector<Image> imgs;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const PromptLine& p = lines[i];
+      int W = p.width > 0 ? p.width : cfg.width, H = p.height > 0 ? p.height : cfg.height;
+      const int s = codec.stride;
+      SamplerOptions so;
+      so.steps = p.steps > 0 ? p.steps : cfg.sample_steps;
+      so.cfg_scale = p.cfg >= 0 ? p.cfg : cfg.sample_cfg;
+      uint64_t seed = p.seed >= 0 ? (uint64_t)p.seed : cfg.seed + i;
+      TextBatch c = te->encode({p.prompt}, false, cfg.max_token_length);
+      TextBatch u = te->encode({p.negative}, false, cfg.max_token_length);
+      std::vector<float> lat = sample_euler(*dit, c, u, H / s, W / s, {seed}, so);
+      std::vector<float> img((size_t)3 * H * W);
+      codec.decode(lat.data(), H, W, img.data());
+      imgs.push_back(chw_to_image(img.data(), H, W));
+    }
+    if (!raw_dit.empty()) be.upload(dit->params(), raw_dit.data(), raw_dit.size());
+    if (!raw_te.empty()) be.upload(te->t5().params(), raw_te.data(), raw_te.size());
+    fs::create_directories(fs::path(cfg.output_dir) / "samples");
+    save_png((fs::path(cfg.output_dir) / "samples" / (step_name(step) + ".png")).string(),
+             make_grid(imgs, std::min<int>(8, (int)imgs.size())));
+  }
+
+  // ------------------------------------------------ the loop
+
+  size_t next_entry() {
+    if (perm_epoch != epoch) { perm = epoch_permutation(data.size(), cfg.seed, epoch); perm_epoch = epoch; }
+    size_t e = perm[(size_t)index];
+    if (++index >= (int64_t)data.size()) { index = 0; ++epoch; }
+    return e;
+  }
+
+  TrainResult run(int64_t stop_after) {
+    const int B = cfg.train_batch_size, W = cfg.width, H = cfg.height, s = codec.stride;
+    const int h = H / s, w = W / s;
+    const int64_t per = (int64_t)codec.channels() * h * w;
+    const float sigma = dit->config().icfm_sigma;
+    const TimestepSampling tsm = timestep_sampling_from_name(cfg.timestep_sampling);
+    std::vector<float> img((size_t)3 * H * W), x1((size_t)B * per), xt(x1.size()), u(x1.size()), v(x1.size()),
+        dv(x1.size()), t(B);
+    std::vector<std::string> caps(B), files(B);
+    fs::create_directories(cfg.output_dir);
+    std::ofstream log(log_path(), std::ios::app);
+    const bool tty = cfg.progress && isatty(2);
+    const auto t_start = std::chrono::steady_clock::now();
+    const int64_t start_step = step;
+    double last_loss = 0;
+    while (step < cfg.max_train_steps) {
+      const auto t0 = std::chrono::steady_clock::now();
+      dit->zero_grads();
+      if (train_te) te->t5().zero_grads();
+      double loss_sum = 0;
+      for (int micro = 0; micro < cfg.gradient_accumulation_steps; ++micro) {
+        const StepRng rng{cfg.seed, (uint64_t)(step * cfg.gradient_accumulation_steps + micro)};
+        // Gather B images (skipping unreadable ones, which the dataset counts and reports).
+        int b = 0;
+        size_t misses = 0;
+        while (b < B) {
+          size_t e = next_entry();
+          uint64_t crop_seed = 1 + rng.stream(kSlotCrop) * 1000003ull + (uint64_t)b;
+          if (!data.load(e, W, H, crop_seed, img.data(), &caps[b])) {
+            if (++misses > data.size()) fail("no image of the dataset could be read: see the warnings above");
+            continue;
+          }
+          codec.encode(img.data(), H, W, x1.data() + (size_t)b * per);
+          if (uniform_at(cfg.seed, rng.stream(kSlotDropout), (uint64_t)b) < cfg.caption_dropout_rate) caps[b].clear();
+          files[b] = data.entries()[e].image_path;
+          ++b;
+        }
+        TextBatch txt = te->encode(caps, train_te, cfg.max_token_length);
+        icfm_pair(x1.data(), B, per, sigma, tsm, rng, t.data(), xt.data(), u.data());
+        dit->forward(v.data(), xt.data(), t.data(), txt.hidden.data(), txt.mask.data(), B, txt.L, h, w, true);
+        const double loss = be.mse_forward(v.data(), u.data(), v.size());
+        if (!std::isfinite(loss)) {
+          std::string list;
+          for (auto& f : files) list += (list.empty() ? "" : ", ") + fs::path(f).filename().string();
+          fail("step ", step + 1, ": the loss is ", loss, " on the batch [", list,
+               "] — training stopped and no checkpoint was written; the last saved checkpoint in ", state_dir(),
+               " is intact: lower learning_rate (now ", py_float(cfg.learning_rate), ") and resume with --resume latest");
+        }
+        loss_sum += loss;
+        std::fill(dv.begin(), dv.end(), 0.f);
+        be.mse_backward(dv.data(), v.data(), u.data(), v.size(), 1.f / cfg.gradient_accumulation_steps);
+        std::vector<float> dtxt;
+        if (train_te) dtxt.assign(txt.hidden.size(), 0.f);
+        dit->backward(dv.data(), train_te ? dtxt.data() : nullptr);
+        if (train_te) te->backward(dtxt.data());
+      }
+      const double loss = loss_sum / cfg.gradient_accumulation_steps;
+      // Gradient norm over every trained parameter; clip.
+      double ss = sum_squares(dit->grads(), dit->num_params());
+      if (train_te) ss += sum_squares(te->t5().grads(), te->t5().layout().total());
+      const double gnorm = std::sqrt(ss);
+      if (!std::isfinite(gnorm))
+        fail("step ", step + 1, ": the gradient is not finite (loss ", loss, ") — no checkpoint was written; lower "
+             "learning_rate or max_grad_norm and resume with --resume latest");
+      if (cfg.max_grad_norm > 0 && gnorm > cfg.max_grad_norm) {
+        float sc = (float)(cfg.max_grad_norm / gnorm);
+        scale_inplace(dit->grads(), dit->num_params(), sc);
+        if (train_te) scale_inplace(te->t5().grads(), te->t5().layout().total(), sc);
+      }
+      const float lr = (float)sched.at(step);
+      opt_dit.step(dit->params(), dit->grads(), lr, step + 1);
+      if (train_te) opt_te.step(te->t5().params(), te->t5().grads(), lr, step + 1);
+      if (!ema_dit.empty()) ema_update(ema_dit.data(), dit->params(), ema_dit.size(), cfg.ema_decay);
+      if (!ema_te.empty()) ema_update(ema_te.data(), te->t5().params(), ema_te.size(), cfg.ema_decay);
+      ++step;
+      samples_seen += (int64_t)B * cfg.gradient_accumulation_steps;
+      loss_ema = step == 1 ? loss : 0.98 * loss_ema + 0.02 * loss;
+      last_loss = loss;
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double sps = (double)B * cfg.gradient_accumulation_steps / dt;
+      json rec = {{"step", step}, {"loss", loss}, {"loss_ema", loss_ema}, {"lr", lr}, {"grad_norm", gnorm},
+                  {"samples_per_s", sps}, {"epoch", epoch}, {"skipped_images", data.skipped()}};
+      log << rec.dump() << "\n";
+      log.flush();
+      loss_history.emplace_back(step, loss);
+      if (cfg.progress) {
+        const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+        const double eta = el / (double)(step - start_step) * (double)(cfg.max_train_steps - step);
+        const int width = 24, filled = (int)(width * step / cfg.max_train_steps);
+        std::string bar(filled, '#');
+        bar.resize(width, '.');
+        if (tty || step % 50 == 0 || step == cfg.max_train_steps)
+          std::fprintf(stderr, "%sstep %lld/%lld [%s] loss %.4f (avg %.4f) lr %.2e %.1f samples/s ETA %s%s",
+                       tty ? "\r" : "", (long long)step, (long long)cfg.max_train_steps, bar.c_str(), loss, loss_ema,
+                       lr, sps, fmt_time(eta).c_str(), tty ? "   " : "\n");
+      }
+      const bool last = step == cfg.max_train_steps;
+      const bool stopping = stop_after > 0 && step - start_step >= stop_after;
+      if (cfg.sample_every_n_steps > 0 && !cfg.sample_prompts.empty() && (step % cfg.sample_every_n_steps == 0 || last))
+        sample_images();
+      if ((cfg.save_every_n_steps > 0 && step % cfg.save_every_n_steps == 0) || last || stopping) {
+        save_state();
+        save_models();
+        write_loss_plot();
+      }
+      if (stopping) break;
+    }
+    if (tty) std::fprintf(stderr, "\n");
+    TrainResult r;
+    r.steps = step;
+    r.final_loss = last_loss;
+    r.model_path = model_path();
+    r.text_encoder_path = te_path();
+    r.state_path = (fs::path(state_dir()) / (step_name(step) + ".safetensors")).string();
+    return r;
+  }
+
+  void write_loss_plot() {
+    // The whole run's curve from the log (it survives resumes).
+    std::ifstream f(log_path());
+    std::vector<std::pair<double, double>> pts;
+    for (std::string l; std::getline(f, l);) {
+      try {
+        json j = json::parse(l);
+        pts.emplace_back(j.at("step").get<double>(), j.at("loss").get<double>());
+      } catch (...) {
+      }
+    }
+    if (pts.size() >= 2)
+      write_file_atomic((fs::path(cfg.output_dir) / "loss.svg").string(),
+                        plot_loss_svg(pts, cfg.output_name + ": training loss (light: per step, dark: moving average)"));
+  }
+};
+
+TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64_t stop_after) {
+  if (cfg.threads > 0) set_num_threads(cfg.threads);
+  Trainer tr(cfg);
+  tr.validate();
+  tr.codec.stride = cfg.pixels_stride;
+  tr.data = Dataset::open(cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir);
+  std::fprintf(stderr, "dataset: %zu images (repeats included)\n", tr.data.size());
+  if (!resume_state.empty()) {
+    tr.load_state(resume_state == "latest" ? Trainer::latest_state(tr.state_dir()) : resume_state);
+  } else {
+    tr.setup_new();
+    tr.setup_optim();
+  }
+  std::fprintf(stderr, "model: DiT %lld parameters%s, text encoder %zu parameters (%s)\n",
+               (long long)tr.dit->config().param_count(), "", tr.te->t5().layout().total(),
+               tr.train_te ? "trained jointly" : "frozen");
+  return tr.run(stop_after);
+}
+
+}  // namespace oboro

@@ -1,0 +1,66 @@
+// `oboro train`: I-CFM training of the DiT (and optionally a small T5 from scratch, jointly),
+// with AdamW, LR schedules, gradient accumulation, EMA, checkpoints every N steps (atomic, last N
+// kept), bit-identical resume, a progress bar, JSONL logs and sample images.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace oboro {
+
+struct TrainConfig {
+  // model
+  std::string pretrained_model;          // DiT file to fine-tune ("" = new model)
+  std::string model_preset = "tiny";     // tiny | small | oboro-1b (new model)
+  std::string head_schedule = "mmh";     // mmh | uniform
+  int hidden_size = 0, num_layers = 0, ffn_hidden_size = 0;  // override the preset when > 0
+  std::string codec = "pixels";
+  int pixels_stride = 1, patch_size = 2;
+  // text encoder
+  std::string text_encoder;              // frozen T5 file/dir; "" = train a small T5 from scratch
+  bool train_text_encoder = true;        // only for the from-scratch T5
+  int vocab_size = 256, t5_d_model = 64, t5_layers = 2, t5_heads = 4, t5_d_kv = 16, t5_d_ff = 128;
+  int max_token_length = 64;
+  // data
+  std::string train_data_dir, dataset_config;
+  int width = 32, height = 32;           // `resolution`
+  // run
+  std::string output_dir = "output", output_name = "oboro";
+  int train_batch_size = 16, gradient_accumulation_steps = 1;
+  int64_t max_train_steps = 1000;
+  double learning_rate = 2e-4;
+  std::string lr_scheduler = "constant_with_warmup";
+  double lr_warmup_steps = 0;            // steps, or a ratio of max_train_steps when < 1
+  double min_lr_ratio = 0.0;
+  std::string optimizer_type = "AdamW";
+  float adam_beta1 = 0.9f, adam_beta2 = 0.999f, adam_epsilon = 1e-8f, weight_decay = 0.01f;
+  float max_grad_norm = 1.0f;            // 0 = no clipping
+  float ema_decay = 0.f;                 // 0 = no EMA
+  uint64_t seed = 42;
+  float caption_dropout_rate = 0.1f;
+  std::string timestep_sampling = "uniform";
+  int64_t save_every_n_steps = 0;        // 0 = only at the end
+  int64_t save_last_n_steps = 0;         // keep checkpoints of the last N steps (0 = keep all)
+  std::string sample_prompts;            // file, one kohya prompt line per line
+  int64_t sample_every_n_steps = 0;
+  int sample_steps = 20;
+  float sample_cfg = 4.f;
+  int threads = 0;
+  bool progress = true;
+
+  static TrainConfig from_toml(const std::string& path);
+  std::string to_json() const;  // for logs and model metadata
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_loss = 0;
+  std::string model_path, text_encoder_path, state_path;
+};
+
+// Runs (or resumes from `resume_state`, a state file or "latest" = newest in output_dir/state).
+// `stop_after` > 0 stops (with a checkpoint) after that many steps in this invocation: used to test
+// interrupt + resume.
+TrainResult train(const TrainConfig& cfg, const std::string& resume_state = "", int64_t stop_after = 0);
+
+}  // namespace oboro
