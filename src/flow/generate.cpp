@@ -84,7 +84,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& rq, bool progress) {
       g.infotext = format_infotext(rq.prompt, rq.negative_prompt,
                                    {{"Steps", std::to_string(rq.steps)},
                                     {"Sampler", "Euler"},
-                                    {"CFG scale", py_float(rq.cfg_scale)},
+                                    {"CFG scale", py_float32(rq.cfg_scale)},
                                     {"Seed", std::to_string(g.seed)},
                                     {"Size", str(W, "x", H)},
                                     {"Model hash", model_hash},

@@ -30,6 +30,15 @@ std::string py_float(double v) {
   return s;
 }
 
+std::string py_float32(float v) {
+  char buf[64];
+  for (int prec = 1; prec <= 9; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
+    if (std::strtof(buf, nullptr) == v) return py_float(std::strtod(buf, nullptr));
+  }
+  return py_float(v);
+}
+
 static std::string quote_if_needed(const std::string& v) {
   if (v.find_first_of(",:\n") == std::string::npos) return v;
   return nlohmann::json(v).dump();

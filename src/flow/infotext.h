@@ -8,6 +8,8 @@ namespace oboro {
 
 // Floats printed like Python's repr: 5 → "5", 3.5 → "3.5", 1e-4 → "0.0001".
 std::string py_float(double v);
+// The same for a float32 value: the shortest digits that read back as the same float (3.7f → "3.7").
+std::string py_float32(float v);
 // "<prompt>\nNegative prompt: <neg>\nK: v, K: v, ..." — values holding ',', ':' or a newline are
 // JSON-quoted; the negative-prompt line is omitted when empty.
 std::string format_infotext(const std::string& prompt, const std::string& negative,
