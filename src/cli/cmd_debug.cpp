@@ -1,8 +1,9 @@
-// `oboro debug dit|dit-grad`: the spec §9 debug contract used by the twin tests.
+// `oboro debug dit|dit-grad|t5|t5-grad`: the spec §7/§9 debug contracts used by the twin tests.
 #include "cli/commands.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "models/dit.h"
+#include "models/t5.h"
 #include "ops/backend.h"
 #include <cstdio>
 
@@ -60,6 +61,73 @@ void run_dit(const std::string& model_path, const std::string& in_path, const st
   wr.write(out_path);
 }
 
+// Spec §7: IN holds ids (B,L) I32 or I64 and mask (B,L) (1 valid, 0 pad); OUT holds hidden (B,L,d_model) F32.
+// t5-grad: IN also holds target (B,L,d_model); loss = Σ_{b,l} mask[b,l]·Σ_d (hidden − target)²
+// / (d_model · Σ_{b,l} mask[b,l]), i.e. mean((hidden − target)² · mask[..., None]) / mean(mask): the mean squared
+// error over the valid rows only. OUT adds loss (1,) and grad.<param> for every parameter.
+void run_t5(const std::string& model_path, const std::string& in_path, const std::string& out_path, bool grad) {
+  Backend& be = cpu_backend();
+  auto model = T5Encoder::load(model_path, be);
+  const T5Config& cfg = model->config();
+  TensorSource in = TensorSource::open(in_path);
+  if (!in.has("ids")) fail(in.path(), ": input tensor 'ids' is missing (expected (B, L) I32 or I64 token ids)");
+  Tensor ids_t = in.tensor("ids").contiguous();
+  if (ids_t.ndim() != 2)
+    fail(in.path(), ": input tensor 'ids' has shape ", shape_str(ids_t.shape()), ", expected (B, L)");
+  if (ids_t.dtype() != DType::I32 && ids_t.dtype() != DType::I64)
+    fail(in.path(), ": input tensor 'ids' has dtype ", dtype_name(ids_t.dtype()), ", expected I32 or I64");
+  const int B = (int)ids_t.dim(0), L = (int)ids_t.dim(1);
+  if (B <= 0 || L <= 0) fail(in.path(), ": input tensor 'ids' is empty ", shape_str(ids_t.shape()));
+  std::vector<int32_t> ids((size_t)B * L);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    int64_t v = ids_t.dtype() == DType::I32 ? ids_t.data<int32_t>()[i] : ids_t.data<int64_t>()[i];
+    if (v < 0 || v >= cfg.vocab_size)
+      fail(in.path(), ": ids[", i / L, "][", i % L, "] = ", v, " is out of range for the T5 vocabulary of size ",
+           cfg.vocab_size, " (", model_path, ")");
+    ids[i] = (int32_t)v;
+  }
+  Tensor mask = input(in, "mask", 2, "(B, L) F32, 1 valid / 0 pad");
+  if (mask.dim(0) != B || mask.dim(1) != L)
+    fail(in.path(), ": mask has shape ", shape_str(mask.shape()), ", expected (", B, ", ", L, ") like ids");
+
+  const int D = cfg.d_model;
+  Tensor hidden = Tensor::zeros({B, L, D});
+  model->forward(hidden.f32(), ids.data(), mask.f32(), B, L, grad);
+  SafetensorsWriter wr;
+  wr.add("hidden", hidden);
+  Tensor loss_t;
+  std::vector<std::pair<std::string, Tensor>> grads;
+  if (grad) {
+    Tensor target = input(in, "target", 3, "(B, L, d_model) like hidden");
+    if (target.shape() != hidden.shape())
+      fail(in.path(), ": target has shape ", shape_str(target.shape()), ", expected ", shape_str(hidden.shape()));
+    const float *h = hidden.f32(), *t = target.f32(), *m = mask.f32();
+    double msum = 0, sse = 0;
+    for (size_t r = 0; r < (size_t)B * L; ++r) {
+      msum += m[r];
+      double s = 0;
+      for (int d = 0; d < D; ++d) {
+        double e = (double)h[r * D + d] - t[r * D + d];
+        s += e * e;
+      }
+      sse += m[r] * s;
+    }
+    if (!(msum > 0)) fail(in.path(), ": mask has no valid position: the masked loss is undefined");
+    const double denom = msum * D;
+    Tensor dh = Tensor::zeros(hidden.shape());
+    for (size_t r = 0; r < (size_t)B * L; ++r)
+      for (int d = 0; d < D; ++d)
+        dh.f32()[r * D + d] = (float)(2.0 * m[r] * ((double)h[r * D + d] - t[r * D + d]) / denom);
+    model->zero_grads();
+    model->backward(dh.f32());
+    loss_t = Tensor::from_f32({(float)(sse / denom)}, {1});
+    wr.add("loss", loss_t);
+    grads = download_params(model->layout(), model->grads(), be);
+    for (auto& [n, g] : grads) wr.add("grad." + n, g);
+  }
+  wr.write(out_path);
+}
+
 }  // namespace
 
 void register_debug(CLI::App& app) {
@@ -75,6 +143,15 @@ void register_debug(CLI::App& app) {
     c->add_option("--inputs", opts->inputs, "inputs .safetensors (x, t, txt, txt_mask[, target])")->required();
     c->add_option("--output", opts->output, "output .safetensors")->required();
     c->callback([opts, grad] { run_dit(opts->model, opts->inputs, opts->output, grad); });
+  }
+  for (const char* name : {"t5", "t5-grad"}) {
+    bool grad = std::string(name) == "t5-grad";
+    auto* c = dbg->add_subcommand(name, grad ? "T5 encoder forward + masked MSE against `target` + parameter gradients"
+                                             : "T5 encoder forward: ids, mask -> hidden (final RMSNorm output)");
+    c->add_option("--model", opts->model, "T5 checkpoint: .safetensors file, *.index.json or directory")->required();
+    c->add_option("--inputs", opts->inputs, "inputs .safetensors (ids, mask[, target])")->required();
+    c->add_option("--output", opts->output, "output .safetensors")->required();
+    c->callback([opts, grad] { run_t5(opts->model, opts->inputs, opts->output, grad); });
   }
 }
 

@@ -8,6 +8,7 @@ void register_debug(CLI::App& app);  // oboro debug dit|dit-grad ...
 void register_bench(CLI::App& app);  // oboro bench dit ...
 void register_init(CLI::App& app);   // oboro init --preset tiny -o FILE
 void register_data(CLI::App& app);   // oboro data vocab|shapes ...      (cmd_data.cpp)
+void register_data_shapes(CLI::App& data_group);  // oboro data shapes ... (cmd_data_shapes.cpp)
 void register_eval(CLI::App& app);   // oboro eval shapes ...            (cmd_eval.cpp)
 void register_train(CLI::App& app);  // oboro train --config run.toml    (cmd_train.cpp)
 void register_generate(CLI::App& app);  // oboro generate ...            (cmd_generate.cpp)

@@ -12,6 +12,11 @@ int main(int argc, char** argv) {
   oboro::cli::register_debug(app);
   oboro::cli::register_bench(app);
   oboro::cli::register_init(app);
+  oboro::cli::register_data(app);
+  oboro::cli::register_data_shapes(*app.get_subcommand("data"));
+  oboro::cli::register_eval(app);
+  oboro::cli::register_train(app);
+  oboro::cli::register_generate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

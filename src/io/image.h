@@ -16,7 +16,9 @@ struct Image {
 
 using TextChunks = std::vector<std::pair<std::string, std::string>>;  // (keyword, text)
 
-// Throws oboro::Error naming the file and the problem (unreadable, corrupt, unsupported format).
+// Throws oboro::Error naming the file and the problem (unreadable, corrupt, truncated, unsupported
+// format). The format comes from magic bytes (PNG via libpng, WebP via libwebp, JPEG/BMP/GIF first
+// frame/TGA/PSD/PNM/HDR via stb_image); images over 8192×8192 pixels are refused before decoding.
 Image load_image(const std::string& path);
 Image decode_image(const std::string& bytes, const std::string& label);
 // Atomic PNG write (temp + fsync + rename); text chunks as tEXt (Latin-1) or iTXt (UTF-8) as needed.

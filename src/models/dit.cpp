@@ -316,7 +316,8 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     be.layernorm_forward(la.k, la.k_mean, la.k_rstd, la.k_pre, Wl.kn_w, Wl.kn_b, M, D, eps);
     be.rope_forward(la.q, rope.first, rope.second, B, S, H, dh);
     be.rope_forward(la.k, rope.first, rope.second, B, S, H, dh);
-    be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, S, H, dh, 1.f / std::sqrt((float)dh));
+    be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, S, H, dh, 1.f / std::sqrt((float)dh),
+                         nullptr);
     be.linear_forward(la.ao, la.o, Wl.out, nullptr, M, D, D);
     be.rmsnorm_forward(la.an2, la.ao_rstd, la.ao, Wl.an2, M, D, eps);
     be.gate_residual_forward(a.h_stream, la.an2, mod + D, 4 * D, B, S, D);
@@ -430,7 +431,7 @@ void DiT::backward(const float* dv, float* dtxt) {
     z(g.dk, MD);
     z(g.dv, MD);
     be.attention_backward(g.dq, g.dk, g.dv, g.d_o, la.q, la.k, la.v, la.o, la.lse, a.key_valid, B, S, H, dh,
-                          1.f / std::sqrt((float)dh));
+                          1.f / std::sqrt((float)dh), nullptr, nullptr);
     be.rope_backward(g.dq, rope.first, rope.second, B, S, H, dh);
     be.rope_backward(g.dk, rope.first, rope.second, B, S, H, dh);
     z(g.d_qpre, MD);

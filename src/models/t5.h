@@ -3,6 +3,7 @@
 #include "models/params.h"
 #include "ops/backend.h"
 #include <nlohmann/json.hpp>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,13 +20,17 @@ struct T5Config {
   // relative_attention_max_distance and layer_norm_epsilon.
   static T5Config infer(const TensorSource& src);
   static T5Config from_json(const nlohmann::json& j, const std::string& where);
-  nlohmann::json to_json() const;
+  nlohmann::json to_json() const;  // Hugging Face config.json field names
   void validate(const std::string& where) const;
+  int inner() const { return num_heads * d_kv; }  // attention width H·d_kv (need not equal d_model)
+  int64_t param_count() const;
 };
 
 ParamLayout t5_param_layout(const T5Config& c);  // HF T5EncoderModel names, `shared.weight` first
 
-// Relative position bucket of spec §7 for n = j − i (bidirectional).
+// Relative position bucket of spec §7 for n = j − i (bidirectional): half = num_buckets/2, exact = half/2;
+// b = half if n > 0 else 0; a = |n|; a < exact → b + a; else b + min(half − 1,
+// exact + ⌊ln(a/exact) / ln(max_distance/exact) · (half − exact)⌋) (double precision, as Python's math.log).
 int t5_relative_bucket(int n, int num_buckets, int max_distance);
 
 class T5Encoder {
@@ -35,10 +40,16 @@ class T5Encoder {
   T5Encoder(const T5Encoder&) = delete;
   T5Encoder& operator=(const T5Encoder&) = delete;
 
-  // A .safetensors file, a sharded index, or a directory (HF layout); decoder.* and lm_head ignored.
+  // A .safetensors file, a sharded index, or a directory (HF layout); decoder.* and lm_head.* ignored,
+  // `encoder.embed_tokens.weight` accepted for `shared.weight`, any other unknown tensor is an error.
+  // The config comes from the `oboro.t5_config` metadata when present, else T5Config::infer.
   static std::unique_ptr<T5Encoder> load(const std::string& path, Backend& be);
+  // Hugging Face T5 initialisation (factor 1): embedding N(0,1); q N(0, 1/(d_model·d_kv)); k, v, wi_* and the
+  // bias table N(0, 1/d_model); o N(0, 1/(H·d_kv)); wo N(0, 1/d_ff); norms 1. Deterministic in `seed`.
   void init_weights(uint64_t seed);  // for training a small T5 from scratch
-  void save(const std::string& path) const;
+  // Every weight as `shared.weight` etc.; metadata `oboro.t5_config` (JSON) and
+  // `modelspec.architecture` = `t5-v1.1-encoder`.
+  void save(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
 
   const T5Config& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
@@ -46,14 +57,20 @@ class T5Encoder {
   float* grads();
   void zero_grads();
 
-  // ids (B, L) int32, mask (B, L) 1 valid / 0 pad; hidden (B, L, d_model) out = final RMSNorm output.
+  // ids (B, L) int32, mask (B, L) 1 valid / 0 pad (a key is valid iff mask != 0) — both HOST arrays (they come
+  // from the tokenizer; ids are range-checked here: an error names the id and the vocabulary size);
+  // hidden (B, L, d_model) out = final RMSNorm output, a backend buffer.
   // Rows of padded positions are unspecified; padding never changes valid rows.
   void forward(float* hidden, const int32_t* ids, const float* mask, int B, int L, bool training);
-  // After forward(training = true): accumulate parameter gradients for dL/dhidden.
+  // After forward(training = true): accumulate parameter gradients for dL/dhidden (a backend buffer), including
+  // the embedding table and the shared relative-bias table (which receives the gradient of every layer).
   void backward(const float* dhidden);
+  size_t num_params() const { return layout_.total(); }
+  size_t activation_bytes() const;
 
  private:
   struct Impl;
+  void plan(int B, int L, bool training);
   T5Config cfg_;
   Backend& be_;
   ParamLayout layout_;

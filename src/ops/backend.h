@@ -71,13 +71,32 @@ class Backend {
   virtual void rope_backward(float* dx, const float* cos, const float* sin, int B, int S, int H, int dh) = 0;
 
   // Attention: q,k,v,o (B,S,H·dh) head h in columns [h·dh, (h+1)·dh). key_valid (B,S) 1/0 or null (all valid).
-  // o = softmax(q kᵀ·scale + mask) v, computed tile by tile with an online softmax (memory O(S·dh), not S²);
-  // lse (B,H,S) = logsumexp of the scaled masked scores, saved for backward.
+  // o = softmax(q kᵀ·scale + rel + mask) v, computed tile by tile with an online softmax (memory O(S·dh), not S²);
+  // lse (B,H,S) = logsumexp of the biased, masked scores, saved for backward.
+  // rel_bias (H, 2S−1) or null: an additive relative-position bias shared by the batch,
+  // score_ij = scale·q_i·k_j + rel_bias[h][j − i + S − 1] (T5). Backward accumulates d_rel_bias (H, 2S−1)
+  // (summed over the batch, deterministic for any thread count); d_rel_bias may be null. (The defaults keep
+  // older no-bias call sites compiling; overrides must not declare their own defaults.)
   virtual void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
-                                 const float* key_valid, int B, int S, int H, int dh, float scale) = 0;
+                                 const float* key_valid, int B, int S, int H, int dh, float scale,
+                                 const float* rel_bias = nullptr) = 0;
   virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                   const float* k, const float* v, const float* o, const float* lse,
-                                  const float* key_valid, int B, int S, int H, int dh, float scale) = 0;
+                                  const float* key_valid, int B, int S, int H, int dh, float scale,
+                                  const float* rel_bias = nullptr, float* d_rel_bias = nullptr) = 0;
+
+  // Embedding lookup: out(N,D) row n = table(V,D) row ids[n]. ids are int32 in a backend buffer (see
+  // upload_ids below) and must be in range — callers check on the host.
+  // Backward: dtable[ids[n]] += dout[n], rows summed in index order (deterministic).
+  virtual void embedding_forward(float* out, const float* table, const int32_t* ids, int N, int D) = 0;
+  virtual void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int N, int D) = 0;
+  // Bucketed relative bias: bias(H,n)[h][k] = table(nb,H)[bucket[k]][h] (T5's shared bucket table to the dense
+  // per-offset table attention consumes). Backward: dtable[bucket[k]][h] += dbias[h][k], k in order.
+  virtual void bucket_bias_forward(float* bias, const float* table, const int32_t* bucket, int n, int H) = 0;
+  virtual void bucket_bias_backward(float* dtable, const float* dbias, const int32_t* bucket, int n, int H) = 0;
+  // Gated GELU (T5 v1.1 FFN): y = gelu_tanh(a) ⊙ b; backward da += dy·b·gelu'(a), db += dy·gelu(a).
+  virtual void geglu_forward(float* y, const float* a, const float* b, size_t n) = 0;
+  virtual void geglu_backward(float* da, float* db, const float* dy, const float* a, const float* b, size_t n) = 0;
 
   // Patchify x(B,C,h,w) → tokens(B, (h/p)(w/p), C·p²), feature f = c·p² + i·p + j, token n = y·(w/p) + x.
   virtual void patchify(float* tokens, const float* x, int B, int C, int h, int w, int p) = 0;
@@ -93,6 +112,12 @@ class Backend {
   virtual double mse_forward(const float* pred, const float* target, size_t n) = 0;
   virtual void mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) = 0;
 };
+
+// Integer indices live in ordinary backend buffers: alloc(n) floats hold n int32 values bit for bit.
+inline void upload_ids(Backend& be, float* dst, const int32_t* host, size_t n) {
+  be.upload(dst, reinterpret_cast<const float*>(host), n);  // a byte copy, no conversion
+}
+inline const int32_t* as_ids(const float* buf) { return reinterpret_cast<const int32_t*>(buf); }
 
 // The CPU backend (OpenBLAS GEMM, thread pool for everything else).
 Backend& cpu_backend();

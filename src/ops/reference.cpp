@@ -103,7 +103,7 @@ namespace {
 // Softmax probabilities P(S,S) of one (b, h) pair with −inf on masked keys; a row whose keys are
 // all masked gets P = 0 (so its output is 0).
 void attention_probs(std::vector<double>& P, const float* q, const float* k, const float* key_valid, int b, int h,
-                     int S, int H, int dh, float scale) {
+                     int S, int H, int dh, float scale, const float* rel_bias) {
   const int D = H * dh;
   const double ninf = -std::numeric_limits<double>::infinity();
   P.assign((size_t)S * S, 0.0);
@@ -117,6 +117,7 @@ void attention_probs(std::vector<double>& P, const float* q, const float* k, con
       double dot = 0;
       for (int d = 0; d < dh; ++d) dot += (double)qi[d] * kj[d];
       row[j] = dot * scale;
+      if (rel_bias) row[j] += (double)rel_bias[(size_t)h * (2 * S - 1) + (j - i + S - 1)];
       if (row[j] > mx) mx = row[j];
     }
     if (mx == ninf) { for (int j = 0; j < S; ++j) row[j] = 0.0; continue; }
@@ -128,12 +129,12 @@ void attention_probs(std::vector<double>& P, const float* q, const float* k, con
 }  // namespace
 
 void attention(float* o, const float* q, const float* k, const float* v, const float* key_valid, int B, int S, int H,
-               int dh, float scale) {
+               int dh, float scale, const float* rel_bias) {
   const int D = H * dh;
   std::vector<double> P;
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h) {
-      attention_probs(P, q, k, key_valid, b, h, S, H, dh, scale);
+      attention_probs(P, q, k, key_valid, b, h, S, H, dh, scale, rel_bias);
       for (int i = 0; i < S; ++i)
         for (int d = 0; d < dh; ++d) {
           double acc = 0;
@@ -143,18 +144,21 @@ void attention(float* o, const float* q, const float* k, const float* v, const f
     }
 }
 
-// o_i = Σ_j P_ij v_j, P_ij = softmax_j(z_ij), z_ij = scale·q_i·k_j (masked: −∞).
+// o_i = Σ_j P_ij v_j, P_ij = softmax_j(z_ij), z_ij = scale·q_i·k_j + rel[h][j − i] (masked: −∞).
 // dv_j = Σ_i P_ij do_i; dP_ij = do_i·v_j; dz_ij = P_ij (dP_ij − Σ_l P_il dP_il);
-// dq_i = scale Σ_j dz_ij k_j; dk_j = scale Σ_i dz_ij q_i.
+// dq_i = scale Σ_j dz_ij k_j; dk_j = scale Σ_i dz_ij q_i; drel[h][n] = Σ_b Σ_{j − i = n} dz_ij.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                        const float* v, const float* key_valid, int B, int S, int H, int dh, float scale) {
+                        const float* v, const float* key_valid, int B, int S, int H, int dh, float scale,
+                        const float* rel_bias, float* d_rel_bias) {
   const int D = H * dh;
+  const size_t R = (size_t)2 * S - 1;
+  std::vector<double> grel(d_rel_bias ? (size_t)H * R : 0, 0.0);
   std::vector<double> P, dZ((size_t)S * S);
   std::vector<double> gq((size_t)S * dh), gk((size_t)S * dh), gv((size_t)S * dh);
   auto at = [&](const float* t, int b, int s, int h) { return t + ((size_t)b * S + s) * D + (size_t)h * dh; };
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h) {
-      attention_probs(P, q, k, key_valid, b, h, S, H, dh, scale);
+      attention_probs(P, q, k, key_valid, b, h, S, H, dh, scale, rel_bias);
       for (int i = 0; i < S; ++i) {
         const float* gi = at(dout, b, i, h);
         double rowdot = 0;
@@ -166,6 +170,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
           rowdot += P[(size_t)i * S + j] * dp;
         }
         for (int j = 0; j < S; ++j) dZ[(size_t)i * S + j] = P[(size_t)i * S + j] * (dZ[(size_t)i * S + j] - rowdot);
+        if (d_rel_bias)
+          for (int j = 0; j < S; ++j) grel[(size_t)h * R + (j - i + S - 1)] += dZ[(size_t)i * S + j];
       }
       std::fill(gq.begin(), gq.end(), 0.0);
       std::fill(gk.begin(), gk.end(), 0.0);
@@ -190,6 +196,28 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
           if (dv) dv[off] = (float)gv[(size_t)s * dh + d];
         }
     }
+  if (d_rel_bias)
+    for (size_t i = 0; i < grel.size(); ++i) d_rel_bias[i] = (float)grel[i];
+}
+
+void embedding(float* out, const float* table, const int* ids, int N, int D) {
+  for (int n = 0; n < N; ++n)
+    for (int d = 0; d < D; ++d) out[(size_t)n * D + d] = table[(size_t)ids[n] * D + d];
+}
+
+void embedding_backward(float* dtable, const float* dout, const int* ids, int N, int D, int V) {
+  std::vector<double> acc((size_t)V * D, 0.0);
+  for (int n = 0; n < N; ++n)
+    for (int d = 0; d < D; ++d) acc[(size_t)ids[n] * D + d] += dout[(size_t)n * D + d];
+  for (size_t i = 0; i < acc.size(); ++i) dtable[i] = (float)acc[i];
+}
+
+void geglu(float* y, const float* a, const float* b, size_t n) {
+  const double c = std::sqrt(2.0 / M_PI);
+  for (size_t i = 0; i < n; ++i) {
+    double v = a[i];
+    y[i] = (float)(0.5 * v * (1.0 + std::tanh(c * (v + 0.044715 * v * v * v))) * (double)b[i]);
+  }
 }
 
 // tokens[b][n = y·(w/p) + x][f = c·p² + i·p + j] = x[b][c][y·p + i][x·p + j]

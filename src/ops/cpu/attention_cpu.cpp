@@ -1,7 +1,8 @@
 // Work unit = one (batch, head) pair: its Q, K, V columns are gathered into contiguous
 // per-thread panels (K also transposed so score rows vectorise over keys), then query
 // blocks of kBq rows sweep key blocks of kBk columns with an online softmax.
-// Memory per thread: a few S×dh panels plus one kBq×kBk score tile.
+// Memory per thread: a few S×dh panels plus one kBq×kBk score tile. An optional relative-position
+// bias (H, 2S−1) is added to each score tile; its gradient is gathered per unit and reduced in order.
 #include "ops/cpu/attention_cpu.h"
 #include "core/threads.h"
 #include <algorithm>
@@ -52,9 +53,10 @@ void gather_cols(float* dst, const float* x, int S, int D, int h, int dh) {  // 
   }
 }
 
-// scores(nq, nk) = qblk(nq, dh) · kt[:, j0:j0+nk] ; masked keys → -inf
-inline void score_tile(float* sc, const float* qblk, int nq, const float* kt, int S, int j0, int nk, int dh,
-                       const float* valid) {
+// scores(nq, nk) = qblk(nq, dh) · kt[:, j0:j0+nk] (+ rel[(j0 + j) − (i0 + i) + S − 1] when rel, the head's
+// (2S−1) bias row); masked keys → -inf
+inline void score_tile(float* sc, const float* qblk, int nq, const float* kt, int S, int i0, int j0, int nk, int dh,
+                       const float* valid, const float* rel) {
   for (int i = 0; i < nq; ++i) {
     float* row = sc + i * kBk;
     for (int j = 0; j < kBk; ++j) row[j] = 0.f;
@@ -63,6 +65,10 @@ inline void score_tile(float* sc, const float* qblk, int nq, const float* kt, in
       float qv = qi[d];
       const float* kd = kt + (size_t)d * S + j0;
       for (int j = 0; j < nk; ++j) row[j] += qv * kd[j];
+    }
+    if (rel) {
+      const float* rb = rel + (j0 - (i0 + i) + S - 1);
+      for (int j = 0; j < nk; ++j) row[j] += rb[j];
     }
     if (valid)
       for (int j = 0; j < nk; ++j)
@@ -73,7 +79,8 @@ inline void score_tile(float* sc, const float* qblk, int nq, const float* kt, in
 }  // namespace
 
 void attention_forward_tiled(float* o, float* lse, const float* q, const float* k, const float* v,
-                             const float* key_valid, int B, int S, int H, int dh, float scale) {
+                             const float* key_valid, int B, int S, int H, int dh, float scale,
+                             const float* rel_bias) {
   const int D = H * dh;
   parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
     Panels P;
@@ -85,6 +92,7 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
       int b = (int)(u / H), h = (int)(u % H);
       size_t bo = (size_t)b * S * D;
       const float* valid = key_valid ? key_valid + (size_t)b * S : nullptr;
+      const float* rel = rel_bias ? rel_bias + (size_t)h * (2 * S - 1) : nullptr;
       gather_rows(P.q.data(), q + bo, S, D, h, dh, scale);  // scale folded into Q
       gather_cols(P.kt.data(), k + bo, S, D, h, dh);
       gather_rows(P.v.data(), v + bo, S, D, h, dh);
@@ -95,7 +103,7 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
         std::fill(acc.begin(), acc.end(), 0.f);
         for (int j0 = 0; j0 < S; j0 += kBk) {
           int nk = std::min(kBk, S - j0);
-          score_tile(sc.data(), P.q.data() + (size_t)i0 * dh, nq, P.kt.data(), S, j0, nk, dh, valid);
+          score_tile(sc.data(), P.q.data() + (size_t)i0 * dh, nq, P.kt.data(), S, i0, j0, nk, dh, valid, rel);
           for (int i = 0; i < nq; ++i) {
             float* row = sc.data() + i * kBk;
             float mx = m[i];
@@ -132,8 +140,10 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
 
 void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                               const float* v, const float* o, const float* lse, const float* key_valid, int B, int S,
-                              int H, int dh, float scale) {
+                              int H, int dh, float scale, const float* rel_bias, float* d_rel_bias) {
   const int D = H * dh;
+  const size_t R = (size_t)2 * S - 1;  // relative offsets j − i + S − 1
+  std::vector<double> drel(d_rel_bias ? (size_t)B * H * R : 0);  // one row per (b, h) unit
   parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
     Panels P;
     P.q.resize((size_t)S * dh);
@@ -148,6 +158,8 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
       size_t bo = (size_t)b * S * D;
       const float* valid = key_valid ? key_valid + (size_t)b * S : nullptr;
       const float* L = lse + ((size_t)b * H + h) * S;
+      const float* rel = rel_bias ? rel_bias + (size_t)h * R : nullptr;
+      double* gr = d_rel_bias ? drel.data() + (size_t)u * R : nullptr;
       gather_rows(P.q.data(), q + bo, S, D, h, dh, scale);
       gather_cols(P.kt.data(), k + bo, S, D, h, dh);
       gather_rows(P.kr.data(), k + bo, S, D, h, dh);
@@ -168,8 +180,9 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
         for (int j0 = 0; j0 < S; j0 += kBk) {
           int nk = std::min(kBk, S - j0);
           // P = exp(scores − lse); dP = dO · Vᵀ
-          score_tile(pt.data(), P.q.data() + (size_t)i0 * dh, nq, P.kt.data(), S, j0, nk, dh, valid);
-          score_tile(dpt.data(), P.dout.data() + (size_t)i0 * dh, nq, P.vt.data(), S, j0, nk, dh, nullptr);
+          score_tile(pt.data(), P.q.data() + (size_t)i0 * dh, nq, P.kt.data(), S, i0, j0, nk, dh, valid, rel);
+          score_tile(dpt.data(), P.dout.data() + (size_t)i0 * dh, nq, P.vt.data(), S, i0, j0, nk, dh, nullptr,
+                     nullptr);
           for (int i = 0; i < nq; ++i) {
             float li = L[i0 + i];
             float* prow = pt.data() + i * kBk;
@@ -181,7 +194,11 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
               for (int j = 0; j < nk; ++j) prow[j] -= li;
               exp_row(prow, nk);
             }
-            for (int j = 0; j < nk; ++j) dprow[j] = prow[j] * (dprow[j] - di);  // dS (w.r.t. the scaled scores)
+            for (int j = 0; j < nk; ++j) dprow[j] = prow[j] * (dprow[j] - di);  // dS (w.r.t. the biased scores)
+            if (gr) {  // the bias enters the score additively: d rel[j − i] += dS_ij
+              double* g = gr + (j0 - (i0 + i) + S - 1);
+              for (int j = 0; j < nk; ++j) g[j] += dprow[j];
+            }
           }
           for (int i = 0; i < nq; ++i) {
             const float* prow = pt.data() + i * kBk;
@@ -213,6 +230,16 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
       }
     }
   }, 1);
+  if (d_rel_bias) {  // fixed-order reduction over the batch
+    parallel_for((int64_t)H, [&](int64_t h0, int64_t h1) {
+      for (int64_t h = h0; h < h1; ++h)
+        for (size_t n = 0; n < R; ++n) {
+          double s = 0;
+          for (int b = 0; b < B; ++b) s += drel[((size_t)b * H + h) * R + n];
+          d_rel_bias[h * R + n] += (float)s;
+        }
+    }, 1);
+  }
 }
 
 }  // namespace oboro::cpu

@@ -271,13 +271,61 @@ class CpuBackend final : public Backend {
   }
 
   void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v, const float* kv,
-                         int B, int S, int H, int dh, float scale) override {
-    cpu::attention_forward_tiled(o, lse, q, k, v, kv, B, S, H, dh, scale);
+                         int B, int S, int H, int dh, float scale, const float* rel_bias) override {
+    cpu::attention_forward_tiled(o, lse, q, k, v, kv, B, S, H, dh, scale, rel_bias);
   }
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                           const float* v, const float* o, const float* lse, const float* kv, int B, int S, int H,
-                          int dh, float scale) override {
-    cpu::attention_backward_tiled(dq, dk, dv, dout, q, k, v, o, lse, kv, B, S, H, dh, scale);
+                          int dh, float scale, const float* rel_bias, float* d_rel_bias) override {
+    cpu::attention_backward_tiled(dq, dk, dv, dout, q, k, v, o, lse, kv, B, S, H, dh, scale, rel_bias, d_rel_bias);
+  }
+
+  void embedding_forward(float* out, const float* table, const int32_t* ids, int N, int D) override {
+    parallel_for(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(out + r * D, table + (size_t)ids[r] * D, (size_t)D * 4);
+    }, 16);
+  }
+  // Parallel over column blocks; every thread walks the rows in index order, so each dtable entry receives its
+  // contributions in the same order for any thread count.
+  void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int N, int D) override {
+    parallel_for(D, [&](int64_t c0, int64_t c1) {
+      for (int n = 0; n < N; ++n) {
+        float* dst = dtable + (size_t)ids[n] * D;
+        const float* src = dout + (size_t)n * D;
+        for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+      }
+    }, 64);
+  }
+
+  void bucket_bias_forward(float* bias, const float* table, const int32_t* bucket, int n, int H) override {
+    for (int h = 0; h < H; ++h)
+      for (int k = 0; k < n; ++k) bias[(size_t)h * n + k] = table[(size_t)bucket[k] * H + h];
+  }
+  void bucket_bias_backward(float* dtable, const float* dbias, const int32_t* bucket, int n, int H) override {
+    for (int h = 0; h < H; ++h)
+      for (int k = 0; k < n; ++k) dtable[(size_t)bucket[k] * H + h] += dbias[(size_t)h * n + k];
+  }
+
+  void geglu_forward(float* y, const float* a, const float* b, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) {
+        float v = a[i];
+        y[i] = 0.5f * v * (1.f + std::tanh(kGeluC * (v + 0.044715f * v * v * v))) * b[i];
+      }
+    }, kElemGrain);
+  }
+  void geglu_backward(float* da, float* db, const float* dy, const float* a, const float* b, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) {
+        float v = a[i];
+        float th = std::tanh(kGeluC * (v + 0.044715f * v * v * v));
+        if (da) {
+          float d = 0.5f * (1.f + th) + 0.5f * v * (1.f - th * th) * kGeluC * (1.f + 3.f * 0.044715f * v * v);
+          da[i] += dy[i] * b[i] * d;
+        }
+        if (db) db[i] += dy[i] * 0.5f * v * (1.f + th);
+      }
+    }, kElemGrain);
   }
 
   // Token (b, n=(y,x)), feature f=(c,i,j) ↔ pixel (b, c, y·p+i, x·p+j). mode 0: gather to tokens, 1: scatter.

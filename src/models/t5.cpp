@@ -1,0 +1,518 @@
+// T5 v1.1 encoder (spec §7): forward and hand-written backward over a flat parameter buffer.
+// Shapes: B batch, L tokens, M = B·L rows, D = d_model, I = H·d_kv attention width, F = d_ff,
+// R = 2L − 1 relative offsets. One block:
+//   n1 = RMSNorm(x; layer.0.layer_norm)            (no mean subtraction, eps from the config)
+//   x += o( Attn(q n1, k n1, v n1; bias = rel[bucket(j − i)] shared from block 0, key mask) )   (no 1/√d_kv)
+//   n2 = RMSNorm(x; layer.1.layer_norm)
+//   x += wo( gelu_tanh(wi_0 n2) ⊙ wi_1 n2 )
+// hidden = RMSNorm(x; encoder.final_layer_norm). No biases anywhere, no embedding scaling.
+#include "models/t5.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/safetensors.h"
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+namespace oboro {
+
+using nlohmann::json;
+
+namespace {
+
+const char* const kShared = "shared.weight";
+const char* const kEmbedAlias = "encoder.embed_tokens.weight";
+const char* const kFinalNorm = "encoder.final_layer_norm.weight";
+const char* const kRelBias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
+const char* const kArchitecture = "t5-v1.1-encoder";
+
+std::string blk(int i) { return "encoder.block." + std::to_string(i) + "."; }
+
+bool starts_with(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+
+// Tensors of a full T5 checkpoint the encoder does not use.
+bool ignored_key(const std::string& n) {
+  return starts_with(n, "decoder.") || starts_with(n, "lm_head.") || n == kEmbedAlias;
+}
+
+int get_int(const json& j, const char* key, const std::string& where, bool required, int def) {
+  if (!j.contains(key)) {
+    if (required) fail(where, ": T5 config is missing the required field '", key, "'");
+    return def;
+  }
+  if (!j[key].is_number_integer()) fail(where, ": T5 config field '", key, "' must be an integer, got ", j[key].dump());
+  return j[key].get<int>();
+}
+
+float get_float(const json& j, const char* key, const std::string& where, float def) {
+  if (!j.contains(key)) return def;
+  if (!j[key].is_number()) fail(where, ": T5 config field '", key, "' must be a number, got ", j[key].dump());
+  return j[key].get<float>();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+int t5_relative_bucket(int n, int num_buckets, int max_distance) {
+  const int half = num_buckets / 2, exact = half / 2;
+  int b = n > 0 ? half : 0;
+  const int64_t a = n < 0 ? -(int64_t)n : (int64_t)n;
+  if (a < exact) return b + (int)a;
+  const double large =
+      std::log((double)a / exact) / std::log((double)max_distance / exact) * (double)(half - exact);
+  const int64_t big = exact + (int64_t)std::min(large, (double)half);  // ⌊·⌋ (non-negative), clamp below
+  return b + (int)std::min<int64_t>(big, half - 1);
+}
+
+void T5Config::validate(const std::string& where) const {
+  auto bad = [&](const auto&... a) { fail(where, ": invalid T5 config: ", a...); };
+  if (vocab_size <= 0) bad("vocab_size must be positive, got ", vocab_size);
+  if (d_model <= 0) bad("d_model must be positive, got ", d_model);
+  if (d_kv <= 0) bad("d_kv must be positive, got ", d_kv);
+  if (num_heads <= 0) bad("num_heads must be positive, got ", num_heads);
+  if (d_ff <= 0) bad("d_ff must be positive, got ", d_ff);
+  if (num_layers <= 0) bad("num_layers must be positive, got ", num_layers);
+  if (rel_buckets < 4 || rel_buckets % 2)
+    bad("relative_attention_num_buckets must be even and at least 4, got ", rel_buckets);
+  if (rel_max_distance <= rel_buckets / 4)
+    bad("relative_attention_max_distance ", rel_max_distance, " must exceed num_buckets/4 = ", rel_buckets / 4);
+  if (!(eps > 0) || !std::isfinite(eps)) bad("layer_norm_epsilon must be positive, got ", eps);
+}
+
+T5Config T5Config::from_json(const json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": T5 config must be a JSON object");
+  T5Config c;
+  c.vocab_size = get_int(j, "vocab_size", where, true, 0);
+  c.d_model = get_int(j, "d_model", where, true, 0);
+  c.d_kv = get_int(j, "d_kv", where, true, 0);
+  c.num_heads = get_int(j, "num_heads", where, true, 0);
+  c.d_ff = get_int(j, "d_ff", where, true, 0);
+  c.num_layers = get_int(j, "num_layers", where, true, 0);
+  c.rel_buckets = get_int(j, "relative_attention_num_buckets", where, false, 32);
+  c.rel_max_distance = get_int(j, "relative_attention_max_distance", where, false, 128);
+  c.eps = get_float(j, "layer_norm_epsilon", where, 1e-6f);
+  if (j.contains("feed_forward_proj") && j["feed_forward_proj"] != "gated-gelu")
+    fail(where, ": T5 config has feed_forward_proj ", j["feed_forward_proj"].dump(),
+         "; oboro implements T5 v1.1 (\"gated-gelu\") only");
+  c.validate(where);
+  return c;
+}
+
+json T5Config::to_json() const {
+  return json{{"vocab_size", vocab_size},
+              {"d_model", d_model},
+              {"d_kv", d_kv},
+              {"num_heads", num_heads},
+              {"d_ff", d_ff},
+              {"num_layers", num_layers},
+              {"relative_attention_num_buckets", rel_buckets},
+              {"relative_attention_max_distance", rel_max_distance},
+              {"layer_norm_epsilon", eps},
+              {"feed_forward_proj", "gated-gelu"}};
+}
+
+T5Config T5Config::infer(const TensorSource& src) {
+  const std::string& where = src.path();
+  auto need = [&](const std::string& name, size_t ndim) -> const TensorInfo& {
+    if (!src.has(name)) {
+      if (name.find("wi_0") != std::string::npos && src.has(blk(0) + "layer.1.DenseReluDense.wi.weight"))
+        fail(where, ": tensor ", name, " is missing: this is a T5 v1.0 checkpoint (ReLU FFN `wi`); oboro needs "
+                    "T5 v1.1 (gated-GELU `wi_0`/`wi_1`, spec §7)");
+      fail(where, ": tensor ", name, " is missing — cannot infer the T5 encoder config (spec §7 lists the "
+                  "Hugging Face T5EncoderModel names)");
+    }
+    const TensorInfo& ti = src.info(name);
+    if (ti.shape.size() != ndim)
+      fail(where, ": tensor ", name, " has shape ", shape_str(ti.shape), ", expected ", ndim, " dimensions");
+    return ti;
+  };
+  T5Config c;
+  const char* emb = src.has(kShared) ? kShared : src.has(kEmbedAlias) ? kEmbedAlias : nullptr;
+  if (!emb)
+    fail(where, ": tensor shared.weight (or encoder.embed_tokens.weight) is missing — this is not a T5 encoder "
+                "checkpoint (spec §7)");
+  const TensorInfo& e = need(emb, 2);
+  c.vocab_size = (int)e.shape[0];
+  c.d_model = (int)e.shape[1];
+  while (src.has(blk(c.num_layers) + "layer.0.SelfAttention.q.weight")) ++c.num_layers;
+  if (c.num_layers == 0) need(blk(0) + "layer.0.SelfAttention.q.weight", 2);
+  const TensorInfo& rb = need(kRelBias, 2);
+  c.rel_buckets = (int)rb.shape[0];
+  c.num_heads = (int)rb.shape[1];
+  const TensorInfo& q = need(blk(0) + "layer.0.SelfAttention.q.weight", 2);
+  if (c.num_heads <= 0 || q.shape[0] % c.num_heads)
+    fail(where, ": tensor ", blk(0), "layer.0.SelfAttention.q.weight has ", q.shape[0],
+         " rows, not a multiple of the ", c.num_heads, " heads given by ", kRelBias, " ", shape_str(rb.shape));
+  c.d_kv = (int)(q.shape[0] / c.num_heads);
+  c.d_ff = (int)need(blk(0) + "layer.1.DenseReluDense.wi_0.weight", 2).shape[0];
+
+  // config.json beside the checkpoint (HF layout) may set the two values shapes cannot tell.
+  namespace fs = std::filesystem;
+  fs::path cj = fs::path(where).parent_path() / "config.json";
+  std::error_code ec;
+  if (fs::is_regular_file(cj, ec)) {
+    std::ifstream f(cj);
+    json j;
+    try {
+      j = json::parse(f);
+    } catch (const std::exception& ex) {
+      fail(cj.string(), ": not valid JSON: ", ex.what());
+    }
+    if (!j.is_object()) fail(cj.string(), ": must be a JSON object (a Hugging Face T5 config.json)");
+    c.rel_max_distance = get_int(j, "relative_attention_max_distance", cj.string(), false, 128);
+    c.eps = get_float(j, "layer_norm_epsilon", cj.string(), 1e-6f);
+    if (j.contains("relative_attention_num_buckets") &&
+        get_int(j, "relative_attention_num_buckets", cj.string(), false, 0) != c.rel_buckets)
+      fail(cj.string(), ": relative_attention_num_buckets = ", j["relative_attention_num_buckets"].dump(),
+           " but the checkpoint's ", kRelBias, " has ", c.rel_buckets, " rows");
+    if (j.contains("feed_forward_proj") && j["feed_forward_proj"] != "gated-gelu")
+      fail(cj.string(), ": feed_forward_proj is ", j["feed_forward_proj"].dump(),
+           "; oboro implements T5 v1.1 (\"gated-gelu\") only");
+    c.validate(cj.string());
+  }
+  c.validate(where);
+  return c;
+}
+
+ParamLayout t5_param_layout(const T5Config& c) {
+  const int64_t V = c.vocab_size, D = c.d_model, I = c.inner(), F = c.d_ff;
+  ParamLayout L;
+  L.add(kShared, {V, D});
+  for (int i = 0; i < c.num_layers; ++i) {
+    std::string p = blk(i);
+    L.add(p + "layer.0.SelfAttention.q.weight", {I, D});
+    L.add(p + "layer.0.SelfAttention.k.weight", {I, D});
+    L.add(p + "layer.0.SelfAttention.v.weight", {I, D});
+    L.add(p + "layer.0.SelfAttention.o.weight", {D, I});
+    if (i == 0) L.add(kRelBias, {c.rel_buckets, c.num_heads});
+    L.add(p + "layer.0.layer_norm.weight", {D});
+    L.add(p + "layer.1.DenseReluDense.wi_0.weight", {F, D});
+    L.add(p + "layer.1.DenseReluDense.wi_1.weight", {F, D});
+    L.add(p + "layer.1.DenseReluDense.wo.weight", {D, F});
+    L.add(p + "layer.1.layer_norm.weight", {D});
+  }
+  L.add(kFinalNorm, {D});
+  return L;
+}
+
+int64_t T5Config::param_count() const {
+  const ParamLayout layout = t5_param_layout(*this);
+  int64_t n = 0;
+  for (const auto& v : layout.views()) n += (int64_t)v.numel();
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder
+
+namespace {
+struct BlockW {
+  float *q, *k, *v, *o, *ln0, *wi0, *wi1, *wo, *ln1;
+};
+struct Weights {
+  float *shared, *rel, *final_ln;
+  std::vector<BlockW> blocks;
+};
+Weights bind(const ParamLayout& L, float* base, int layers) {
+  auto p = [&](const std::string& n) { return base + L.at(n).offset; };
+  Weights w{p(kShared), p(kRelBias), p(kFinalNorm), {}};
+  for (int i = 0; i < layers; ++i) {
+    std::string b = blk(i);
+    w.blocks.push_back({p(b + "layer.0.SelfAttention.q.weight"), p(b + "layer.0.SelfAttention.k.weight"),
+                        p(b + "layer.0.SelfAttention.v.weight"), p(b + "layer.0.SelfAttention.o.weight"),
+                        p(b + "layer.0.layer_norm.weight"), p(b + "layer.1.DenseReluDense.wi_0.weight"),
+                        p(b + "layer.1.DenseReluDense.wi_1.weight"), p(b + "layer.1.DenseReluDense.wo.weight"),
+                        p(b + "layer.1.layer_norm.weight")});
+  }
+  return w;
+}
+}  // namespace
+
+struct T5Encoder::Impl {
+  Backend& be;
+  std::vector<float*> owned;
+  size_t floats = 0;
+  int B = 0, L = 0;
+  bool training = false;
+  bool have_training_forward = false;
+
+  struct LayerActs {
+    float *x_in = nullptr, *x_mid = nullptr;  // (M,D) stream before each sub-block (training only)
+    float *rstd1, *n1, *q, *k, *v, *o, *lse;  // rstd (M), n1 (M,D), q/k/v/o (M,I), lse (B,H,L)
+    float *rstd2, *n2, *h0, *h1, *gg;         // rstd (M), n2 (M,D), wi_0 / wi_1 outputs and gated (M,F)
+  };
+  float *ids = nullptr, *key_valid = nullptr, *buckets = nullptr, *rel = nullptr;  // ids/buckets hold int32
+  float *stream = nullptr, *tmp = nullptr, *fin_rstd = nullptr;
+  std::vector<LayerActs> layers;
+  // backward scratch (allocated on the first backward for this shape)
+  float *dh = nullptr, *dn = nullptr, *d_o = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float *d_gg = nullptr, *d_h0 = nullptr, *d_h1 = nullptr, *d_rel = nullptr;
+
+  explicit Impl(Backend& b) : be(b) {}
+  ~Impl() { for (float* p : owned) be.free(p); }
+  float* take(size_t n) {
+    float* p = be.alloc(n ? n : 1);
+    owned.push_back(p);
+    floats += n;
+    return p;
+  }
+  LayerActs& layer(int l) { return layers[training ? l : 0]; }
+};
+
+T5Encoder::T5Encoder(const T5Config& cfg, Backend& be) : cfg_(cfg), be_(be) {
+  cfg_.validate("T5 config");
+  layout_ = t5_param_layout(cfg_);
+  params_ = be_.alloc(layout_.total());
+}
+
+T5Encoder::~T5Encoder() {
+  impl_.reset();
+  be_.free(params_);
+  if (grads_) be_.free(grads_);
+}
+
+float* T5Encoder::grads() {
+  if (!grads_) grads_ = be_.alloc(layout_.total());
+  return grads_;
+}
+
+void T5Encoder::zero_grads() { be_.zero(grads(), layout_.total()); }
+
+size_t T5Encoder::activation_bytes() const { return impl_ ? impl_->floats * sizeof(float) : 0; }
+
+std::unique_ptr<T5Encoder> T5Encoder::load(const std::string& path, Backend& be) {
+  TensorSource src = TensorSource::open(path);
+  T5Config cfg;
+  auto it = src.metadata().find("oboro.t5_config");
+  if (it != src.metadata().end()) {
+    json j;
+    try {
+      j = json::parse(it->second);
+    } catch (const std::exception& e) {
+      fail(src.path(), ": 'oboro.t5_config' metadata is not valid JSON: ", e.what());
+    }
+    cfg = T5Config::from_json(j, src.path());
+  } else {
+    cfg = T5Config::infer(src);
+  }
+  auto model = std::make_unique<T5Encoder>(cfg, be);
+  const ParamLayout& layout = model->layout_;
+
+  std::vector<std::string> unknown;
+  for (const auto& n : src.names())
+    if (!layout.find(n) && !ignored_key(n)) unknown.push_back(n);
+  if (!unknown.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unknown.size() && i < 5; ++i) list += (i ? ", " : "") + unknown[i];
+    if (unknown.size() > 5) list += str(", ... (", unknown.size(), " in all)");
+    fail(src.path(), ": unknown tensor(s) for the T5 v1.1 encoder: ", list,
+         " — is this a T5 v1.1 checkpoint (spec §7), and does its config match its tensors?");
+  }
+  std::vector<float> host;
+  for (const auto& v : layout.views()) {
+    std::string name = v.name;
+    if (name == kShared && !src.has(kShared) && src.has(kEmbedAlias)) name = kEmbedAlias;
+    if (!src.has(name))
+      fail(src.path(), ": tensor ", v.name, " is missing (the T5 encoder expects shape ", shape_str(v.shape),
+           ") — the checkpoint is incomplete or its config does not match its tensors");
+    const TensorInfo& info = src.info(name);
+    if (info.shape != v.shape)
+      fail(src.path(), ": tensor ", name, " has shape ", shape_str(info.shape), " but the T5 config expects ",
+           shape_str(v.shape), " — the config does not match the tensors");
+    if (!dtype_is_float(info.dtype))
+      fail(src.path(), ": tensor ", name, " has dtype ", dtype_name(info.dtype),
+           "; weights must be F32, F16, BF16 or F8_E4M3");
+    Tensor t = src.tensor_f32(name);
+    be.upload(model->params_ + v.offset, t.f32(), v.numel());
+  }
+  return model;
+}
+
+void T5Encoder::save(const std::string& path, const std::map<std::string, std::string>& extra) const {
+  auto host = download_params(layout_, params_, be_);
+  SafetensorsWriter wr;
+  for (auto& [n, t] : host) wr.add(n, t);
+  wr.set_metadata("oboro.t5_config", cfg_.to_json().dump());
+  wr.set_metadata("modelspec.sai_model_spec", "1.0.1");
+  wr.set_metadata("modelspec.architecture", kArchitecture);
+  for (auto& [k, v] : extra) wr.set_metadata(k, v);
+  wr.write(path);
+}
+
+void T5Encoder::init_weights(uint64_t seed) {
+  const double D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, dkv = cfg_.d_kv;
+  std::vector<float> host;
+  uint64_t stream = 0;
+  for (const auto& v : layout_.views()) {
+    host.assign(v.numel(), 0.f);
+    const std::string& n = v.name;
+    auto ends = [&](const char* suf) {
+      size_t k = std::char_traits<char>::length(suf);
+      return n.size() >= k && n.compare(n.size() - k, k, suf) == 0;
+    };
+    double sd = 0;
+    if (v.shape.size() == 1) std::fill(host.begin(), host.end(), 1.f);  // RMSNorm weights
+    else if (n == kShared) sd = 1.0;
+    else if (ends(".q.weight")) sd = 1.0 / std::sqrt(D * dkv);
+    else if (ends(".o.weight")) sd = 1.0 / std::sqrt(I);
+    else if (ends(".wo.weight")) sd = 1.0 / std::sqrt(F);
+    else sd = 1.0 / std::sqrt(D);  // k, v, wi_0, wi_1, relative_attention_bias
+    if (sd > 0) fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, (float)sd);
+    ++stream;
+    be_.upload(params_ + v.offset, host.data(), host.size());
+  }
+}
+
+void T5Encoder::plan(int B, int L, bool training) {
+  if (impl_ && impl_->B == B && impl_->L == L && impl_->training == training) return;
+  impl_.reset();
+  auto a = std::make_unique<Impl>(be_);
+  a->B = B;
+  a->L = L;
+  a->training = training;
+  const size_t M = (size_t)B * L, D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, H = cfg_.num_heads;
+  const size_t R = 2 * (size_t)L - 1;
+  a->ids = a->take(M);
+  a->key_valid = a->take(M);
+  a->buckets = a->take(R);
+  a->rel = a->take(H * R);
+  a->stream = a->take(M * D);
+  a->tmp = a->take(M * D);
+  a->fin_rstd = a->take(M);
+  a->layers.resize(training ? cfg_.num_layers : 1);
+  for (auto& la : a->layers) {
+    if (training) {
+      la.x_in = a->take(M * D);
+      la.x_mid = a->take(M * D);
+    }
+    la.rstd1 = a->take(M);
+    la.n1 = a->take(M * D);
+    la.q = a->take(M * I);
+    la.k = a->take(M * I);
+    la.v = a->take(M * I);
+    la.o = a->take(M * I);
+    la.lse = a->take((size_t)B * H * L);
+    la.rstd2 = a->take(M);
+    la.n2 = a->take(M * D);
+    la.h0 = a->take(M * F);
+    la.h1 = a->take(M * F);
+    la.gg = a->take(M * F);
+  }
+  std::vector<int32_t> bk(R);
+  for (int n = -(L - 1); n <= L - 1; ++n) bk[n + L - 1] = t5_relative_bucket(n, cfg_.rel_buckets, cfg_.rel_max_distance);
+  upload_ids(be_, a->buckets, bk.data(), R);
+  impl_ = std::move(a);
+}
+
+void T5Encoder::forward(float* hidden, const int32_t* ids, const float* mask, int B, int L, bool training) {
+  if (B <= 0 || L <= 0) fail("T5 encoder: empty batch (B=", B, ", L=", L, ")");
+  const int V = cfg_.vocab_size;
+  for (int b = 0; b < B; ++b)
+    for (int l = 0; l < L; ++l) {
+      int32_t id = ids[(size_t)b * L + l];
+      if (id < 0 || id >= V)
+        fail("token id ", id, " at (", b, ", ", l, ") is out of range for the T5 vocabulary of size ", V,
+             " (valid ids 0..", V - 1, "): the tokenizer does not match this text encoder");
+    }
+  plan(B, L, training);
+  Impl& a = *impl_;
+  a.have_training_forward = false;
+  Backend& be = be_;
+  const Weights W = bind(layout_, params_, cfg_.num_layers);
+  const int D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, H = cfg_.num_heads, M = B * L, R = 2 * L - 1;
+  const float eps = cfg_.eps;
+
+  std::vector<float> kv((size_t)M);
+  for (size_t i = 0; i < kv.size(); ++i) kv[i] = !mask || mask[i] != 0.f ? 1.f : 0.f;
+  be.upload(a.key_valid, kv.data(), kv.size());
+  upload_ids(be, a.ids, ids, (size_t)M);
+
+  be.bucket_bias_forward(a.rel, W.rel, as_ids(a.buckets), R, H);
+  be.embedding_forward(a.stream, W.shared, as_ids(a.ids), M, D);
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    Impl::LayerActs& la = a.layer(l);
+    const BlockW& w = W.blocks[l];
+    if (training) be.copy(la.x_in, a.stream, (size_t)M * D);
+    be.rmsnorm_forward(la.n1, la.rstd1, a.stream, w.ln0, M, D, eps);
+    be.linear_forward(la.q, la.n1, w.q, nullptr, M, D, I);
+    be.linear_forward(la.k, la.n1, w.k, nullptr, M, D, I);
+    be.linear_forward(la.v, la.n1, w.v, nullptr, M, D, I);
+    be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, L, H, cfg_.d_kv, 1.f, a.rel);
+    be.linear_forward(a.tmp, la.o, w.o, nullptr, M, I, D);
+    be.add_inplace(a.stream, a.tmp, (size_t)M * D);
+
+    if (training) be.copy(la.x_mid, a.stream, (size_t)M * D);
+    be.rmsnorm_forward(la.n2, la.rstd2, a.stream, w.ln1, M, D, eps);
+    be.linear_forward(la.h0, la.n2, w.wi0, nullptr, M, D, F);
+    be.linear_forward(la.h1, la.n2, w.wi1, nullptr, M, D, F);
+    be.geglu_forward(la.gg, la.h0, la.h1, (size_t)M * F);
+    be.linear_forward(a.tmp, la.gg, w.wo, nullptr, M, F, D);
+    be.add_inplace(a.stream, a.tmp, (size_t)M * D);
+  }
+  be.rmsnorm_forward(hidden, a.fin_rstd, a.stream, W.final_ln, M, D, eps);
+  a.have_training_forward = training;
+}
+
+void T5Encoder::backward(const float* dhidden) {
+  if (!impl_ || !impl_->have_training_forward)
+    fail("internal error: T5Encoder::backward needs a preceding forward(training = true)");
+  Impl& a = *impl_;
+  Backend& be = be_;
+  grads();
+  const Weights W = bind(layout_, params_, cfg_.num_layers);
+  const Weights G = bind(layout_, grads_, cfg_.num_layers);
+  const int B = a.B, L = a.L, D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, H = cfg_.num_heads;
+  const int M = B * L, R = 2 * L - 1;
+  const size_t MD = (size_t)M * D, MI = (size_t)M * I, MF = (size_t)M * F;
+  if (!a.dh) {
+    a.dh = a.take(MD);
+    a.dn = a.take(MD);
+    a.d_o = a.take(MI);
+    a.dq = a.take(MI);
+    a.dk = a.take(MI);
+    a.dv = a.take(MI);
+    a.d_gg = a.take(MF);
+    a.d_h0 = a.take(MF);
+    a.d_h1 = a.take(MF);
+    a.d_rel = a.take((size_t)H * R);
+  }
+  be.zero(a.dh, MD);
+  be.zero(a.d_rel, (size_t)H * R);
+  be.rmsnorm_backward(a.dh, G.final_ln, dhidden, a.stream, W.final_ln, a.fin_rstd, M, D);
+  for (int l = cfg_.num_layers - 1; l >= 0; --l) {
+    Impl::LayerActs& la = a.layers[l];
+    const BlockW& w = W.blocks[l];
+    const BlockW& g = G.blocks[l];
+    // x_out = x_mid + wo(gelu(wi_0 n2) ⊙ wi_1 n2), n2 = RMSNorm(x_mid): dh passes the residual unchanged.
+    be.zero(a.d_gg, MF);
+    be.linear_backward(a.d_gg, g.wo, nullptr, a.dh, la.gg, w.wo, M, F, D);
+    be.zero(a.d_h0, MF);
+    be.zero(a.d_h1, MF);
+    be.geglu_backward(a.d_h0, a.d_h1, a.d_gg, la.h0, la.h1, MF);
+    be.zero(a.dn, MD);
+    be.linear_backward(a.dn, g.wi0, nullptr, a.d_h0, la.n2, w.wi0, M, D, F);
+    be.linear_backward(a.dn, g.wi1, nullptr, a.d_h1, la.n2, w.wi1, M, D, F);
+    be.rmsnorm_backward(a.dh, g.ln1, a.dn, la.x_mid, w.ln1, la.rstd2, M, D);
+    // x_mid = x_in + o(Attn(q n1, k n1, v n1; rel)), n1 = RMSNorm(x_in).
+    be.zero(a.d_o, MI);
+    be.linear_backward(a.d_o, g.o, nullptr, a.dh, la.o, w.o, M, I, D);
+    be.zero(a.dq, MI);
+    be.zero(a.dk, MI);
+    be.zero(a.dv, MI);
+    be.attention_backward(a.dq, a.dk, a.dv, a.d_o, la.q, la.k, la.v, la.o, la.lse, a.key_valid, B, L, H, cfg_.d_kv,
+                          1.f, a.rel, a.d_rel);
+    be.zero(a.dn, MD);
+    be.linear_backward(a.dn, g.q, nullptr, a.dq, la.n1, w.q, M, D, I);
+    be.linear_backward(a.dn, g.k, nullptr, a.dk, la.n1, w.k, M, D, I);
+    be.linear_backward(a.dn, g.v, nullptr, a.dv, la.n1, w.v, M, D, I);
+    be.rmsnorm_backward(a.dh, g.ln0, a.dn, la.x_in, w.ln0, la.rstd1, M, D);
+  }
+  be.embedding_backward(G.shared, a.dh, as_ids(a.ids), M, D);
+  be.bucket_bias_backward(G.rel, a.d_rel, as_ids(a.buckets), R, H);
+}
+
+}  // namespace oboro
