@@ -13,4 +13,5 @@ if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
   export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
   ./build-asan/tests/oboro_tests --gtest_brief=1
   /usr/bin/python3 tests/twin/test_dit_twin.py --oboro build-asan/oboro --workdir build-asan/twin_dit
+  /usr/bin/python3 tests/twin/test_t5_twin.py --oboro build-asan/oboro --workdir build-asan/twin_t5
 fi

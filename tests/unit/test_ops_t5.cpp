@@ -147,7 +147,7 @@ TEST(OpsRelBiasAttention, BiasChangesTheOutputAndNullMeansZeroBias) {
 // H = 1, S = 2, q = k = 0 → softmax over the bias row only.
 TEST(OpsRelBiasAttention, ReferenceUsesOffsetJMinusI) {
   const int S = 2;
-  Vec q(2, 0.f), k(2, 0.f), v = {1.f, 0.f, 0.f, 1.f};  // dh = 2: v_0 = e0, v_1 = e1
+  Vec q(4, 0.f), k(4, 0.f), v = {1.f, 0.f, 0.f, 1.f};  // (S, dh) = (2, 2): v_0 = e0, v_1 = e1
   Vec rel = {0.f, 0.f, std::log(3.f)};                 // offsets −1, 0, +1: key j = i + 1 gets weight 3
   Vec o(4), lse(2);
   ref::attention(o.data(), q.data(), k.data(), v.data(), nullptr, 1, S, 1, 2, 1.f, rel.data());
