@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--attention", default="fast", choices=("fast", "explicit"),
                     help="fast: baddbmm + torch.softmax (default); explicit: the reference "
                          "exp/sum softmax used by the tests (slower, same result)")
+    ap.add_argument("--train", action="store_true",
+                    help="time a training step instead: forward, MSE loss, backward, AdamW update")
     args = ap.parse_args()
 
     threads = args.threads or (os.cpu_count() or 1)
@@ -56,7 +58,9 @@ def main():
     # build on the meta device, allocate once, fill with the random-weight rule
     model = tw.OboroDiT(cfg, device="meta").to_empty(device="cpu")
     tw.randomize_(model, seed=args.seed)
-    model = model.to(args.device).eval().set_attention_impl(args.attention)
+    model = model.to(args.device).set_attention_impl(args.attention)
+    model = model.train() if args.train else model.eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01) if args.train else None
     build_s = time.time() - t0
 
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -70,7 +74,16 @@ def main():
         mask[B // 2:, 1:] = 0.0
     x, t, txt, mask = (a.to(args.device) for a in (x, t, txt, mask))
 
+    target = torch.randn(x.shape, generator=g).to(args.device)
+
     def step():
+        if args.train:
+            opt.zero_grad(set_to_none=True)
+            v = model(x, t, txt, mask)
+            loss = torch.mean((v - target) ** 2)
+            loss.backward()
+            opt.step()
+            return v.detach()
         with torch.no_grad():
             v = model(x, t, txt, mask)
         if args.device.startswith("cuda"):
@@ -102,6 +115,7 @@ def main():
         "width": args.width,
         "dtype": "float32",
         "attention": args.attention,
+        "mode": "train" if args.train else "forward",
         "device": args.device,
         "torch": torch.__version__,
         "build_seconds": build_s,
