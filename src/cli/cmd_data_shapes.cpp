@@ -1,6 +1,6 @@
 // oboro data shapes --out DIR [--count N] [--size PX] [--seed S] [--holdout LIST] [--split train|test]:
 // the procedural compositional dataset (coloured shapes with relations), CC0.
-// Registered on the `data` group by register_data (cmd_data.cpp) via register_data_shapes.
+// Registered on the `data` group (created by register_data in cmd_data.cpp) from main.cpp.
 #include "cli/commands.h"
 #include "core/error.h"
 #include "data/shapes.h"
@@ -11,8 +11,6 @@
 #include <string>
 
 namespace oboro::cli {
-
-void register_data_shapes(CLI::App& data_group);
 
 void register_data_shapes(CLI::App& data_group) {
   auto o = std::make_shared<shapes::GenerateOptions>();

@@ -281,6 +281,9 @@ Scene make_scene(uint64_t seed, uint64_t stream_tag, uint64_t index, int S, cons
     }
     o.side = sample_side(d, o.size, S);
     o.size_in_caption = n == 1 || d.u() < 0.5f;
+    // A held-out combination that involves a size is only asked for when the caption says the size.
+    for (const Combo& c : holdout.combos)
+      if (c.size >= 0 && c.matches(o.colour, o.shape, o.size)) o.size_in_caption = true;
   }
   if (n == 1) {
     place_one(d, sc.objects[0], S);

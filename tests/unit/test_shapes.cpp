@@ -298,9 +298,18 @@ TEST(Shapes, TestSplitAndInfotextPrompts) {
   o.holdout = "green:square";
   o.prompts = 5;
   o.out_dir = d.string();
+  o.holdout = "green:square,large:cross";
   const GenerateSummary s = generate_dataset(o);
   EXPECT_GT(s.heldout_images, 15);
   EXPECT_LT(s.heldout_images, 45);
+  {
+    // The manifest's held-out flags agree with what the evaluator reads from the prompts.
+    EvalOptions eo;
+    eo.images_dir = d.string();
+    const EvalResult r = evaluate_dir(eo);
+    EXPECT_EQ(r.heldout.images, s.heldout_images);
+    EXPECT_EQ(r.all.all, 60);
+  }
 
   // Generated-image style: the prompt lives in the `parameters` chunk, no sidecar.
   const fs::path g = fresh_dir("generated");
