@@ -1,6 +1,7 @@
 #include "train/optim.h"
 #include "core/error.h"
 #include "core/threads.h"
+#include <algorithm>
 #include <cmath>
 
 namespace oboro {
@@ -71,6 +72,10 @@ double LrSchedule::at(int64_t step) const {
   const double lo = lr * min_lr_ratio;
   if (kind == "linear") return lo + (lr - lo) * (1.0 - p);
   return lo + (lr - lo) * 0.5 * (1.0 + std::cos(M_PI * p));  // cosine
+}
+
+float ema_decay_at(int64_t step, float decay) {
+  return std::min(decay, (float)((1.0 + (double)step) / (10.0 + (double)step)));
 }
 
 void ema_update(float* ema, const float* p, size_t n, float decay) {

@@ -43,5 +43,8 @@ struct LrSchedule {
 
 // EMA: ema = decay·ema + (1 − decay)·params.
 void ema_update(float* ema, const float* params, size_t n, float decay);
+// EMA decay for optimizer step `step` (1-based), warmed up as min(decay, (1 + step)/(10 + step)) so the
+// average forgets the random initial weights early instead of being dominated by them for ~1/(1−decay) steps.
+float ema_decay_at(int64_t step, float decay);
 
 }  // namespace oboro

@@ -558,9 +558,10 @@ struct Trainer {
       const float lr = (float)sched.at(step);
       opt_dit.step(dit->params(), dit->grads(), lr, step + 1);
       if (train_te) opt_te.step(te->t5().params(), te->t5().grads(), lr, step + 1);
-      if (!ema_dit.empty()) ema_update(ema_dit.data(), dit->params(), ema_dit.size(), cfg.ema_decay);
-      if (!ema_te.empty()) ema_update(ema_te.data(), te->t5().params(), ema_te.size(), cfg.ema_decay);
       ++step;
+      const float ema_decay = ema_decay_at(step, cfg.ema_decay);
+      if (!ema_dit.empty()) ema_update(ema_dit.data(), dit->params(), ema_dit.size(), ema_decay);
+      if (!ema_te.empty()) ema_update(ema_te.data(), te->t5().params(), ema_te.size(), ema_decay);
       samples_seen += (int64_t)B * cfg.gradient_accumulation_steps;
       loss_ema = step == 1 ? loss : 0.98 * loss_ema + 0.02 * loss;
       last_loss = loss;

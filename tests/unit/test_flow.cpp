@@ -186,3 +186,15 @@ TEST(Codec, PixelsUnshuffleRoundTripAndLayout) {
   EXPECT_THROW(codec_stride("pixels", 16), Error);
   EXPECT_THROW(codec_stride("jpeg", 3), Error);
 }
+
+TEST(Optim, EmaWarmsUpSoInitialWeightsFadeEarly) {
+  EXPECT_FLOAT_EQ(ema_decay_at(1, 0.999f), 2.f / 11.f);
+  EXPECT_FLOAT_EQ(ema_decay_at(100000, 0.999f), 0.999f);
+  // Weight left on the initial value after 1000 steps: with warmup it is negligible (without: 0.999^1000 = 0.37).
+  double w = 1;
+  for (int t = 1; t <= 1000; ++t) w *= ema_decay_at(t, 0.999f);
+  EXPECT_LT(w, 1e-3);
+  std::vector<float> ema = {0.f}, p = {1.f};
+  ema_update(ema.data(), p.data(), 1, 0.75f);
+  EXPECT_FLOAT_EQ(ema[0], 0.25f);
+}
