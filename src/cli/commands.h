@@ -11,5 +11,6 @@ void register_data(CLI::App& app);   // oboro data vocab|shapes ...      (cmd_da
 void register_data_shapes(CLI::App& data_group);  // oboro data shapes ... (cmd_data_shapes.cpp)
 void register_eval(CLI::App& app);   // oboro eval shapes ...            (cmd_eval.cpp)
 void register_train(CLI::App& app);  // oboro train --config run.toml    (cmd_train.cpp)
+void register_convert(CLI::App& app);  // oboro convert --from-state ...    (cmd_convert.cpp)
 void register_generate(CLI::App& app);  // oboro generate ...            (cmd_generate.cpp)
 }  // namespace oboro::cli

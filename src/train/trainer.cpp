@@ -401,7 +401,7 @@ struct Trainer {
     index = st.at("index").get<int64_t>();
     samples_seen = st.at("samples_seen").get<int64_t>();
     loss_ema = st.at("loss_ema").get<double>();
-    std::fprintf(stderr, "resumed from %s at step %lld (epoch %lld)\n", path.c_str(), (long long)step, (long long)epoch);
+    std::fprintf(stderr, "loaded training state %s (step %lld, epoch %lld)\n", path.c_str(), (long long)step, (long long)epoch);
   }
 
   // ------------------------------------------------ inference model files
@@ -620,6 +620,34 @@ struct Trainer {
                         plot_loss_svg(pts, cfg.output_name + ": training loss (light: per step, dark: moving average)"));
   }
 };
+
+void export_from_state(const std::string& state_path, bool use_ema, const std::string& out_model_path) {
+  auto f = SafetensorsFile::open(state_path);
+  auto it = f->metadata().find("oboro.train_state");
+  if (it == f->metadata().end()) fail(state_path, ": not an oboro training checkpoint (no 'oboro.train_state' metadata)");
+  json st = json::parse(it->second);
+  if (use_ema && !f->has("dit.ema"))
+    fail(state_path, ": this run kept no EMA weights: export with --weights raw");
+  TrainConfig cfg;
+  const json& c = st.at("config");
+  cfg.width = c.value("width", 32);
+  cfg.height = c.value("height", 32);
+  cfg.learning_rate = c.value("learning_rate", 0.0);
+  cfg.lr_scheduler = c.value("lr_scheduler", std::string("constant"));
+  cfg.seed = c.value("seed", (uint64_t)0);
+  cfg.train_data_dir = c.value("train_data_dir", std::string());
+  cfg.ema_decay = use_ema ? 0.5f : 0.f;  // any value > 0 makes load_state read the EMA tensors
+  fs::path out = out_model_path;
+  std::string stem = out.filename().string();
+  if (stem.size() > 12 && stem.substr(stem.size() - 12) == ".safetensors") stem.resize(stem.size() - 12);
+  cfg.output_dir = out.parent_path().empty() ? "." : out.parent_path().string();
+  cfg.output_name = stem;
+  Trainer tr(cfg);
+  tr.load_state(state_path);
+  tr.save_models();
+  std::fprintf(stderr, "wrote %s (%s weights, step %lld) and %s\n", tr.model_path().c_str(), use_ema ? "EMA" : "raw",
+               (long long)tr.step, tr.te_path().c_str());
+}
 
 TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64_t stop_after) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);

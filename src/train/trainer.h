@@ -63,4 +63,8 @@ struct TrainResult {
 // interrupt + resume.
 TrainResult train(const TrainConfig& cfg, const std::string& resume_state = "", int64_t stop_after = 0);
 
+// Write inference files (`out`.safetensors + `out`.t5.safetensors) from a training state, with the
+// EMA weights (`use_ema`, the default for a run with EMA) or the raw weights.
+void export_from_state(const std::string& state_path, bool use_ema, const std::string& out_model_path);
+
 }  // namespace oboro

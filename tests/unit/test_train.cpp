@@ -151,6 +151,19 @@ TEST(Train, GeneratedImagesDependOnTheirSeedOnly) {
   for (size_t i = 0; i < one[0].image.rgb.size(); ++i)
     maxdiff = std::max(maxdiff, std::abs((int)one[0].image.rgb[i] - (int)three[1].image.rgb[i]));
   EXPECT_LE(maxdiff, 1) << "image of seed 101 changed with the batch size";
+  // Export from the training state: raw weights differ from the EMA model the run wrote, EMA ones match it.
+  std::string state = r.state_path;
+  export_from_state(state, false, (a / "raw.safetensors").string());
+  export_from_state(state, true, (a / "ema.safetensors").string());
+  auto run_model = r.model_path;
+  auto ema = SafetensorsFile::open((a / "ema.safetensors").string()), raw = SafetensorsFile::open((a / "raw.safetensors").string()),
+       orig = SafetensorsFile::open(run_model);
+  Tensor te = ema->tensor("x_embedder.weight"), tr = raw->tensor("x_embedder.weight"), to = orig->tensor("x_embedder.weight");
+  EXPECT_EQ(0, std::memcmp(te.raw(), to.raw(), te.nbytes()));
+  EXPECT_NE(0, std::memcmp(tr.raw(), to.raw(), tr.nbytes()));
+  EXPECT_TRUE(fs::exists(a / "raw.t5.safetensors"));
+  rq.model = (a / "raw.safetensors").string();
+  EXPECT_EQ(generate(rq, false).size(), 1u);
   Infotext it = parse_infotext(one[0].infotext);
   EXPECT_EQ(it.prompt, rq.prompt);
   EXPECT_EQ(it.negative, "blue");
