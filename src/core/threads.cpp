@@ -121,7 +121,10 @@ int default_threads() {
 }
 
 Pool& pool() {
-  static Pool p(default_threads());
+  static Pool p = [] {
+    openblas_set_num_threads(1);  // GEMMs are split over our pool (ops/cpu/cpu_backend.cpp)
+    return Pool(default_threads());
+  }();
   return p;
 }
 
@@ -131,7 +134,7 @@ int num_threads() { return pool().size(); }
 
 void set_num_threads(int n) {
   pool().resize(n);
-  openblas_set_num_threads(std::max(1, n));
+  openblas_set_num_threads(1);  // GEMMs are split over our pool (ops/cpu/cpu_backend.cpp)
 }
 
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {

@@ -35,6 +35,23 @@ inline void exp_row(float* x, int n) {
   }
 }
 
+// Σ_j a[j]·b[j] with 16 independent partial sums (vectorises without -ffast-math), then a fixed-order
+// sum: deterministic, and fast for the short rows of small-head-dim layers.
+inline float dot16(const float* a, const float* b, int n) {
+  float acc[16] = {};
+  int j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += a[j + l] * b[j + l];
+  for (int l = 0; j + l < n; ++l) acc[l] += a[j + l] * b[j + l];
+  float s = 0.f;
+  for (int l = 0; l < 16; ++l) s += acc[l];
+  return s;
+}
+
+// Head dims below this use key-major (transposed) panels so the inner loops run over keys
+// (64 wide) instead of over a 4..8-wide head dim.
+constexpr int kSmallDh = 16;
+
 struct Panels {
   std::vector<float> q, kt, kr, v, vt, dout;  // q (S,dh); kt (dh,S); kr (S,dh); v (S,dh); vt (dh,S)
 };
@@ -87,6 +104,8 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
     P.q.resize((size_t)S * dh);
     P.kt.resize((size_t)S * dh);
     P.v.resize((size_t)S * dh);
+    const bool small = dh < kSmallDh;
+    if (small) P.vt.resize((size_t)S * dh);
     std::vector<float> sc(kBq * kBk), acc((size_t)kBq * dh), m(kBq), l(kBq);
     for (int64_t u = u0; u < u1; ++u) {
       int b = (int)(u / H), h = (int)(u % H);
@@ -95,7 +114,10 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
       const float* rel = rel_bias ? rel_bias + (size_t)h * (2 * S - 1) : nullptr;
       gather_rows(P.q.data(), q + bo, S, D, h, dh, scale);  // scale folded into Q
       gather_cols(P.kt.data(), k + bo, S, D, h, dh);
-      gather_rows(P.v.data(), v + bo, S, D, h, dh);
+      if (small)
+        gather_cols(P.vt.data(), v + bo, S, D, h, dh);
+      else
+        gather_rows(P.v.data(), v + bo, S, D, h, dh);
       for (int i0 = 0; i0 < S; i0 += kBq) {
         int nq = std::min(kBq, S - i0);
         std::fill(m.begin(), m.end(), kNegInf);
@@ -117,6 +139,10 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
             l[i] = l[i] * corr + sum;
             m[i] = mx;
             float* a = acc.data() + (size_t)i * dh;
+            if (small) {  // a[d] = a[d]·corr + Σ_j p_j V[j, d], over keys
+              for (int d = 0; d < dh; ++d) a[d] = a[d] * corr + dot16(row, P.vt.data() + (size_t)d * S + j0, nk);
+              continue;
+            }
             for (int d = 0; d < dh; ++d) a[d] *= corr;
             for (int j = 0; j < nk; ++j) {
               float p = row[j];
@@ -148,7 +174,8 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
     Panels P;
     P.q.resize((size_t)S * dh);
     P.kt.resize((size_t)S * dh);
-    P.kr.resize((size_t)S * dh);
+    const bool small = dh < kSmallDh;
+    P.kr.resize((size_t)S * dh);  // small: unused (dQ reads kt)
     P.vt.resize((size_t)S * dh);
     P.dout.resize((size_t)S * dh);
     std::vector<float> gq((size_t)S * dh), gk((size_t)S * dh), gv((size_t)S * dh), delta(S);
@@ -162,7 +189,7 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
       double* gr = d_rel_bias ? drel.data() + (size_t)u * R : nullptr;
       gather_rows(P.q.data(), q + bo, S, D, h, dh, scale);
       gather_cols(P.kt.data(), k + bo, S, D, h, dh);
-      gather_rows(P.kr.data(), k + bo, S, D, h, dh);
+      if (!small) gather_rows(P.kr.data(), k + bo, S, D, h, dh);
       gather_cols(P.vt.data(), v + bo, S, D, h, dh);
       gather_rows(P.dout.data(), dout + bo, S, D, h, dh);
       for (int s = 0; s < S; ++s) {  // delta_i = dO_i · O_i
@@ -200,6 +227,26 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
               for (int j = 0; j < nk; ++j) g[j] += dprow[j];
             }
           }
+          if (small) {  // gk, gv held transposed (dh, S): every update runs over keys
+            for (int i = 0; i < nq; ++i) {
+              const float* prow = pt.data() + i * kBk;
+              const float* dsrow = dpt.data() + i * kBk;
+              const float* gi = P.dout.data() + (size_t)(i0 + i) * dh;
+              const float* qi = P.q.data() + (size_t)(i0 + i) * dh;
+              float* gqi = gq.data() + (size_t)(i0 + i) * dh;
+              for (int d = 0; d < dh; ++d) {
+                float* gvd = gv.data() + (size_t)d * S + j0;
+                float* gkd = gk.data() + (size_t)d * S + j0;
+                const float g = gi[d], qd = qi[d];
+                for (int j = 0; j < nk; ++j) {
+                  gvd[j] += prow[j] * g;
+                  gkd[j] += dsrow[j] * qd;
+                }
+                gqi[d] += dot16(dsrow, P.kt.data() + (size_t)d * S + j0, nk);
+              }
+            }
+            continue;
+          }
           for (int i = 0; i < nq; ++i) {
             const float* prow = pt.data() + i * kBk;
             const float* dsrow = dpt.data() + i * kBk;
@@ -222,10 +269,11 @@ void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout
       }
       for (int s = 0; s < S; ++s) {
         size_t off = bo + (size_t)s * D + (size_t)h * dh;
+        const size_t st = small ? (size_t)S : 1, dt = small ? 1 : (size_t)dh;  // gk, gv: (dh,S) or (S,dh)
         for (int d = 0; d < dh; ++d) {
           if (dq) dq[off + d] += gq[(size_t)s * dh + d] * scale;
-          if (dk) dk[off + d] += gk[(size_t)s * dh + d];
-          if (dv) dv[off + d] += gv[(size_t)s * dh + d];
+          if (dk) dk[off + d] += gk[(size_t)d * st + (size_t)s * dt];
+          if (dv) dv[off + d] += gv[(size_t)d * st + (size_t)s * dt];
         }
       }
     }
