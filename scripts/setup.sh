@@ -8,6 +8,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
   libsentencepiece-dev       # tokenizer (T5 spiece.model) and vocabulary training
   libstb-dev libpng-dev libwebp-dev   # image decode (PNG/JPEG/WebP), PNG with text chunks
+  librsvg2-bin               # rsvg-convert: DiceBear SVG avatars → PNG (scripts/get-data)
   libgtest-dev googletest    # tests
   python3 python3-torch python3-numpy   # the PyTorch twin (test oracle)
 )
@@ -15,6 +16,9 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# scripts/get-data (licensed training data from npm) needs node and npm: Debian's nodejs + npm
+# unless some node with npm is already there (e.g. one that bundles npm).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all ${#PACKAGES[@]} packages already installed"
   exit 0

@@ -1,6 +1,7 @@
 // oboro info FILE [--json]: what is inside a safetensors checkpoint (single file or sharded).
 #include "cli/commands.h"
 #include "core/error.h"
+#include "data/provenance.h"
 #include "io/safetensors.h"
 
 #include <nlohmann/json.hpp>
@@ -60,6 +61,18 @@ void run_info(const InfoArgs& a) {
     if (config.is_discarded()) { config = nullptr; config_bad = true; }
   }
 
+  // oboro.dataset: what the model was trained on (provenance summary, JSON string).
+  bool have_dataset = false, dataset_bad = false;
+  DatasetSummary dataset;
+  if (auto dit = md.find("oboro.dataset"); dit != md.end()) {
+    try {
+      dataset = DatasetSummary::from_json(dit->second);
+      have_dataset = true;
+    } catch (const Error&) {
+      dataset_bad = true;
+    }
+  }
+
   if (a.json) {
     json out = json::object();
     out["file"] = src.path();
@@ -72,6 +85,7 @@ void run_info(const InfoArgs& a) {
     out["parameters"] = params;
     out["metadata"] = md;
     out["config"] = config;
+    out["dataset"] = have_dataset ? json::parse(dataset.to_json()) : json(nullptr);
     std::cout << out.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
     return;
   }
@@ -103,6 +117,7 @@ void run_info(const InfoArgs& a) {
   bool any_md = false;
   for (const auto& [k, v] : md) {
     if (k == "oboro.config" && !config_bad) continue;
+    if (k == "oboro.dataset" && have_dataset) continue;
     if (!any_md) std::cout << "metadata:\n";
     any_md = true;
     std::string shown = v.size() > 400 ? v.substr(0, 400) + str("... (", v.size(), " chars)") : v;
@@ -120,6 +135,18 @@ void run_info(const InfoArgs& a) {
     }
   }
   else if (config_bad) std::cout << "config: (oboro.config is not valid JSON; shown raw under metadata)\n";
+  if (have_dataset) {
+    std::cout << "dataset: " << thousands(dataset.images) << (dataset.images == 1 ? " image" : " images") << ", digest "
+              << dataset.digest << "\n";
+    std::cout << "  licences:\n";
+    for (const auto& [l, n] : dataset.licenses) std::cout << "    " << l << ": " << thousands(n) << "\n";
+    std::cout << "  sources:\n";
+    for (const auto& [src_name, n] : dataset.sources) std::cout << "    " << src_name << ": " << thousands(n) << "\n";
+    std::cout << "  attribution:\n";
+    for (const auto& line : dataset.attribution) std::cout << "    " << line << "\n";
+  } else if (dataset_bad) {
+    std::cout << "dataset: (oboro.dataset is not a valid provenance summary; shown raw under metadata)\n";
+  }
 }
 
 }  // namespace

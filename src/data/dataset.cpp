@@ -89,7 +89,10 @@ int repeats_from_name(const std::string& name) {
 
 std::string ext_list() {
   std::string s;
-  for (const char* x : kImageExts) s += (s.empty() ? "" : " ") + std::string(x);
+  for (const char* x : kImageExts) {
+    if (!s.empty()) s += ' ';
+    s += x;
+  }
   return s;
 }
 
@@ -332,6 +335,14 @@ std::vector<std::string> Dataset::captions() const {
   std::unordered_set<std::string> seen;
   for (const auto& e : entries_)
     if (seen.insert(e.image_path).second) out.push_back(e.caption);
+  return out;
+}
+
+std::vector<std::string> Dataset::image_files() const {
+  std::vector<std::string> out;
+  std::unordered_set<std::string> seen;
+  for (const auto& e : entries_)
+    if (seen.insert(e.image_path).second) out.push_back(e.image_path);
   return out;
 }
 

@@ -41,6 +41,7 @@ class Dataset {
   const std::vector<DatasetSubset>& subsets() const { return subsets_; }
   size_t size() const { return entries_.size(); }
   std::vector<std::string> captions() const;  // for vocabulary training: one per image, repeats not expanded
+  std::vector<std::string> image_files() const;  // distinct image paths, in entry order (for provenance checks)
 
   // Decode entry i, resize-cover + crop to width×height (crop window from `rng_seed`, centre when
   // rng_seed == 0), write (3, height, width) in [-1, 1] into chw and the caption after subset

@@ -4,6 +4,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "data/dataset.h"
+#include "data/provenance.h"
 #include "flow/flow.h"
 #include "flow/infotext.h"
 #include "flow/sampler.h"
@@ -93,6 +94,17 @@ TrainConfig TrainConfig::from_toml(const std::string& path) {
   get_num("max_token_length", c.max_token_length);
   get_str("train_data_dir", c.train_data_dir);
   get_str("dataset_config", c.dataset_config);
+  if (auto it = keys.find("license_allow"); it != keys.end()) {
+    used.insert("license_allow");
+    const toml::array* a = it->second->as_array();
+    if (!a) fail(where("license_allow"), " must be an array of SPDX licence ids, e.g. [\"CC0-1.0\", \"CC-BY-4.0\"]");
+    for (const auto& v : *a) {
+      if (!v.is_string() || v.as_string()->get().empty())
+        fail(where("license_allow"), " must hold non-empty strings (SPDX licence ids such as \"CC-BY-4.0\")");
+      c.license_allow.push_back(v.as_string()->get());
+    }
+  }
+  get_bool("require_license", c.require_license);
   if (auto it = keys.find("resolution"); it != keys.end()) {
     used.insert("resolution");
     if (auto i = it->second->as_integer()) c.width = c.height = (int)i->get();
@@ -146,6 +158,7 @@ std::string TrainConfig::to_json() const {
             {"t5_d_model", t5_d_model}, {"t5_layers", t5_layers}, {"t5_heads", t5_heads}, {"t5_d_kv", t5_d_kv},
             {"t5_d_ff", t5_d_ff}, {"max_token_length", max_token_length}, {"train_data_dir", train_data_dir},
             {"dataset_config", dataset_config}, {"width", width}, {"height", height},
+            {"license_allow", license_allow}, {"require_license", require_license},
             {"train_batch_size", train_batch_size}, {"gradient_accumulation_steps", gradient_accumulation_steps},
             {"max_train_steps", max_train_steps}, {"learning_rate", learning_rate}, {"lr_scheduler", lr_scheduler},
             {"lr_warmup_steps", lr_warmup_steps}, {"min_lr_ratio", min_lr_ratio}, {"optimizer_type", optimizer_type},
@@ -213,6 +226,7 @@ struct Trainer {
   int64_t perm_epoch = -1;
   PixelsCodec codec;
   std::vector<std::pair<int64_t, double>> loss_history;
+  std::string dataset_provenance;  // DatasetSummary JSON for `oboro.dataset` ("" = no manifest)
 
   explicit Trainer(const TrainConfig& c) : cfg(c) {}
 
@@ -336,6 +350,7 @@ struct Trainer {
     wr.set_metadata("oboro.config", dit->config().to_json().dump());
     wr.set_metadata("oboro.t5_config", te->t5().config().to_json().dump());
     wr.set_metadata("oboro.tokenizer", base64_encode(te->tokenizer().serialized()));
+    if (!dataset_provenance.empty()) wr.set_metadata("oboro.dataset", dataset_provenance);
     wr.write(path);
     // Keep the checkpoints of the last save_last_n_steps steps.
     if (cfg.save_last_n_steps > 0) {
@@ -401,6 +416,7 @@ struct Trainer {
     index = st.at("index").get<int64_t>();
     samples_seen = st.at("samples_seen").get<int64_t>();
     loss_ema = st.at("loss_ema").get<double>();
+    if (auto it = f->metadata().find("oboro.dataset"); it != f->metadata().end()) dataset_provenance = it->second;
     std::fprintf(stderr, "loaded training state %s (step %lld, epoch %lld)\n", path.c_str(), (long long)step, (long long)epoch);
   }
 
@@ -422,16 +438,18 @@ struct Trainer {
     json summary = {{"steps", step}, {"samples_seen", samples_seen}, {"loss_ema", loss_ema},
                     {"dataset", cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir},
                     {"ema", !ema_dit.empty()}};
-    dit->save(model_path(), {{"oboro.text_encoder", fs::path(te_path()).filename().string()},
-                             {"oboro.train", summary.dump()},
-                             {"modelspec.title", cfg.output_name},
-                             {"modelspec.resolution", str(cfg.width, "x", cfg.height)},
-                             {"ss_steps", std::to_string(step)},
-                             {"ss_learning_rate", py_float(cfg.learning_rate)},
-                             {"ss_optimizer", cfg.optimizer_type},
-                             {"ss_lr_scheduler", cfg.lr_scheduler},
-                             {"ss_seed", std::to_string(cfg.seed)},
-                             {"ss_num_train_images", std::to_string(data.size())}});
+    std::map<std::string, std::string> md = {{"oboro.text_encoder", fs::path(te_path()).filename().string()},
+                                             {"oboro.train", summary.dump()},
+                                             {"modelspec.title", cfg.output_name},
+                                             {"modelspec.resolution", str(cfg.width, "x", cfg.height)},
+                                             {"ss_steps", std::to_string(step)},
+                                             {"ss_learning_rate", py_float(cfg.learning_rate)},
+                                             {"ss_optimizer", cfg.optimizer_type},
+                                             {"ss_lr_scheduler", cfg.lr_scheduler},
+                                             {"ss_seed", std::to_string(cfg.seed)},
+                                             {"ss_num_train_images", std::to_string(data.size())}};
+    if (!dataset_provenance.empty()) md["oboro.dataset"] = dataset_provenance;
+    dit->save(model_path(), md);
     if (!raw_dit.empty()) be.upload(dit->params(), raw_dit.data(), raw_dit.size());
     if (!raw_te.empty()) be.upload(te->t5().params(), raw_te.data(), raw_te.size());
   }
@@ -656,12 +674,25 @@ TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64
   tr.codec.stride = cfg.pixels_stride;
   tr.data = Dataset::open(cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir);
   std::fprintf(stderr, "dataset: %zu images (repeats included)\n", tr.data.size());
+  // Provenance before anything else runs: every image listed in its manifest.jsonl, unchanged,
+  // with an allowed licence (the files are hashed now).
+  LicensePolicy policy;
+  if (!cfg.license_allow.empty()) policy.allow = cfg.license_allow;
+  const ProvenanceCheck prov = check_provenance(tr.data.image_files(), policy, cfg.require_license);
+  if (prov.has_manifest) {
+    std::string lic;
+    for (const auto& [l, n] : prov.summary.licenses) lic += str(lic.empty() ? "" : ", ", l, " ", n);
+    std::fprintf(stderr, "provenance: %zu images in %zu manifest(s), licences %s, digest %s\n", prov.summary.images,
+                 prov.manifests.size(), lic.c_str(), prov.summary.digest.c_str());
+  }
   if (!resume_state.empty()) {
     tr.load_state(resume_state == "latest" ? Trainer::latest_state(tr.state_dir()) : resume_state);
   } else {
     tr.setup_new();
     tr.setup_optim();
   }
+  // What this invocation trains on (a resumed run records the data it continues with).
+  tr.dataset_provenance = prov.has_manifest ? prov.summary.to_json() : "";
   std::fprintf(stderr, "model: DiT %lld parameters%s, text encoder %zu parameters (%s)\n",
                (long long)tr.dit->config().param_count(), "", tr.te->t5().layout().total(),
                tr.train_te ? "trained jointly" : "frozen");

@@ -24,6 +24,10 @@ struct TrainConfig {
   // data
   std::string train_data_dir, dataset_config;
   int width = 32, height = 32;           // `resolution`
+  // provenance (data/provenance.h): with a manifest.jsonl beside the images, every image must be
+  // listed with an allowed licence; require_license also refuses data without a manifest
+  std::vector<std::string> license_allow;  // SPDX ids; empty = LicensePolicy::default_allow()
+  bool require_license = false;
   // run
   std::string output_dir = "output", output_name = "oboro";
   int train_batch_size = 16, gradient_accumulation_steps = 1;
