@@ -4,14 +4,42 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "flow/generate.h"
+#include "flow/infotext.h"
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <vector>
 
 namespace oboro::cli {
 
 namespace fs = std::filesystem;
+
+// The bundled default model (models/default/, trained on licensed data: see its README), found
+// beside the binary (build/oboro → ../models), in the source tree it was built from, or where
+// $OBORO_DEFAULT_MODEL points.
+static std::string default_model() {
+  const char* kRel = "models/default/oboro-default.safetensors";
+  std::vector<fs::path> tried;
+  if (const char* e = std::getenv("OBORO_DEFAULT_MODEL")) tried.emplace_back(e);
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    tried.push_back(exe.parent_path().parent_path() / kRel);
+    tried.push_back(exe.parent_path().parent_path() / "share/oboro" / kRel);
+  }
+  tried.push_back(fs::path(OBORO_SOURCE_DIR) / kRel);
+  std::string list;
+  for (const auto& p : tried) {
+    if (fs::is_regular_file(p)) return p.string();
+    const std::string line = "\n  " + fs::weakly_canonical(p, ec).string();
+    if (list.find(line) == std::string::npos) list += line;
+  }
+  fail("no --model given and the bundled default model was not found; looked in:", list,
+       "\npass --model FILE (an oboro .safetensors model), or set OBORO_DEFAULT_MODEL");
+}
 
 static int next_index(const fs::path& dir) {
   int best = -1;
@@ -26,7 +54,8 @@ static int next_index(const fs::path& dir) {
 void register_generate(CLI::App& app) {
   struct Opts {
     GenerateRequest rq;
-    std::string prompt_pos, image_size, size, output_dir;
+    std::string prompt_pos, image_size, size, output_dir, from_file, grid;
+    int grid_columns = 0;
     bool no_metadata = false, no_shift = false;
     int threads = 0;
   };
@@ -50,6 +79,11 @@ void register_generate(CLI::App& app) {
   c->add_flag("--no-metadata", o->no_metadata, "do not embed infotext / request JSON in the PNG");
   c->add_flag("--no-shift", o->no_shift, "disable the resolution-dependent timestep shift");
   c->add_option("--threads", o->threads, "CPU threads (default: all cores)");
+  c->add_option("--from-file", o->from_file,
+                "one prompt per line, kohya sample syntax: 'a cat --n blurry --w 64 --h 64 --d 42 --s 20 --l 5' "
+                "(flags given here are the defaults)");
+  c->add_option("--grid", o->grid, "also write every image of this run into one grid PNG");
+  c->add_option("--grid-columns", o->grid_columns, "grid columns (default: images per prompt, or 8)");
   c->callback([o] {
     if (o->threads > 0) set_num_threads(o->threads);
     GenerateRequest rq = o->rq;
@@ -58,6 +92,10 @@ void register_generate(CLI::App& app) {
       rq.prompt = o->prompt_pos;
     }
     rq.shift = !o->no_shift;
+    if (rq.model.empty()) {
+      rq.model = default_model();
+      std::fprintf(stderr, "model: %s (the bundled default; --model to choose another)\n", rq.model.c_str());
+    }
     if (!o->size.empty() && std::sscanf(o->size.c_str(), "%dx%d", &rq.width, &rq.height) != 2)
       fail("--size must look like WxH (e.g. 64x64), got '", o->size, "'");
     if (!o->image_size.empty() && std::sscanf(o->image_size.c_str(), " [ %d , %d ]", &rq.height, &rq.width) != 2)
@@ -69,11 +107,47 @@ void register_generate(CLI::App& app) {
       std::strftime(day, sizeof day, "%Y-%m-%d", std::localtime(&now));
       dir = fs::path("outputs") / day;
     }
+    std::vector<GenerateRequest> rqs;
+    if (!o->from_file.empty()) {
+      std::ifstream in(o->from_file);
+      if (!in) fail(o->from_file, ": cannot read the prompt file (--from-file): check the path");
+      std::string line;
+      while (std::getline(in, line)) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos || line[line.find_first_not_of(" \t")] == '#')
+          continue;
+        PromptLine pl = parse_prompt_line(line);
+        GenerateRequest r = rq;
+        r.prompt = pl.prompt;
+        if (!pl.negative.empty()) r.negative_prompt = pl.negative;
+        if (pl.width > 0) r.width = pl.width;
+        if (pl.height > 0) r.height = pl.height;
+        if (pl.steps > 0) r.steps = pl.steps;
+        if (pl.seed >= 0) r.seed = pl.seed;
+        if (pl.cfg >= 0) r.cfg_scale = pl.cfg;
+        rqs.push_back(r);
+      }
+      if (rqs.empty()) fail(o->from_file, ": no prompts in the file (one per line)");
+    } else {
+      rqs.push_back(rq);
+    }
     auto t0 = std::chrono::steady_clock::now();
-    auto images = generate(rq);
+    std::vector<GeneratedImage> images;
+    for (const auto& r : rqs) {
+      auto part = generate(r);
+      for (auto& g : part) images.push_back(std::move(g));
+    }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fs::create_directories(dir);
     int idx = next_index(dir);
+    if (!o->grid.empty()) {
+      std::vector<Image> ims;
+      for (auto& g : images) ims.push_back(g.image);
+      int per_prompt = std::max(1, (int)(images.size() / rqs.size()));
+      int cols = o->grid_columns > 0 ? o->grid_columns : (per_prompt > 1 ? per_prompt : 8);
+      if (fs::path(o->grid).has_parent_path()) fs::create_directories(fs::path(o->grid).parent_path());
+      save_png(o->grid, make_grid(ims, std::min<int>(cols, (int)ims.size())));
+      std::fprintf(stderr, "grid: %s\n", o->grid.c_str());
+    }
     for (auto& g : images) {
       char name[64];
       std::snprintf(name, sizeof name, "%05d-%llu.png", idx++, (unsigned long long)g.seed);

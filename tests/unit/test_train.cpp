@@ -170,6 +170,21 @@ TEST(Train, GeneratedImagesDependOnTheirSeedOnly) {
   bool has_seed = false;
   for (auto& [k, v] : it.params) has_seed |= k == "Seed" && v == "101";
   EXPECT_TRUE(has_seed) << one[0].infotext;
+  // CLI: a kohya prompt file (comments and blank lines skipped, per-line seed and steps) and one grid
+  // of every image of the run.
+  {
+    std::ofstream pf(a / "prompts.txt");
+    pf << "a red square --d 7\n# a comment\n\nblue --d 9 --s 2\n";
+  }
+  const fs::path cli = a / "cli";
+  std::string cmd = std::string(OBORO_BINARY) + " generate --from-file " + (a / "prompts.txt").string() + " -m " +
+                    r.model_path + " --steps 2 --batch-size 2 -o " + cli.string() + " --grid " +
+                    (cli / "grid.png").string() + " >/dev/null 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  for (const char* f : {"00000-7.png", "00001-8.png", "00002-9.png", "00003-10.png", "grid.png"})
+    EXPECT_TRUE(fs::exists(cli / f)) << f;
+  Image grid = load_image((cli / "grid.png").string());
+  EXPECT_EQ(grid.width, 2 * 8 + 3 * 2);  // two columns (images per prompt) of 8 px, 2 px padding around
 }
 
 TEST(Train, BadConfigsAreClearErrors) {
