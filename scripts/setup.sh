@@ -8,6 +8,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
   libsentencepiece-dev       # tokenizer (T5 spiece.model) and vocabulary training
   libstb-dev libpng-dev libwebp-dev   # image decode (PNG/JPEG/WebP), PNG with text chunks
+  libsqlite3-dev             # data manifest (oboro data ingest/dedup/...)
   librsvg2-bin               # rsvg-convert: DiceBear SVG avatars → PNG (scripts/get-data)
   libgtest-dev googletest    # tests
   python3 python3-torch python3-numpy   # the PyTorch twin (test oracle)

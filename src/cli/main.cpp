@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   oboro::cli::register_init(app);
   oboro::cli::register_data(app);
   oboro::cli::register_data_shapes(*app.get_subcommand("data"));
+  oboro::cli::register_data_manifest(*app.get_subcommand("data"));
   oboro::cli::register_eval(app);
   oboro::cli::register_train(app);
   oboro::cli::register_generate(app);

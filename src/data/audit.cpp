@@ -1,0 +1,301 @@
+#include "data/audit.h"
+
+#include "core/error.h"
+#include "core/sha256.h"
+#include "data/progress.h"
+#include "io/safetensors.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+namespace oboro {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+ModelDataset read_model_dataset(const std::string& model) {
+  std::error_code ec;
+  if (!fs::exists(model, ec)) fail(model, ": no such model file: pass the .safetensors file written by `oboro train`");
+  TensorSource src = TensorSource::open(model);
+  auto it = src.metadata().find("oboro.dataset");
+  if (it == src.metadata().end())
+    fail(model, ": has no oboro.dataset metadata: the model was not trained from a folder with a manifest.jsonl (export "
+         "one with `oboro data export --manifest M.db -o DIR` and train from it), so its images cannot be audited");
+  ModelDataset d;
+  d.raw = it->second;
+  const json j = json::parse(it->second, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("digest") || !j["digest"].is_string())
+    fail(model, ": oboro.dataset is not a JSON object with a \"digest\": the file's metadata is damaged; re-save it");
+  d.digest = j["digest"].get<std::string>();
+  if (j.contains("images") && j["images"].is_number_integer()) d.images = j["images"].get<int64_t>();
+  for (const char* k : {"licenses", "sources"})
+    if (j.contains(k) && j[k].is_object())
+      for (const auto& [name, n] : j[k].items())
+        if (n.is_number_integer()) (std::string(k) == "licenses" ? d.licenses : d.sources)[name] = n.get<int64_t>();
+  if (j.contains("attribution") && j["attribution"].is_array())
+    for (const auto& a : j["attribution"])
+      if (a.is_string()) d.attribution.push_back(a.get<std::string>());
+  return d;
+}
+
+// ---- export ----
+
+namespace {
+
+void write_all(std::ofstream& f, const std::string& s, const std::string& path) {
+  f.write(s.data(), (std::streamsize)s.size());
+  if (!f) fail(path, ": write failed: check free space");
+}
+
+void place_file(const std::string& src, const fs::path& dst, const std::string& mode) {
+  std::error_code ec;
+  fs::remove(dst, ec);
+  if (mode == "symlink") {
+    fs::create_symlink(fs::absolute(src), dst, ec);
+  } else {
+    if (mode == "link") fs::create_hard_link(src, dst, ec);
+    if (mode == "copy" || ec) {
+      ec.clear();
+      fs::copy_file(src, dst, fs::copy_options::overwrite_existing, ec);
+    }
+  }
+  if (ec) fail(dst.string(), ": cannot write the exported image (", ec.message(), "): check free space and permissions");
+}
+
+// Digest over the rows of a query returning (sha256, license) ordered by sha256, license.
+std::string digest_of(sql::Stmt& s) {
+  Sha256 h;
+  while (s.step()) {
+    const std::string l = s.text(0) + " " + s.text(1) + "\n";
+    h.update(l.data(), l.size());
+  }
+  return "sha256:" + h.hex();
+}
+
+}  // namespace
+
+ExportReport export_dataset(Manifest& m, const ExportOptions& opt) {
+  ExportReport rep;
+  if (opt.out_dir.empty()) fail("data export: pass -o DIR (the training folder to write)");
+  if (opt.mode != "link" && opt.mode != "copy" && opt.mode != "symlink") fail("--mode ", opt.mode, ": use link, copy or symlink");
+  const fs::path dir = fs::absolute(opt.out_dir).lexically_normal();
+  std::error_code ec;
+  const fs::path mpath = dir / "manifest.jsonl";
+  if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
+    if (!opt.force)
+      fail(opt.out_dir, ": is not empty: pass --force to replace a previous export there, or choose another -o");
+    if (fs::exists(mpath, ec)) {  // remove the previous export's files
+      std::ifstream f(mpath);
+      for (std::string line; std::getline(f, line);) {
+        const json j = json::parse(line, nullptr, false);
+        if (!j.is_object() || !j.contains("file") || !j["file"].is_string()) continue;
+        const fs::path p = dir / j["file"].get<std::string>();
+        if (p.lexically_normal().string().rfind(dir.string(), 0) != 0) continue;  // never outside the folder
+        fs::remove(p, ec);
+        fs::path t = p;
+        t.replace_extension(".txt");
+        fs::remove(t, ec);
+      }
+      fs::remove(mpath, ec);
+    }
+  }
+  fs::create_directories(dir, ec);
+  if (ec) fail(opt.out_dir, ": cannot create the folder: ", ec.message());
+
+  sql::Db& db = m.db();
+  sql::Transaction tx(db);
+  sql::Stmt ins_exp(db, "INSERT INTO exports(dir, digest, images, created) VALUES (?, '', 0, ?)");
+  ins_exp.bind(1, dir.string()).bind(2, now_unix()).run();
+  rep.export_id = db.last_insert_id();
+  sql::Stmt link(db, "INSERT INTO export_images(export_id, image_id) VALUES (?, ?)");
+  const std::string tmp = mpath.string() + ".tmp";
+  std::ofstream jf(tmp, std::ios::binary | std::ios::trunc);
+  if (!jf) fail(tmp, ": cannot write: check permissions");
+  Progress prog("export " + opt.out_dir, m.count("status='active'"), opt.progress);
+  std::set<std::string> seen;  // content hashes already exported (one file per distinct content)
+  sql::Stmt q(db, "SELECT id, path, sha256, source, original, license, attribution FROM images WHERE status='active' ORDER BY id");
+  while (q.step()) {
+    const int64_t id = q.i64(0);
+    const std::string path = q.text(1), sha = q.text(2);
+    prog.add();
+    if (!seen.insert(sha).second) {
+      ++rep.skipped_same_content;
+      continue;
+    }
+    std::string ext = fs::path(path).extension().string();
+    for (auto& c : ext) c = (char)std::tolower((unsigned char)c);
+    const std::string rel = sha.substr(0, 2) + "/" + sha + ext;
+    fs::create_directories(dir / sha.substr(0, 2), ec);
+    place_file(path, dir / rel, opt.mode);
+    // Captions: the training caption (with the quality tag as configured) first, then the others.
+    std::vector<std::string> caps = m.captions(id);
+    const std::string train_cap = m.training_caption(id);
+    std::vector<std::string> all{train_cap};
+    for (const auto& c : caps)
+      if (c != train_cap) all.push_back(c);
+    {
+      fs::path cp = dir / rel;
+      cp.replace_extension(".txt");
+      std::ofstream cf(cp, std::ios::binary | std::ios::trunc);
+      std::string text;
+      for (const auto& c : all) text += c + "\n";
+      write_all(cf, text, cp.string());
+    }
+    json rec = {{"file", rel},           {"sha256", sha},          {"source", q.text(3)}, {"original", q.text(4)},
+                {"license", q.text(5)},  {"attribution", q.text(6)}, {"captions", all}};
+    write_all(jf, rec.dump() + "\n", tmp);
+    link.bind(1, rep.export_id).bind(2, id).run();
+    ++rep.images;
+  }
+  prog.finish();
+  jf.close();
+  if (!jf) fail(tmp, ": write failed: check free space");
+  {
+    sql::Stmt d(db, "SELECT i.sha256, i.license FROM export_images e JOIN images i ON i.id=e.image_id WHERE e.export_id=? "
+                    "ORDER BY i.sha256, i.license");
+    d.bind(1, rep.export_id);
+    rep.digest = digest_of(d);
+  }
+  sql::Stmt up(db, "UPDATE exports SET digest=?, images=? WHERE id=?");
+  up.bind(1, rep.digest).bind(2, rep.images).bind(3, rep.export_id).run();
+  fs::rename(tmp, mpath, ec);
+  if (ec) fail(mpath.string(), ": cannot write: ", ec.message());
+  tx.commit();
+  return rep;
+}
+
+// ---- register ----
+
+RegisterReport register_model(Manifest& m, const std::string& model, const std::string& data_dir) {
+  RegisterReport rep;
+  const ModelDataset d = read_model_dataset(model);
+  rep.digest = d.digest;
+  std::error_code ec;
+  const std::string file = fs::is_directory(model, ec) ? "" : model;
+  if (file.empty()) fail(model, ": pass the model file itself (or its .safetensors.index.json), not a folder");
+  const std::string file_sha = sha256_file(file);
+  sql::Db& db = m.db();
+  {
+    sql::Stmt s(db, "SELECT id, digest, linked_by, images FROM models WHERE file_sha256=?");
+    s.bind(1, file_sha);
+    if (s.step()) {
+      rep.already = true;
+      rep.model_id = s.i64(0);
+      rep.linked_by = s.text(2);
+      rep.images = s.i64(3);
+      return rep;
+    }
+  }
+  sql::Transaction tx(db);
+  std::vector<int64_t> ids;
+  // 1. An export with the same digest.
+  {
+    sql::Stmt s(db, "SELECT id, dir FROM exports WHERE digest=? ORDER BY id DESC LIMIT 1");
+    s.bind(1, d.digest);
+    if (s.step()) {
+      const int64_t eid = s.i64(0);
+      rep.linked_by = "export " + std::to_string(eid) + " (" + s.text(1) + ")";
+      sql::Stmt e(db, "SELECT image_id FROM export_images WHERE export_id=?");
+      e.bind(1, eid);
+      while (e.step()) ids.push_back(e.i64(0));
+    }
+  }
+  // 2. The training folder's manifest.jsonl, if given.
+  if (rep.linked_by.empty() && !data_dir.empty()) {
+    const fs::path mp = fs::path(data_dir) / "manifest.jsonl";
+    std::ifstream f(mp);
+    if (!f) fail(mp.string(), ": cannot read: --data must be the training folder holding its manifest.jsonl");
+    std::vector<std::string> lines, shas;
+    int64_t lineno = 0;
+    for (std::string line; std::getline(f, line);) {
+      ++lineno;
+      if (trim_copy(line).empty()) continue;
+      const json j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("sha256") || !j["sha256"].is_string())
+        fail(mp.string(), ":", lineno, ": needs \"sha256\"");
+      const std::string sha = j["sha256"].get<std::string>();
+      const std::string lic = j.contains("license") && j["license"].is_string() ? j["license"].get<std::string>() : "";
+      lines.push_back(sha + " " + lic + "\n");
+      shas.push_back(sha);
+    }
+    const std::string dd = dataset_digest(lines);
+    if (dd != d.digest)
+      fail(model, ": its dataset digest ", d.digest, " differs from ", mp.string(), " (", dd,
+           "): the model was trained on another version of that folder");
+    rep.linked_by = "data folder " + fs::absolute(data_dir).lexically_normal().string();
+    sql::Stmt s(db, "SELECT id FROM images WHERE sha256=?");
+    std::set<std::string> uniq(shas.begin(), shas.end());
+    int64_t missing = 0;
+    for (const auto& sha : uniq) {
+      s.bind(1, sha);
+      bool any = false;
+      while (s.step()) ids.push_back(s.i64(0)), any = true;
+      s.reset();
+      missing += !any;
+    }
+    if (missing)
+      std::fprintf(stderr, "oboro: warning: %lld of the model's images are not in %s (ingest %s to track them)\n",
+                   (long long)missing, m.path().c_str(), data_dir.c_str());
+  }
+  // 3. The current active set.
+  if (rep.linked_by.empty()) {
+    sql::Stmt s(db, "SELECT sha256, license FROM images WHERE status='active' ORDER BY sha256, license");
+    if (digest_of(s) == d.digest) {
+      rep.linked_by = "active set";
+      sql::Stmt a(db, "SELECT id FROM images WHERE status='active'");
+      while (a.step()) ids.push_back(a.i64(0));
+    }
+  }
+  if (rep.linked_by.empty())
+    fail(model, ": its dataset digest ", d.digest, " matches no export recorded in ", m.path(),
+         " nor its active set: pass --data <the training folder> (with its manifest.jsonl), or register it with the "
+         "manifest the training folder was exported from");
+  sql::Stmt ins(db, "INSERT INTO models(path, file_sha256, digest, images, linked_by, registered) VALUES (?,?,?,?,?,?)");
+  ins.bind(1, fs::absolute(model).lexically_normal().string()).bind(2, file_sha).bind(3, d.digest);
+  ins.bind(4, (int64_t)ids.size()).bind(5, rep.linked_by).bind(6, now_unix()).run();
+  rep.model_id = db.last_insert_id();
+  sql::Stmt l(db, "INSERT OR IGNORE INTO model_images(model_id, image_id) VALUES (?,?)");
+  for (int64_t id : ids) l.bind(1, rep.model_id).bind(2, id).run();
+  rep.images = (int64_t)ids.size();
+  tx.commit();
+  return rep;
+}
+
+std::vector<ModelRef> models_using(Manifest& m, int64_t image_id) {
+  std::vector<ModelRef> out;
+  sql::Stmt s(m.db(), "SELECT m.id, m.path, m.file_sha256, m.digest, m.linked_by, m.registered FROM model_images mi "
+                      "JOIN models m ON m.id=mi.model_id WHERE mi.image_id=? ORDER BY m.id");
+  s.bind(1, image_id);
+  while (s.step()) out.push_back({s.i64(0), s.text(1), s.text(2), s.text(3), s.text(4), s.i64(5)});
+  return out;
+}
+
+RemoveReport remove_image(Manifest& m, const std::string& hash, const std::string& reason) {
+  RemoveReport rep;
+  if (trim_copy(reason).empty()) fail("data remove: --reason must say why (e.g. \"rights holder request 2024-05-01\")");
+  rep.rows = m.images_by_hash(hash);
+  if (rep.rows.empty())
+    fail("--hash ", hash, ": no image with that sha256 in ", m.path(), ": `oboro data list --manifest ", m.path(),
+         " --long` shows the hashes");
+  sql::Db& db = m.db();
+  sql::Transaction tx(db);
+  sql::Stmt up(db, "UPDATE images SET status='removed', reason=?, reason_kind='manual', updated_at=? WHERE id=?");
+  std::set<int64_t> model_ids, export_ids;
+  for (const auto& r : rep.rows) {
+    up.bind(1, trim_copy(reason)).bind(2, now_unix()).bind(3, r.id).run();
+    for (const auto& mr : models_using(m, r.id))
+      if (model_ids.insert(mr.id).second) rep.models.push_back(mr);
+    sql::Stmt e(db, "SELECT e.id, e.dir FROM export_images ei JOIN exports e ON e.id=ei.export_id WHERE ei.image_id=?");
+    e.bind(1, r.id);
+    while (e.step())
+      if (export_ids.insert(e.i64(0)).second) rep.exports.push_back({e.i64(0), e.text(1)});
+  }
+  tx.commit();
+  return rep;
+}
+
+}  // namespace oboro

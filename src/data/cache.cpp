@@ -1,0 +1,346 @@
+#include "data/cache.h"
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/sha256.h"
+#include "core/threads.h"
+#include "data/buckets.h"
+#include "data/progress.h"
+#include "io/image.h"
+#include "models/codec.h"
+#include "models/text_encoder.h"
+#include "ops/backend.h"
+
+#include <cstdio>
+#include <filesystem>
+
+namespace oboro {
+
+namespace fs = std::filesystem;
+
+std::string codec_identity(const std::string& codec, int stride) {
+  if (codec != "pixels")
+    fail("--codec ", codec, ": only the pixels codec can be cached in this build (flux-vae needs the FLUX.1 VAE, which "
+         "is not built in yet)");
+  if (stride < 1 || stride > 16 || (stride & (stride - 1)))
+    fail("--pixels-stride ", stride, ": use 1, 2, 4, 8 or 16 (bucket sides are multiples of 64)");
+  return "pixels/stride=" + std::to_string(stride) + "/v1";
+}
+
+std::string latent_cache_key(const std::string& sha, int bw, int bh, int cx, int cy, int cw, int ch, const std::string& codec_id) {
+  return sha256_hex(str("latent|", sha, "|", bw, "x", bh, "|", cx, ",", cy, ",", cw, ",", ch, "|", codec_id));
+}
+
+std::string text_cache_key(const std::string& encoder_id, int max_tokens, const std::string& caption) {
+  return sha256_hex(str("text|", encoder_id, "|", max_tokens, "|", caption));
+}
+
+namespace {
+
+std::string sanitise(const std::string& s) {
+  std::string o;
+  for (char c : s) o += (std::isalnum((unsigned char)c) || c == '-') ? c : '_';
+  return o;
+}
+
+// Accumulates tensors and writes them as numbered shards: PREFIX-NNNNNN.safetensors.
+class ShardWriter {
+ public:
+  ShardWriter(Manifest& m, fs::path dir, std::string prefix, std::string kind, std::map<std::string, std::string> meta,
+              int64_t max_bytes)
+      : m_(m), dir_(std::move(dir)), prefix_(std::move(prefix)), kind_(std::move(kind)), meta_(std::move(meta)),
+        max_bytes_(max_bytes) {
+    std::error_code ec;
+    for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string n = it->path().filename().string();
+      if (n.rfind(prefix_ + "-", 0) == 0) seq_ = std::max(seq_, std::atoi(n.c_str() + prefix_.size() + 1) + 1);
+    }
+  }
+  // `links`: image_cache rows to upsert once the shard is committed: (image id, latent key or "", text key or "").
+  void add(const std::string& key, Tensor t, std::vector<int64_t> image_ids) {
+    bytes_ += (int64_t)t.nbytes();
+    items_.push_back({key, std::move(t), std::move(image_ids)});
+    if (bytes_ >= max_bytes_) flush();
+  }
+  std::function<void(sql::Db&, const std::string& key, const std::vector<int64_t>& ids)> on_commit;
+  void flush() {
+    if (items_.empty()) return;
+    char num[16];
+    std::snprintf(num, sizeof num, "%06d", seq_++);
+    const std::string name = prefix_ + "-" + num + ".safetensors";
+    SafetensorsWriter w;
+    for (const auto& it : items_) w.add(it.key, it.t);
+    for (const auto& [k, v] : meta_) w.set_metadata(k, v);
+    w.set_metadata("oboro.cache", kind_);
+    w.write((dir_ / name).string());
+    sql::Db& db = m_.db();
+    sql::Transaction tx(db);
+    sql::Stmt ins(db, "INSERT OR REPLACE INTO cache_entries(key, kind, shard, tensor, created) VALUES (?,?,?,?,?)");
+    const int64_t t = now_unix();
+    for (const auto& it : items_) {
+      ins.bind(1, it.key).bind(2, kind_).bind(3, name).bind(4, it.key).bind(5, t).run();
+      if (on_commit) on_commit(db, it.key, it.ids);
+    }
+    tx.commit();
+    ++shards_;
+    items_.clear();
+    bytes_ = 0;
+  }
+  int64_t shards() const { return shards_; }
+
+ private:
+  struct Item {
+    std::string key;
+    Tensor t;
+    std::vector<int64_t> ids;
+  };
+  Manifest& m_;
+  fs::path dir_;
+  std::string prefix_, kind_;
+  std::map<std::string, std::string> meta_;
+  int64_t max_bytes_, bytes_ = 0, shards_ = 0;
+  int seq_ = 0;
+  std::vector<Item> items_;
+};
+
+bool has_entry(sql::Stmt& q, const std::string& key) {
+  q.bind(1, key);
+  const bool r = q.step();
+  q.reset();
+  return r;
+}
+
+}  // namespace
+
+CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
+  CacheReport rep;
+  if (opt.out_dir.empty()) fail("data cache: pass --out DIR (the cache folder)");
+  if (opt.stage != 1 && opt.stage != 2) fail("--stage ", opt.stage, ": use 1 or 2");
+  if (opt.max_tokens < 2) fail("--max-tokens must be at least 2");
+  const std::string codec_id = codec_identity(opt.codec, opt.pixels_stride);
+  std::error_code ec;
+  fs::create_directories(opt.out_dir, ec);
+  if (ec || !fs::is_directory(opt.out_dir)) fail(opt.out_dir, ": cannot create the cache folder: ", ec.message());
+  sql::Db& db = m.db();
+  const std::string shard_tag = opt.shard.count > 1 ? "-s" + std::to_string(opt.shard.index) + "of" + std::to_string(opt.shard.count) : "";
+  PixelsCodec pc{opt.pixels_stride};
+
+  // ---- latents ----
+  ShardWriter lw(m, opt.out_dir, "latent-" + sanitise(codec_id) + shard_tag, "latent", {{"oboro.codec", codec_id}},
+                 opt.shard_bytes);
+  sql::Stmt link(db, "INSERT INTO image_cache(image_id, stage, codec, latent_key) VALUES (?,?,?,?) "
+                     "ON CONFLICT(image_id, stage, codec) DO UPDATE SET latent_key=excluded.latent_key");
+  lw.on_commit = [&](sql::Db&, const std::string& key, const std::vector<int64_t>& ids) {
+    for (int64_t id : ids) link.bind(1, id).bind(2, opt.stage).bind(3, codec_id).bind(4, key).run();
+  };
+  sql::Stmt q_has(db, "SELECT 1 FROM cache_entries WHERE key=?");
+  const int64_t total = m.count("status='active'");
+  Progress prog("cache latents stage " + std::to_string(opt.stage) + " " + codec_id, total, opt.progress);
+  struct Job {
+    int64_t id;
+    std::string path, sha, key;
+    Bucket b;
+    int w, h;
+    Tensor latent;
+    std::string error;
+  };
+  int64_t last_id = 0;
+  for (;;) {
+    std::vector<Job> page;
+    {
+      sql::Stmt s(db, "SELECT i.id, i.path, i.sha256, i.width, i.height, b.width, b.height, b.crop_x, b.crop_y, b.crop_w, "
+                      "b.crop_h FROM images i LEFT JOIN buckets b ON b.image_id=i.id AND b.stage=? "
+                      "WHERE i.status='active' AND i.id > ? ORDER BY i.id LIMIT 512");
+      s.bind(1, opt.stage).bind(2, last_id);
+      while (s.step()) {
+        Job j;
+        j.id = s.i64(0);
+        j.path = s.text(1);
+        j.sha = s.text(2);
+        j.w = (int)s.i64(3);
+        j.h = (int)s.i64(4);
+        if (s.is_null(5)) {
+          j.b.width = 0;
+        } else {
+          j.b = Bucket{(int)s.i64(5), (int)s.i64(6), (int)s.i64(7), (int)s.i64(8), (int)s.i64(9), (int)s.i64(10)};
+        }
+        page.push_back(std::move(j));
+      }
+    }
+    if (page.empty()) break;
+    last_id = page.back().id;
+    const int64_t page_n = (int64_t)page.size();
+    std::vector<Job> todo;
+    {
+      sql::Transaction tx(db);
+      for (Job& j : page) {
+        ++rep.images;
+        if (!opt.shard.mine(j.sha)) {
+          ++rep.other_shard;
+          continue;
+        }
+        if (j.b.width == 0) {  // too small for the stage, or `oboro data bucket` not run yet
+          ++rep.no_bucket;
+          continue;
+        }
+        j.key = latent_cache_key(j.sha, j.b.width, j.b.height, j.b.crop_x, j.b.crop_y, j.b.crop_w, j.b.crop_h, codec_id);
+        if (has_entry(q_has, j.key)) {
+          ++rep.latents_present;
+          link.bind(1, j.id).bind(2, opt.stage).bind(3, codec_id).bind(4, j.key).run();
+        } else {
+          todo.push_back(std::move(j));
+        }
+      }
+      tx.commit();
+    }
+    parallel_for((int64_t)todo.size(), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        Job& j = todo[(size_t)i];
+        try {
+          const Image img = load_image(j.path);
+          const auto [fx, fy] = crop_fractions(img.width, img.height, j.b);
+          const Image crop = resize_cover_crop(img, j.b.width, j.b.height, fx, fy);
+          std::vector<float> chw((size_t)3 * crop.width * crop.height);
+          image_to_chw(crop, chw.data());
+          const int s = opt.pixels_stride;
+          std::vector<float> lat(chw.size());
+          pc.encode(chw.data(), crop.height, crop.width, lat.data());
+          Tensor t = Tensor::empty({pc.channels(), crop.height / s, crop.width / s}, DType::F16);
+          uint16_t* d = t.data<uint16_t>();
+          for (size_t k = 0; k < lat.size(); ++k) d[k] = f32_to_f16(lat[k]);
+          j.latent = std::move(t);
+        } catch (const std::exception& ex) {
+          j.error = ex.what();
+        }
+      }
+    });
+    for (Job& j : todo) {
+      if (!j.error.empty()) {
+        std::fprintf(stderr, "oboro: warning: %s (not cached)\n", j.error.c_str());
+        ++rep.failed;
+        continue;
+      }
+      lw.add(j.key, std::move(j.latent), {j.id});
+      ++rep.latents_written;
+    }
+    prog.add(page_n);
+  }
+  lw.flush();
+  prog.finish();
+  rep.shards += lw.shards();
+
+  // ---- text ----
+  if (opt.text_encoder.empty()) {
+    rep.text_note = "text cache skipped: no --text-encoder given (a from-scratch T5 trains jointly with the DiT, so its "
+                    "outputs change every step and cannot be cached)";
+    return rep;
+  }
+  std::unique_ptr<TextEncoder> te = TextEncoder::load(opt.text_encoder, cpu_backend());
+  const std::string te_file = fs::is_directory(opt.text_encoder) ? "" : opt.text_encoder;
+  const std::string enc_id = "t5:" + (te_file.empty() ? fs::absolute(opt.text_encoder).string()
+                                                      : sha256_file(te_file).substr(0, 16)) +
+                             ":dim=" + std::to_string(te->dim());
+  ShardWriter tw(m, opt.out_dir, "text-" + sanitise(enc_id.substr(0, 19)) + shard_tag, "text", {{"oboro.text_encoder", enc_id}},
+                 opt.shard_bytes);
+  sql::Stmt tlink(db, "UPDATE image_cache SET text_key=? WHERE image_id=? AND stage=? AND codec=?");
+  tw.on_commit = [&](sql::Db&, const std::string& key, const std::vector<int64_t>& ids) {
+    for (int64_t id : ids) tlink.bind(1, key).bind(2, id).bind(3, opt.stage).bind(4, codec_id).run();
+  };
+  std::vector<std::pair<int64_t, std::string>> rows;  // (image id, sha) with a latent of this stage/codec
+  {
+    sql::Stmt s(db, "SELECT ic.image_id, i.sha256 FROM image_cache ic JOIN images i ON i.id=ic.image_id "
+                    "WHERE i.status='active' AND ic.stage=? AND ic.codec=? ORDER BY ic.image_id");
+    s.bind(1, opt.stage).bind(2, codec_id);
+    while (s.step()) rows.push_back({s.i64(0), s.text(1)});
+  }
+  Progress tprog("cache text " + enc_id, (int64_t)rows.size(), opt.progress);
+  std::map<std::string, std::vector<int64_t>> pending;  // key → images (identical captions share an entry)
+  std::map<std::string, std::string> caption_of;
+  auto encode_pending = [&] {
+    if (pending.empty()) return;
+    std::vector<std::string> keys, prompts;
+    for (const auto& [k, ids] : pending) keys.push_back(k), prompts.push_back(caption_of[k]);
+    TextBatch tb = te->encode(prompts, false, opt.max_tokens);
+    for (size_t b = 0; b < keys.size(); ++b) {
+      int valid = 0;
+      for (int l = 0; l < tb.L; ++l) valid += tb.mask[(size_t)b * tb.L + l] > 0.5f;
+      Tensor t = Tensor::empty({valid, tb.dim}, DType::F32);
+      std::copy_n(&tb.hidden[(size_t)b * tb.L * tb.dim], (size_t)valid * tb.dim, t.f32());
+      tw.add(keys[b], std::move(t), pending[keys[b]]);
+      ++rep.texts_written;
+    }
+    pending.clear();
+    caption_of.clear();
+  };
+  for (const auto& [id, sha] : rows) {
+    if (!opt.shard.mine(sha)) {
+      tprog.add();
+      continue;
+    }
+    const std::string cap = m.training_caption(id);
+    const std::string key = text_cache_key(enc_id, opt.max_tokens, cap);
+    if (has_entry(q_has, key) && !pending.count(key)) {
+      ++rep.texts_present;
+      tlink.bind(1, key).bind(2, id).bind(3, opt.stage).bind(4, codec_id).run();
+    } else {
+      pending[key].push_back(id);
+      caption_of[key] = cap;
+      if (pending.size() >= 32) encode_pending();
+    }
+    tprog.add();
+  }
+  encode_pending();
+  tw.flush();
+  rep.shards += tw.shards();
+  return rep;
+}
+
+// ---- reader ----
+
+std::vector<CacheReader::Item> CacheReader::items(int stage, const std::string& codec_id) {
+  std::vector<Item> out;
+  sql::Stmt s(m_.db(), "SELECT i.id, i.path, i.sha256, ic.latent_key, ic.text_key, b.width, b.height, b.crop_x, b.crop_y, "
+                       "b.crop_w, b.crop_h FROM image_cache ic JOIN images i ON i.id=ic.image_id JOIN buckets b ON "
+                       "b.image_id=i.id AND b.stage=ic.stage JOIN cache_entries c ON c.key=ic.latent_key "
+                       "WHERE i.status='active' AND ic.stage=? AND ic.codec=? ORDER BY i.id");
+  s.bind(1, stage).bind(2, codec_id);
+  while (s.step()) {
+    const int bw = (int)s.i64(5), bh = (int)s.i64(6);
+    // An entry made for another bucket/crop or older content is stale: its key no longer matches.
+    const std::string want = latent_cache_key(s.text(2), bw, bh, (int)s.i64(7), (int)s.i64(8), (int)s.i64(9),
+                                              (int)s.i64(10), codec_id);
+    if (want != s.text(3)) continue;
+    Item it;
+    it.image_id = s.i64(0);
+    it.path = s.text(1);
+    it.latent_key = s.text(3);
+    it.text_key = s.text(4);
+    it.width = bw;
+    it.height = bh;
+    out.push_back(std::move(it));
+  }
+  for (auto& it : out) it.caption = m_.training_caption(it.image_id);
+  return out;
+}
+
+std::optional<Tensor> CacheReader::get(const std::string& key) {
+  sql::Stmt s(m_.db(), "SELECT shard, tensor FROM cache_entries WHERE key=?");
+  s.bind(1, key);
+  if (!s.step()) return std::nullopt;
+  const std::string shard = s.text(0), name = s.text(1);
+  auto it = open_.find(shard);
+  if (it == open_.end()) {
+    const std::string p = (fs::path(dir_) / shard).string();
+    std::error_code ec;
+    if (!fs::exists(p, ec))
+      fail(p, ": cache shard listed in ", m_.path(), " is missing: re-run `oboro data cache` with the same --out");
+    it = open_.emplace(shard, SafetensorsFile::open(p)).first;
+  }
+  if (!it->second->has(name)) fail(it->second->path(), ": has no entry ", name, ": re-run `oboro data cache`");
+  return it->second->tensor_f32(name);
+}
+
+std::optional<Tensor> CacheReader::latent(const std::string& key) { return get(key); }
+std::optional<Tensor> CacheReader::text(const std::string& key) { return key.empty() ? std::nullopt : get(key); }
+
+}  // namespace oboro

@@ -1,0 +1,61 @@
+// Image embeddings for deduplication, behind a pluggable extractor seam.
+//
+// The built-in extractor, `dct-colour`, needs no weights: the image is area-averaged to a 32×32
+// Y/Cb/Cr thumbnail (aspect ignored, as in pHash), then a 2-D DCT-II is taken of each plane.
+//   structure: the 63 lowest AC coefficients of Y (8×8 block without DC), coefficient (u, v)
+//              weighted by sqrt(1+u+v), unit-normalised with a floor (a flat image is not noise)
+//   colour:    the Y DC (centred on mid-grey) and the 4×4 lowest coefficients of Cb and Cr
+//              (a colour layout), unit-normalised with a floor (a grey image is not noise)
+// The embedding is [0.7·structure, 0.714·colour] L2-normalised (96 floats), so its cosine
+// similarity is about 0.49·cos(structure) + 0.51·cos(colour): two images with the same layout but
+// a different palette, or the same palette but different content, stay apart.
+//
+// A real image encoder (CLIP, DINOv2, SigLIP ...) plugs in by implementing FeatureExtractor and
+// registering a factory; its id() (name + weights hash) is stored with every embedding, so
+// embeddings from different extractors are never mixed.
+#pragma once
+#include "io/image.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace oboro {
+
+class FeatureExtractor {
+ public:
+  virtual ~FeatureExtractor() = default;
+  // Identity stored with each embedding: name, version and (for learned encoders) a weights hash.
+  virtual std::string id() const = 0;
+  virtual int dim() const = 0;
+  // Writes dim() floats, L2-normalised (cosine similarity = dot product). Must be thread-safe.
+  virtual void extract(const Image& img, float* out) const = 0;
+};
+
+using ExtractorFactory = std::function<std::unique_ptr<FeatureExtractor>(const std::string& arg)>;
+// `spec` is "name" or "name:arg" (e.g. a weights file). Unknown names fail listing the known ones.
+std::unique_ptr<FeatureExtractor> make_extractor(const std::string& spec);
+void register_extractor(const std::string& name, ExtractorFactory factory);
+std::vector<std::string> extractor_names();
+
+// The built-in weight-free extractor (see the file comment).
+class DctColourExtractor : public FeatureExtractor {
+ public:
+  static constexpr int kDim = 96;
+  std::string id() const override { return "dct-colour-v1"; }
+  int dim() const override { return kDim; }
+  void extract(const Image& img, float* out) const override;
+};
+
+// Area-averaged resample of an RGB8 image into three float planes Y, Cb, Cr in [0,1] (Cb/Cr centred
+// on 0), each n×n. Exposed for tests.
+void thumbnail_ycbcr(const Image& img, int n, float* y, float* cb, float* cr);
+
+// Embedding storage: IEEE half precision (2 bytes per value).
+std::string pack_f16(const float* v, int n);
+bool unpack_f16(const void* bytes, size_t nbytes, int n, float* out);  // false when the size is wrong
+
+float dot(const float* a, const float* b, int n);
+
+}  // namespace oboro
