@@ -66,6 +66,7 @@ void register_generate(CLI::App& app) {
   c->add_option("--negative-prompt,--negative_prompt,-n", o->rq.negative_prompt, "negative prompt");
   c->add_option("--model,--model_path,-m", o->rq.model, "model file (.safetensors)");
   c->add_option("--text-encoder", o->rq.text_encoder, "text encoder file (default: the one named by the model)");
+  c->add_option("--vae", o->rq.vae, "FLUX.1 VAE (ae.safetensors or diffusers layout) for flux-vae models");
   c->add_option("--width,-W", o->rq.width, "width in pixels");
   c->add_option("--height,-H", o->rq.height, "height in pixels");
   c->add_option("--size", o->size, "WxH, e.g. 64x64");

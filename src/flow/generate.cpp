@@ -26,11 +26,11 @@ std::vector<GeneratedImage> generate(const GenerateRequest& rq, bool progress) {
   Backend& be = cpu_backend();
   auto dit = DiT::load(rq.model, be);
   const DiTConfig& cfg = dit->config();
-  if (cfg.codec != "pixels")
-    fail(rq.model, ": the model uses the '", cfg.codec, "' codec, which needs the FLUX.1 VAE decoder; this build "
-         "decodes only 'pixels' models");
-  PixelsCodec codec;
-  codec.stride = codec_stride(cfg.codec, cfg.latent_channels);
+  const LatentCodec codec =
+      LatentCodec::open(cfg.codec, codec_stride(cfg.codec, cfg.latent_channels), rq.vae, be, "--vae");
+  if (codec.channels() != cfg.latent_channels)
+    fail(rq.vae, ": the VAE has ", codec.channels(), " latent channels but the model ", rq.model, " expects ",
+         cfg.latent_channels);
   auto src = TensorSource::open(rq.model);
   std::string te_path = rq.text_encoder;
   if (te_path.empty()) {

@@ -18,6 +18,7 @@ struct GenerateRequest {
   int n_iter = 1;                    // batches
   bool shift = true;
   std::string model, text_encoder;   // text_encoder "" = the model's `oboro.text_encoder` beside it
+  std::string vae;                   // FLUX.1 VAE file, needed by models with the flux-vae codec
 };
 
 struct GeneratedImage {

@@ -14,6 +14,21 @@
 
 namespace oboro {
 
+// NCHW 2D convolution geometry (the VAE, spec §8). Input x(B, Ci, H, W); with up2 the convolution reads the
+// nearest-×2 upsampling of x, (B, Ci, 2H, 2W), on the fly (Upsample = nearest ×2 + conv3 without storing the
+// 4× larger tensor). Weight w(Co, Ci, kh, kw) (OIHW), zero padding top/bottom/left/right (asymmetric allowed:
+// Downsample pads (0,1,0,1) = right 1, bottom 1), stride sh × sw. Output y(B, Co, out_h(), out_w()).
+struct Conv2dShape {
+  int B = 1, Ci = 0, H = 0, W = 0, Co = 0, kh = 1, kw = 1;
+  int sh = 1, sw = 1;
+  int pad_t = 0, pad_b = 0, pad_l = 0, pad_r = 0;
+  bool up2 = false;
+  int in_h() const { return up2 ? 2 * H : H; }
+  int in_w() const { return up2 ? 2 * W : W; }
+  int out_h() const { return (in_h() + pad_t + pad_b - kh) / sh + 1; }
+  int out_w() const { return (in_w() + pad_l + pad_r - kw) / sw + 1; }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -111,6 +126,21 @@ class Backend {
   // MSE: returns mean((pred − target)²) over n; backward dpred += 2·(pred − target)/n · dloss.
   virtual double mse_forward(const float* pred, const float* target, size_t n) = 0;
   virtual void mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) = 0;
+
+  // ---- Image ops for the VAE (spec §8): forward only (the VAE is frozen); NCHW, contiguous. ----
+  // y = conv2d(x, w) + b (b may be null), see Conv2dShape; accumulate: y += instead of y =. Memory beyond y is
+  // bounded (im2col over row tiles), independent of the image size.
+  virtual void conv2d_forward(float* y, const float* x, const float* w, const float* b, const Conv2dShape& s,
+                              bool accumulate) = 0;
+  // GroupNorm over x(B, C, HW): G groups of C/G consecutive channels, statistics (fp32 or better) over the
+  // group's (C/G)·HW values, y = (x − μ)·rstd·γ[c] + β[c], rstd = 1/sqrt(var + eps) (biased variance);
+  // silu: y = swish(y) fused. y may equal x.
+  virtual void groupnorm_forward(float* y, const float* x, const float* gamma, const float* beta, int B, int C,
+                                 int HW, int G, float eps, bool silu) = 0;
+  // Nearest-neighbour ×2: y(B, C, 2H, 2W)[b][c][y][x] = x[b][c][y/2][x/2].
+  virtual void upsample_nearest2x_forward(float* y, const float* x, int B, int C, int H, int W) = 0;
+  // Batched transpose: y(B, C, R)[b][c][r] = x(B, R, C)[b][r][c] (NCHW ↔ token-major for attention).
+  virtual void transpose_forward(float* y, const float* x, int B, int R, int C) = 0;
 };
 
 // Integer indices live in ordinary backend buffers: alloc(n) floats hold n int32 values bit for bit.

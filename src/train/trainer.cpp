@@ -81,6 +81,7 @@ TrainConfig TrainConfig::from_toml(const std::string& path) {
   get_num("num_layers", c.num_layers);
   get_num("ffn_hidden_size", c.ffn_hidden_size);
   get_str("codec", c.codec);
+  get_str("vae", c.vae);
   get_num("pixels_stride", c.pixels_stride);
   get_num("patch_size", c.patch_size);
   get_str("text_encoder", c.text_encoder);
@@ -146,14 +147,14 @@ TrainConfig TrainConfig::from_toml(const std::string& path) {
   fs::path base = fs::path(path).parent_path();
   auto rel = [&](std::string& p) { if (!p.empty() && fs::path(p).is_relative()) p = (base / p).lexically_normal().string(); };
   rel(c.train_data_dir); rel(c.dataset_config); rel(c.output_dir); rel(c.pretrained_model); rel(c.text_encoder);
-  rel(c.sample_prompts);
+  rel(c.sample_prompts); rel(c.vae);
   return c;
 }
 
 std::string TrainConfig::to_json() const {
   json j = {{"pretrained_model", pretrained_model}, {"model_preset", model_preset}, {"head_schedule", head_schedule},
             {"hidden_size", hidden_size}, {"num_layers", num_layers}, {"ffn_hidden_size", ffn_hidden_size},
-            {"codec", codec}, {"pixels_stride", pixels_stride}, {"patch_size", patch_size},
+            {"codec", codec}, {"vae", vae}, {"pixels_stride", pixels_stride}, {"patch_size", patch_size},
             {"text_encoder", text_encoder}, {"train_text_encoder", train_text_encoder}, {"vocab_size", vocab_size},
             {"t5_d_model", t5_d_model}, {"t5_layers", t5_layers}, {"t5_heads", t5_heads}, {"t5_d_kv", t5_d_kv},
             {"t5_d_ff", t5_d_ff}, {"max_token_length", max_token_length}, {"train_data_dir", train_data_dir},
@@ -224,7 +225,7 @@ struct Trainer {
   double loss_ema = 0;
   std::vector<uint32_t> perm;
   int64_t perm_epoch = -1;
-  PixelsCodec codec;
+  LatentCodec codec;
   std::vector<std::pair<int64_t, double>> loss_history;
   std::string dataset_provenance;  // DatasetSummary JSON for `oboro.dataset` ("" = no manifest)
 
@@ -240,14 +241,16 @@ struct Trainer {
       fail("optimizer_type '", cfg.optimizer_type, "' is not supported: use AdamW");
     LrSchedule::validate_kind(cfg.lr_scheduler);
     timestep_sampling_from_name(cfg.timestep_sampling);
-    if (cfg.codec != "pixels")
-      fail("codec '", cfg.codec, "': only the pixels codec can be trained in this build (the FLUX VAE arrives later)");
+    if (cfg.codec != "pixels" && cfg.codec != "flux-vae")
+      fail("codec '", cfg.codec, "' is unknown: use pixels or flux-vae");
+    if (cfg.codec == "flux-vae" && cfg.vae.empty())
+      fail("codec 'flux-vae' needs vae = \"ae.safetensors\" (the FLUX.1 VAE that encodes the training images)");
     if (cfg.train_batch_size < 1) fail("train_batch_size must be at least 1");
     if (cfg.gradient_accumulation_steps < 1) fail("gradient_accumulation_steps must be at least 1");
     if (cfg.max_train_steps < 1) fail("max_train_steps must be at least 1");
-    const int m = cfg.pixels_stride * cfg.patch_size;
+    const int m = (cfg.codec == "flux-vae" ? 8 : cfg.pixels_stride) * cfg.patch_size;
     if (cfg.width % m || cfg.height % m)
-      fail("resolution ", cfg.width, "x", cfg.height, " must be a multiple of pixels_stride·patch_size = ", m);
+      fail("resolution ", cfg.width, "x", cfg.height, " must be a multiple of the codec stride·patch_size = ", m);
     if (cfg.train_data_dir.empty() == cfg.dataset_config.empty())
       fail("set exactly one of train_data_dir (a folder of images + .txt captions) or dataset_config (a dataset TOML)");
   }
@@ -300,8 +303,7 @@ struct Trainer {
     if (dc.text_dim != te->dim())
       fail("the DiT expects text_dim ", dc.text_dim, " but the text encoder outputs ", te->dim());
     if (dc.latent_channels != codec.channels())
-      fail("the DiT has ", dc.latent_channels, " latent channels but pixels_stride ", cfg.pixels_stride, " gives ",
-           codec.channels());
+      fail("the DiT has ", dc.latent_channels, " latent channels but the ", cfg.codec, " codec gives ", codec.channels());
   }
 
   void setup_optim() {
@@ -671,7 +673,7 @@ TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   Trainer tr(cfg);
   tr.validate();
-  tr.codec.stride = cfg.pixels_stride;
+  tr.codec = LatentCodec::open(cfg.codec, cfg.pixels_stride, cfg.vae, tr.be, "vae =");
   tr.data = Dataset::open(cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir);
   std::fprintf(stderr, "dataset: %zu images (repeats included)\n", tr.data.size());
   // Provenance before anything else runs: every image listed in its manifest.jsonl, unchanged,

@@ -15,6 +15,7 @@ struct TrainConfig {
   std::string head_schedule = "mmh";     // mmh | uniform
   int hidden_size = 0, num_layers = 0, ffn_hidden_size = 0;  // override the preset when > 0
   std::string codec = "pixels";
+  std::string vae;  // codec flux-vae: the FLUX.1 VAE file that encodes the training images (latent = scaled mean)
   int pixels_stride = 1, patch_size = 2;
   // text encoder
   std::string text_encoder;              // frozen T5 file/dir; "" = train a small T5 from scratch

@@ -3,6 +3,7 @@
 // so results do not depend on the thread count.
 #include "ops/backend.h"
 #include "ops/cpu/attention_cpu.h"
+#include "ops/cpu/conv_cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include <cblas.h>
@@ -413,6 +414,16 @@ class CpuBackend final : public Backend {
     float c = 2.f * dloss / (float)n;
     for (size_t i = 0; i < n; ++i) dpred[i] += c * (pred[i] - target[i]);
   }
+
+  // VAE image ops (src/ops/cpu/conv_cpu.cpp).
+  void conv2d_forward(float* y, const float* x, const float* w, const float* b, const Conv2dShape& s,
+                      bool accumulate) override { cpu::conv2d_forward(y, x, w, b, s, accumulate); }
+  void groupnorm_forward(float* y, const float* x, const float* gamma, const float* beta, int B, int C, int HW, int G,
+                         float eps, bool silu) override { cpu::groupnorm_forward(y, x, gamma, beta, B, C, HW, G, eps, silu); }
+  void upsample_nearest2x_forward(float* y, const float* x, int B, int C, int H, int W) override {
+    cpu::upsample_nearest2x_forward(y, x, B, C, H, W);
+  }
+  void transpose_forward(float* y, const float* x, int B, int R, int C) override { cpu::transpose_forward(y, x, B, R, C); }
 
  private:
   static void rope_apply(float* x, const float* cs, const float* sn, int B, int S, int H, int dh, float sign) {

@@ -1,0 +1,184 @@
+// `oboro debug vae` (the spec §8 debug contract) and `oboro bench vae` (decode time, FLOPs and peak memory of the
+// FLUX.1 VAE with random weights of the true size).
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "io/safetensors.h"
+#include "models/vae.h"
+#include "ops/backend.h"
+#include <nlohmann/json.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace oboro::cli {
+namespace {
+
+struct VaeCliOpts {
+  std::string model, encode_in, decode_in, output;
+  bool tiled = false, no_tiling = false, encode = false, json = false;
+  int tile = 64, overlap = 16, height = 416, width = 736, repeats = 1, threads = 0;
+};
+
+VaeRunOptions run_options(const VaeCliOpts& o) {
+  if (o.tiled && o.no_tiling) fail("give at most one of --tiled and --no-tiling");
+  VaeRunOptions r;
+  r.tiling = o.tiled       ? VaeRunOptions::Tiling::On
+             : o.no_tiling ? VaeRunOptions::Tiling::Off
+                           : VaeRunOptions::Tiling::Auto;
+  r.tile = o.tile;
+  r.overlap = o.overlap;
+  return r;
+}
+
+void add_tiling_options(CLI::App* c, VaeCliOpts& o) {
+  c->add_flag("--tiled", o.tiled,
+              "always tile (default: tile only when an untiled pass needs more than 3 GiB of activations)");
+  c->add_flag("--no-tiling", o.no_tiling, "never tile");
+  c->add_option("--tile", o.tile, "tile side in latent pixels (x8 image pixels)")->capture_default_str();
+  c->add_option("--overlap", o.overlap, "tile overlap in latent pixels, blended linearly")->capture_default_str();
+}
+
+// Spec §8: --encode: IN `image` (B,3,H,W) F32 in [-1,1] → OUT `latent` (B,16,H/8,W/8), scaled;
+// --decode: IN `latent` → OUT `image` in [-1,1], not clamped.
+void run_debug_vae(const VaeCliOpts& o) {
+  if (o.encode_in.empty() == o.decode_in.empty()) fail("give exactly one of --encode IN and --decode IN");
+  const VaeRunOptions ro = run_options(o);
+  Backend& be = cpu_backend();
+  auto vae = Vae::load(o.model, be);
+  const VaeConfig& c = vae->config();
+  const bool enc = !o.encode_in.empty();
+  TensorSource in = TensorSource::open(enc ? o.encode_in : o.decode_in);
+  const char* name = enc ? "image" : "latent";
+  if (!in.has(name))
+    fail(in.path(), ": input tensor '", name, "' is missing (expected ",
+         enc ? "(B, 3, H, W) F32 in [-1, 1]" : "(B, 16, h, w) F32, scaled latents", ")");
+  Tensor x = in.tensor_f32(name);
+  const int want_c = enc ? c.in_channels : c.z_channels;
+  if (x.ndim() != 4 || x.dim(1) != want_c || x.numel() == 0)
+    fail(in.path(), ": input tensor '", name, "' has shape ", shape_str(x.shape()), ", expected (B, ", want_c,
+         enc ? ", H, W)" : ", h, w)");
+  const int B = (int)x.dim(0), H = (int)x.dim(2), W = (int)x.dim(3), s = c.stride();
+  SafetensorsWriter wr;
+  Tensor y;
+  if (enc) {
+    if (H % s || W % s) fail(in.path(), ": image is ", W, "x", H, "; both sides must be multiples of ", s);
+    y = Tensor::zeros({B, c.z_channels, H / s, W / s});
+    vae->encode(y.f32(), x.f32(), B, H, W, ro);
+    wr.add("latent", y);
+  } else {
+    y = Tensor::zeros({B, c.out_channels, H * s, W * s});
+    vae->decode(y.f32(), x.f32(), B, H, W, ro);
+    wr.add("image", y);
+  }
+  wr.write(o.output);
+}
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+size_t peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // kB
+  return 0;
+}
+
+void run_bench_vae(const VaeCliOpts& o) {
+  if (o.threads > 0) set_num_threads(o.threads);
+  const VaeRunOptions ro = run_options(o);
+  const VaeConfig cfg = VaeConfig::flux();
+  const int s = cfg.stride();
+  if (o.height <= 0 || o.width <= 0 || o.height % s || o.width % s)
+    fail("--height and --width must be positive multiples of ", s, ", got ", o.height, "x", o.width);
+  if (o.repeats < 1) fail("--repeats must be at least 1");
+  const int h = o.height / s, w = o.width / s;
+  Backend& be = cpu_backend();
+  Vae vae(cfg, be);
+  vae.init_random(1);
+  std::fprintf(stderr,
+               "bench vae: FLUX.1 VAE (%s), %lld parameters, random weights; %dx%d px <-> latent %dx%d, %d threads\n",
+               cfg.describe().c_str(), (long long)cfg.param_count(), o.width, o.height, w, h, num_threads());
+  nlohmann::json j;
+  j["image"] = std::to_string(o.width) + "x" + std::to_string(o.height);
+  j["threads"] = num_threads();
+  j["parameters"] = cfg.param_count();
+  j["weight_bytes"] = vae.weight_bytes();
+  auto timed = [&](bool enc) {
+    const bool tiles = vae.would_tile(enc, h, w, ro);
+    vae.reset_peak_activation_bytes();
+    std::vector<float> lat((size_t)cfg.z_channels * h * w), img((size_t)3 * o.height * o.width);
+    fill_normal(enc ? img.data() : lat.data(), (int64_t)(enc ? img.size() : lat.size()), 7);
+    double best = 1e30, flops = 0;
+    for (int r = 0; r < o.repeats; ++r) {
+      const double f0 = vae.flops_done(), t0 = now();
+      if (enc) vae.encode(lat.data(), img.data(), 1, o.height, o.width, ro);
+      else vae.decode(img.data(), lat.data(), 1, h, w, ro);
+      const double dt = now() - t0;
+      flops = vae.flops_done() - f0;
+      std::fprintf(stderr, "  %s run %d: %.3f s\n", enc ? "encode" : "decode", r, dt);
+      best = std::min(best, dt);
+    }
+    nlohmann::json r;
+    r["tiled"] = tiles;
+    r["seconds_best"] = best;
+    r["gflop"] = flops / 1e9;
+    r["gflop_untiled_pass"] = vae.pass_flops(enc, h, w) / 1e9;
+    r["gflops_achieved"] = flops / best / 1e9;
+    r["planned_activation_bytes_untiled"] = vae.activation_bytes(enc, h, w);
+    r["activation_bytes_allocated_peak"] = vae.peak_activation_bytes();
+    vae.release_activations();
+    return r;
+  };
+  j["decode"] = timed(false);
+  if (o.encode) j["encode"] = timed(true);
+  j["peak_rss_bytes"] = peak_rss_bytes();
+  if (o.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("FLUX.1 VAE, %s px, %d threads, weights %.1f MiB (F32)\n", j["image"].get<std::string>().c_str(),
+              num_threads(), vae.weight_bytes() / 1048576.0);
+  for (const char* k : {"decode", "encode"}) {
+    if (!j.contains(k)) continue;
+    const auto& r = j[k];
+    std::printf("  %s%s: %.3f s, %.1f GFLOP -> %.1f GFLOP/s; activations %.1f MiB\n", k,
+                r["tiled"].get<bool>() ? " (tiled)" : "", r["seconds_best"].get<double>(), r["gflop"].get<double>(),
+                r["gflops_achieved"].get<double>(), r["activation_bytes_allocated_peak"].get<size_t>() / 1048576.0);
+  }
+  std::printf("  peak RSS: %.1f MiB\n", j["peak_rss_bytes"].get<size_t>() / 1048576.0);
+}
+
+}  // namespace
+
+void register_vae_commands(CLI::App& app) {
+  auto o = std::make_shared<VaeCliOpts>();
+  auto* dbg = app.get_subcommand("debug");
+  auto* c = dbg->add_subcommand("vae", "FLUX.1 VAE: --encode IN (image) or --decode IN (latent) -> OUT (spec §8)");
+  c->add_option("--model", o->model, "VAE file: ae.safetensors or a diffusers-layout AutoencoderKL")->required();
+  c->add_option("--encode", o->encode_in, "inputs .safetensors holding `image` (B,3,H,W) F32 in [-1,1]");
+  c->add_option("--decode", o->decode_in, "inputs .safetensors holding `latent` (B,16,H/8,W/8) F32 (scaled)");
+  c->add_option("--output", o->output, "output .safetensors (`latent` or `image`)")->required();
+  add_tiling_options(c, *o);
+  c->callback([o] { run_debug_vae(*o); });
+
+  auto b = std::make_shared<VaeCliOpts>();
+  auto* bench = app.get_subcommand("bench");
+  auto* d = bench->add_subcommand("vae", "FLUX.1 VAE decode (and encode) with random weights of the true size: "
+                                         "time, GFLOP, peak RSS");
+  d->add_option("--height", b->height, "image height in pixels")->capture_default_str();
+  d->add_option("--width", b->width, "image width in pixels")->capture_default_str();
+  d->add_option("--repeats", b->repeats, "timed runs (best reported)")->capture_default_str();
+  d->add_option("--threads", b->threads, "threads (0 = all cores)")->capture_default_str();
+  d->add_flag("--encode", b->encode, "also time the encoder");
+  d->add_flag("--json", b->json, "print JSON");
+  add_tiling_options(d, *b);
+  d->callback([b] { run_bench_vae(*b); });
+}
+
+}  // namespace oboro::cli

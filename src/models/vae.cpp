@@ -1,0 +1,777 @@
+// FLUX.1 VAE (spec §8). Structure (ldm / FLUX `AutoEncoder`):
+//   ResnetBlock(x) = nin_shortcut(x) (1×1, only when channels change) + conv2(swish(GN2(conv1(swish(GN1(x))))))
+//   AttnBlock(x)   = x + proj_out(softmax(q kᵀ/√C) v), q, k, v = 1×1 convs of GN(x), one head over all positions
+//   Downsample     = pad (0,1,0,1) + conv3 stride 2;  Upsample = nearest ×2 + conv3 (fused: the conv reads x at ⌊i/2⌋)
+//   Encoder: conv_in; level i: enc_blocks ResnetBlocks (+ Downsample unless last); mid (block_1, attn_1, block_2);
+//            swish(norm_out); conv_out → 2z channels, of which only the first z (the mean) are computed.
+//   Decoder: conv_in; mid; level i = L−1 … 0: dec_blocks ResnetBlocks (+ Upsample unless i = 0); swish(norm_out);
+//            conv_out.
+// Execution: one image at a time, activations in three rotating buffers (x, a = swish(GN(·)), c = conv output;
+// the shortcut/residual is accumulated into c), every buffer sized by a dry run of the same code at that size.
+#include "models/vae.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/safetensors.h"
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <set>
+
+namespace oboro {
+
+namespace {
+
+constexpr size_t kIm2colBytes = size_t(16) << 20;  // the CPU backend's im2col budget per conv call
+
+std::string I(int i) { return std::to_string(i); }
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> p;
+  size_t b = 0;
+  for (;;) {
+    size_t e = s.find('.', b);
+    p.push_back(s.substr(b, e == std::string::npos ? std::string::npos : e - b));
+    if (e == std::string::npos) return p;
+    b = e + 1;
+  }
+}
+
+std::string join(const std::vector<std::string>& p, size_t from) {
+  std::string s;
+  for (size_t i = from; i < p.size(); ++i) {
+    if (!s.empty()) s += '.';
+    s += p[i];
+  }
+  return s;
+}
+
+bool is_uint(const std::string& s) {
+  return !s.empty() && s.size() < 6 && std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+
+// Attention projections are 1×1 convs in ae.safetensors, (C, C) linears in diffusers.
+bool is_attn_proj_weight(const std::string& canon) {
+  for (const char* suf : {".q.weight", ".k.weight", ".v.weight", ".proj_out.weight"})
+    if (canon.size() > std::strlen(suf) &&
+        canon.compare(canon.size() - std::strlen(suf), std::string::npos, suf) == 0 &&
+        canon.find(".attn_1.") != std::string::npos)
+      return true;
+  return false;
+}
+
+std::string res_sub(const std::string& s) { return s == "conv_shortcut" ? "nin_shortcut" : s; }
+std::string res_sub_diffusers(const std::string& s) { return s == "nin_shortcut" ? "conv_shortcut" : s; }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Names
+
+std::string vae_canonical_name(const std::string& name, int levels) {
+  const auto p = split(name);
+  if (p.size() < 3 || (p[0] != "encoder" && p[0] != "decoder")) return name;
+  const std::string& part = p[0];
+  if (p[1] == "conv_norm_out") return part + ".norm_out." + join(p, 2);
+  if (p[1] == "down_blocks" && part == "encoder" && p.size() >= 6 && is_uint(p[2])) {
+    if (p[3] == "resnets" && is_uint(p[4]) && p.size() >= 7)
+      return "encoder.down." + p[2] + ".block." + p[4] + "." + res_sub(p[5]) + "." + join(p, 6);
+    if (p[3] == "downsamplers" && p[4] == "0" && p[5] == "conv")
+      return "encoder.down." + p[2] + ".downsample.conv." + join(p, 6);
+    return name;
+  }
+  if (p[1] == "up_blocks" && part == "decoder" && p.size() >= 6 && is_uint(p[2])) {
+    const int k = std::stoi(p[2]);
+    if (k >= levels) return name;
+    const std::string i = I(levels - 1 - k);
+    if (p[3] == "resnets" && is_uint(p[4]) && p.size() >= 7)
+      return "decoder.up." + i + ".block." + p[4] + "." + res_sub(p[5]) + "." + join(p, 6);
+    if (p[3] == "upsamplers" && p[4] == "0" && p[5] == "conv")
+      return "decoder.up." + i + ".upsample.conv." + join(p, 6);
+    return name;
+  }
+  if (p[1] == "mid_block" && p.size() >= 5) {
+    if (p[2] == "resnets" && (p[3] == "0" || p[3] == "1") && p.size() >= 6)
+      return part + ".mid.block_" + (p[3] == "0" ? "1" : "2") + "." + res_sub(p[4]) + "." + join(p, 5);
+    if (p[2] == "attentions" && p[3] == "0") {
+      const std::string pre = part + ".mid.attn_1.";
+      const std::string& m = p[4];
+      if (m == "group_norm") return pre + "norm." + join(p, 5);
+      if (m == "to_q" || m == "query") return pre + "q." + join(p, 5);
+      if (m == "to_k" || m == "key") return pre + "k." + join(p, 5);
+      if (m == "to_v" || m == "value") return pre + "v." + join(p, 5);
+      if (m == "proj_attn") return pre + "proj_out." + join(p, 5);
+      if (m == "to_out" && p.size() >= 7 && p[5] == "0") return pre + "proj_out." + join(p, 6);
+    }
+    return name;
+  }
+  return name;
+}
+
+std::string vae_diffusers_name(const std::string& name, int levels) {
+  const auto p = split(name);
+  if (p.size() < 3 || (p[0] != "encoder" && p[0] != "decoder")) return name;
+  const std::string& part = p[0];
+  if (p[1] == "norm_out") return part + ".conv_norm_out." + join(p, 2);
+  if (p[1] == "down" && p.size() >= 6) {
+    if (p[3] == "block" && p.size() >= 7)
+      return "encoder.down_blocks." + p[2] + ".resnets." + p[4] + "." + res_sub_diffusers(p[5]) + "." + join(p, 6);
+    if (p[3] == "downsample") return "encoder.down_blocks." + p[2] + ".downsamplers.0.conv." + join(p, 5);
+  }
+  if (p[1] == "up" && p.size() >= 6 && is_uint(p[2])) {
+    const std::string k = I(levels - 1 - std::stoi(p[2]));
+    if (p[3] == "block" && p.size() >= 7)
+      return "decoder.up_blocks." + k + ".resnets." + p[4] + "." + res_sub_diffusers(p[5]) + "." + join(p, 6);
+    if (p[3] == "upsample") return "decoder.up_blocks." + k + ".upsamplers.0.conv." + join(p, 5);
+  }
+  if (p[1] == "mid" && p.size() >= 5) {
+    if (p[2] == "block_1" || p[2] == "block_2")
+      return part + ".mid_block.resnets." + (p[2] == "block_1" ? "0" : "1") + "." + res_sub_diffusers(p[3]) + "." +
+             join(p, 4);
+    if (p[2] == "attn_1") {
+      const std::string pre = part + ".mid_block.attentions.0.";
+      const std::string& m = p[3];
+      if (m == "norm") return pre + "group_norm." + join(p, 4);
+      if (m == "q" || m == "k" || m == "v") return pre + "to_" + m + "." + join(p, 4);
+      if (m == "proj_out") return pre + "to_out.0." + join(p, 4);
+    }
+  }
+  return name;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+VaeConfig VaeConfig::flux() { return VaeConfig{}; }
+
+std::string VaeConfig::describe() const {
+  std::string m;
+  for (size_t i = 0; i < ch_mult.size(); ++i) {
+    if (i) m += ',';
+    m += I(ch_mult[i]);
+  }
+  return str("ch ", ch, ", ch_mult [", m, "], res blocks ", enc_blocks, " (encoder) / ", dec_blocks,
+             " (decoder), z ", z_channels, has_encoder ? "" : ", no encoder", has_decoder ? "" : ", no decoder");
+}
+
+void VaeConfig::validate(const std::string& where) const {
+  auto bad = [&](const auto&... a) { fail(where, ": invalid VAE config (", describe(), "): ", a...); };
+  if (!has_encoder && !has_decoder) bad("neither an encoder nor a decoder");
+  if (ch <= 0 || z_channels <= 0 || in_channels <= 0 || out_channels <= 0) bad("channel counts must be positive");
+  if (ch_mult.empty() || ch_mult.size() > 8) bad("1 to 8 resolution levels expected, got ", ch_mult.size());
+  for (int m : ch_mult)
+    if (m <= 0) bad("ch_mult entries must be positive");
+  if ((has_encoder && enc_blocks <= 0) || (has_decoder && dec_blocks <= 0)) bad("every level needs a ResnetBlock");
+  if (groups <= 0) bad("GroupNorm groups must be positive");
+  auto gn_ok = [&](int c) {
+    if (c % groups)
+      bad("GroupNorm(", groups, ") needs channel counts divisible by ", groups, ", but a level has ", c, " channels");
+  };
+  gn_ok(ch);
+  for (int m : ch_mult) gn_ok(ch * m);
+}
+
+VaeConfig VaeConfig::infer(const std::map<std::string, Shape>& shapes, const std::string& where) {
+  auto has = [&](const std::string& n) { return shapes.count(n) > 0; };
+  auto need = [&](const std::string& n, size_t ndim) -> const Shape& {
+    auto it = shapes.find(n);
+    if (it == shapes.end())
+      fail(where, ": tensor ", n, " is missing — cannot infer the VAE config (spec §8 lists the ae.safetensors names; "
+                  "diffusers AutoencoderKL names are mapped onto them)");
+    if (it->second.size() != ndim)
+      fail(where, ": tensor ", n, " has shape ", shape_str(it->second), ", expected ", ndim, " dimensions");
+    return it->second;
+  };
+  VaeConfig c;
+  c.has_encoder = c.has_decoder = false;
+  for (const auto& [n, s] : shapes) {
+    if (starts_with(n, "encoder.")) c.has_encoder = true;
+    if (starts_with(n, "decoder.")) c.has_decoder = true;
+  }
+  if (!c.has_encoder && !c.has_decoder)
+    fail(where, ": no encoder.* or decoder.* tensors — this is not a VAE file (spec §8 expects FLUX.1's "
+                "ae.safetensors or a diffusers AutoencoderKL)");
+  const std::string part = c.has_encoder ? "encoder" : "decoder";
+  const std::string lvl = c.has_encoder ? "encoder.down." : "decoder.up.";
+  if (c.has_encoder) {
+    const Shape& ci = need("encoder.conv_in.weight", 4);
+    c.ch = (int)ci[0];
+    c.in_channels = (int)ci[1];
+  } else {
+    c.ch = (int)need("decoder.conv_out.weight", 4)[1];
+  }
+  int L = 0;
+  while (has(lvl + I(L) + ".block.0.conv1.weight")) ++L;
+  if (L == 0) need(lvl + "0.block.0.conv1.weight", 4);
+  c.ch_mult.assign(L, 0);
+  for (int i = 0; i < L; ++i) {
+    const std::string n = lvl + I(i) + ".block.0.conv1.weight";
+    const int64_t co = need(n, 4)[0];
+    if (c.ch <= 0 || co % c.ch)
+      fail(where, ": tensor ", n, " has ", co, " output channels, not a multiple of ch = ", c.ch, " (from ", part,
+           ".conv_", c.has_encoder ? "in" : "out", ")");
+    c.ch_mult[i] = (int)(co / c.ch);
+  }
+  if (c.has_encoder && c.has_decoder) {
+    int Ld = 0;
+    while (has("decoder.up." + I(Ld) + ".block.0.conv1.weight")) ++Ld;
+    if (Ld != L)
+      fail(where, ": the encoder has ", L, " resolution levels (encoder.down.*) but the decoder ", Ld,
+           " (decoder.up.*) — the file mixes two models or is incomplete");
+  }
+  c.enc_blocks = c.dec_blocks = 0;
+  while (has("encoder.down.0.block." + I(c.enc_blocks) + ".conv1.weight")) ++c.enc_blocks;
+  while (has("decoder.up.0.block." + I(c.dec_blocks) + ".conv1.weight")) ++c.dec_blocks;
+  if (c.has_decoder) {
+    c.z_channels = (int)need("decoder.conv_in.weight", 4)[1];
+    c.out_channels = (int)need("decoder.conv_out.weight", 4)[0];
+  } else {
+    c.z_channels = (int)(need("encoder.conv_out.weight", 4)[0] / 2);
+  }
+  if (c.has_encoder) {
+    const int64_t co = need("encoder.conv_out.weight", 4)[0];
+    if (co != 2 * c.z_channels)
+      fail(where, ": tensor encoder.conv_out.weight has ", co, " output channels, expected 2·z = ", 2 * c.z_channels,
+           " (mean and log-variance; z from decoder.conv_in)");
+  }
+  c.validate(where);
+  return c;
+}
+
+ParamLayout vae_param_layout(const VaeConfig& c) {
+  ParamLayout L;
+  auto conv = [&](const std::string& n, int co, int ci, int k) {
+    L.add(n + ".weight", {co, ci, k, k});
+    L.add(n + ".bias", {co});
+  };
+  auto norm = [&](const std::string& n, int ch) {
+    L.add(n + ".weight", {ch});
+    L.add(n + ".bias", {ch});
+  };
+  auto res = [&](const std::string& p, int ci, int co) {
+    norm(p + "norm1", ci);
+    conv(p + "conv1", co, ci, 3);
+    norm(p + "norm2", co);
+    conv(p + "conv2", co, co, 3);
+    if (ci != co) conv(p + "nin_shortcut", co, ci, 1);
+  };
+  auto mid = [&](const std::string& p, int C) {
+    res(p + "mid.block_1.", C, C);
+    norm(p + "mid.attn_1.norm", C);
+    for (const char* m : {"q", "k", "v", "proj_out"}) conv(p + "mid.attn_1." + m, C, C, 1);
+    res(p + "mid.block_2.", C, C);
+  };
+  const int nL = c.levels(), top = c.ch * c.ch_mult.back();
+  if (c.has_encoder) {
+    conv("encoder.conv_in", c.ch, c.in_channels, 3);
+    int cin = c.ch;
+    for (int i = 0; i < nL; ++i) {
+      const int co = c.ch * c.ch_mult[i];
+      for (int j = 0; j < c.enc_blocks; ++j) {
+        res("encoder.down." + I(i) + ".block." + I(j) + ".", cin, co);
+        cin = co;
+      }
+      if (i != nL - 1) conv("encoder.down." + I(i) + ".downsample.conv", cin, cin, 3);
+    }
+    mid("encoder.", top);
+    norm("encoder.norm_out", top);
+    conv("encoder.conv_out", 2 * c.z_channels, top, 3);
+  }
+  if (c.has_decoder) {
+    conv("decoder.conv_in", top, c.z_channels, 3);
+    mid("decoder.", top);
+    int cin = top;
+    for (int i = nL - 1; i >= 0; --i) {
+      const int co = c.ch * c.ch_mult[i];
+      for (int j = 0; j < c.dec_blocks; ++j) {
+        res("decoder.up." + I(i) + ".block." + I(j) + ".", cin, co);
+        cin = co;
+      }
+      if (i != 0) conv("decoder.up." + I(i) + ".upsample.conv", cin, cin, 3);
+    }
+    norm("decoder.norm_out", c.ch);
+    conv("decoder.conv_out", c.out_channels, c.ch, 3);
+  }
+  return L;
+}
+
+int64_t VaeConfig::param_count() const {
+  const ParamLayout layout = vae_param_layout(*this);
+  int64_t n = 0;
+  for (const auto& v : layout.views()) n += (int64_t)v.numel();
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execution plan and one pass
+
+struct Vae::Plan {
+  Backend& be;
+  bool encoder = false;
+  int h = 0, w = 0;                 // latent size
+  size_t slot_elems[3] = {0, 0, 0};  // each rotating buffer's largest tensor
+  size_t att_elems = 0;             // S·C of the mid attention
+  size_t att_rows = 0;              // S
+  size_t col_bytes = 0;             // largest im2col buffer (inside the backend)
+  double flops = 0;
+  float* buf[3] = {nullptr, nullptr, nullptr};
+  float *t = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *lse = nullptr;
+
+  explicit Plan(Backend& b) : be(b) {}
+  ~Plan() {
+    for (float* p : {buf[0], buf[1], buf[2], t, q, k, v, o, lse})
+      if (p) be.free(p);
+  }
+  size_t bytes() const {
+    return (slot_elems[0] + slot_elems[1] + slot_elems[2] + 5 * att_elems + att_rows) * sizeof(float) + col_bytes;
+  }
+  void allocate() {
+    for (int i = 0; i < 3; ++i) buf[i] = be.alloc(slot_elems[i]);
+    if (att_elems) {
+      t = be.alloc(att_elems);
+      q = be.alloc(att_elems);
+      k = be.alloc(att_elems);
+      v = be.alloc(att_elems);
+      o = be.alloc(att_elems);
+      lse = be.alloc(att_rows);
+    }
+  }
+};
+
+// Runs the network on the plan's buffers, or (dry) only records the sizes and FLOPs it would need.
+struct Vae::Pass {
+  Backend& be;
+  const VaeConfig& c;
+  const ParamLayout& L;
+  const float* P;
+  Plan& pl;
+  bool dry;
+
+  const float* W(const std::string& n) const { return dry ? nullptr : P + L.at(n).offset; }
+  float* buf(int slot) const { return dry ? nullptr : pl.buf[slot]; }
+  static int next(int s) { return (s + 1) % 3; }
+  void need(int slot, size_t n) { pl.slot_elems[slot] = std::max(pl.slot_elems[slot], n); }
+
+  // dst = conv(src) (+= when acc) over a Ci×H×W input; H, W become the output size.
+  void conv(int dst, int src, const std::string& n, int Ci, int Co, int& H, int& Wd, int k, int stride, int pt, int pb,
+            int pl_, int pr, bool up2, bool acc) {
+    Conv2dShape s;
+    s.B = 1; s.Ci = Ci; s.H = H; s.W = Wd; s.Co = Co; s.kh = s.kw = k; s.sh = s.sw = stride;
+    s.pad_t = pt; s.pad_b = pb; s.pad_l = pl_; s.pad_r = pr; s.up2 = up2;
+    const int Ho = s.out_h(), Wo = s.out_w();
+    if (dry) {
+      const size_t K = (size_t)Ci * k * k;
+      pl.flops += 2.0 * Co * (double)K * Ho * Wo;
+      need(dst, (size_t)Co * Ho * Wo);
+      if (!(k == 1 && stride == 1 && !up2 && pt + pb + pl_ + pr == 0)) {
+        const size_t per_row = K * Wo * sizeof(float);
+        pl.col_bytes = std::max(pl.col_bytes, std::min<size_t>(per_row * Ho, std::max(per_row, kIm2colBytes)));
+      }
+    } else {
+      be.conv2d_forward(buf(dst), buf(src), W(n + ".weight"), W(n + ".bias"), s, acc);
+    }
+    H = Ho;
+    Wd = Wo;
+  }
+  void conv3(int dst, int src, const std::string& n, int Ci, int Co, int H, int Wd, bool acc = false) {
+    conv(dst, src, n, Ci, Co, H, Wd, 3, 1, 1, 1, 1, 1, false, acc);
+  }
+  void gn(int dst, int src, const std::string& n, int C, int HW, bool silu) {
+    if (dry) need(dst, (size_t)C * HW);
+    else be.groupnorm_forward(buf(dst), buf(src), W(n + ".weight"), W(n + ".bias"), 1, C, HW, c.groups, c.eps, silu);
+  }
+
+  // x in slot sx (Ci, H, W) → returns the slot of the output (Co, H, W). With a nin_shortcut, the shortcut is
+  // computed first so x can be normalised in place: three tensors (x: Ci, shortcut+output: Co, h: Co) instead of
+  // four; conv2 then accumulates onto the shortcut.
+  int resblock(int sx, const std::string& p, int Ci, int Co, int H, int Wd) {
+    const int s1 = next(sx), s2 = next(s1), HW = H * Wd;
+    if (Ci != Co) {
+      int h1 = H, w1 = Wd;
+      conv(s1, sx, p + "nin_shortcut", Ci, Co, h1, w1, 1, 1, 0, 0, 0, 0, false, false);
+      gn(sx, sx, p + "norm1", Ci, HW, true);
+      conv3(s2, sx, p + "conv1", Ci, Co, H, Wd);
+      gn(s2, s2, p + "norm2", Co, HW, true);
+      conv3(s1, s2, p + "conv2", Co, Co, H, Wd, true);
+      return s1;
+    }
+    gn(s1, sx, p + "norm1", Ci, HW, true);
+    conv3(s2, s1, p + "conv1", Ci, Co, H, Wd);
+    gn(s2, s2, p + "norm2", Co, HW, true);
+    conv3(s1, s2, p + "conv2", Co, Co, H, Wd);
+    if (!dry) be.add_inplace(buf(s1), buf(sx), (size_t)Co * HW);
+    return s1;
+  }
+
+  int attn(int sx, const std::string& p, int C, int H, int Wd) {
+    const int S = H * Wd, sa = next(sx);
+    const size_t SC = (size_t)S * C;
+    gn(sa, sx, p + "norm", C, S, false);
+    if (dry) {
+      pl.att_elems = std::max(pl.att_elems, SC);
+      pl.att_rows = std::max(pl.att_rows, (size_t)S);
+      pl.flops += 4.0 * (double)S * S * C + 4 * 2.0 * (double)S * C * C;
+      return sa;
+    }
+    be.transpose_forward(pl.t, buf(sa), 1, C, S);  // (C, S) → (S, C)
+    be.linear_forward(pl.q, pl.t, W(p + "q.weight"), W(p + "q.bias"), S, C, C);
+    be.linear_forward(pl.k, pl.t, W(p + "k.weight"), W(p + "k.bias"), S, C, C);
+    be.linear_forward(pl.v, pl.t, W(p + "v.weight"), W(p + "v.bias"), S, C, C);
+    be.attention_forward(pl.o, pl.lse, pl.q, pl.k, pl.v, nullptr, 1, S, 1, C, (float)(1.0 / std::sqrt((double)C)));
+    be.linear_forward(pl.q, pl.o, W(p + "proj_out.weight"), W(p + "proj_out.bias"), S, C, C);
+    be.transpose_forward(buf(sa), pl.q, 1, S, C);  // (S, C) → (C, S)
+    be.add_inplace(buf(sa), buf(sx), SC);
+    return sa;
+  }
+
+  int mid(int cur, const std::string& p, int C, int H, int Wd) {
+    cur = resblock(cur, p + "mid.block_1.", C, C, H, Wd);
+    cur = attn(cur, p + "mid.attn_1.", C, H, Wd);
+    return resblock(cur, p + "mid.block_2.", C, C, H, Wd);
+  }
+
+  // Input (in_channels, H, W) in slot 0 → slot holding the mean (z, H/stride, W/stride).
+  int encoder(int H, int Wd) {
+    const int nL = c.levels();
+    need(0, (size_t)c.in_channels * H * Wd);
+    conv3(1, 0, "encoder.conv_in", c.in_channels, c.ch, H, Wd);
+    int cur = 1, C = c.ch;
+    for (int i = 0; i < nL; ++i) {
+      const int co = c.ch * c.ch_mult[i];
+      for (int j = 0; j < c.enc_blocks; ++j) {
+        cur = resblock(cur, "encoder.down." + I(i) + ".block." + I(j) + ".", C, co, H, Wd);
+        C = co;
+      }
+      if (i != nL - 1) {
+        const int dst = next(cur);
+        conv(dst, cur, "encoder.down." + I(i) + ".downsample.conv", C, C, H, Wd, 3, 2, 0, 1, 0, 1, false, false);
+        cur = dst;
+      }
+    }
+    cur = mid(cur, "encoder.", C, H, Wd);
+    gn(cur, cur, "encoder.norm_out", C, H * Wd, true);
+    // conv_out has 2z output channels (mean, log-variance); its first z weight rows and biases give the mean.
+    const int out = next(cur);
+    conv(out, cur, "encoder.conv_out", C, c.z_channels, H, Wd, 3, 1, 1, 1, 1, 1, false, false);
+    return out;
+  }
+
+  // Input (z, h, w) in slot 0 → slot holding the image (out_channels, h·stride, w·stride).
+  int decoder(int H, int Wd) {
+    const int nL = c.levels(), top = c.ch * c.ch_mult.back();
+    need(0, (size_t)c.z_channels * H * Wd);
+    conv3(1, 0, "decoder.conv_in", c.z_channels, top, H, Wd);
+    int cur = mid(1, "decoder.", top, H, Wd), C = top;
+    for (int i = nL - 1; i >= 0; --i) {
+      const int co = c.ch * c.ch_mult[i];
+      for (int j = 0; j < c.dec_blocks; ++j) {
+        cur = resblock(cur, "decoder.up." + I(i) + ".block." + I(j) + ".", C, co, H, Wd);
+        C = co;
+      }
+      if (i != 0) {
+        const int dst = next(cur);
+        conv(dst, cur, "decoder.up." + I(i) + ".upsample.conv", C, C, H, Wd, 3, 1, 1, 1, 1, 1, true, false);
+        cur = dst;
+      }
+    }
+    gn(cur, cur, "decoder.norm_out", C, H * Wd, true);
+    const int out = next(cur);
+    conv3(out, cur, "decoder.conv_out", C, c.out_channels, H, Wd);
+    return out;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Vae
+
+Vae::Vae(const VaeConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {
+  cfg_.validate("VAE config");
+  layout_ = vae_param_layout(cfg_);
+  params_ = be_.alloc(layout_.total());
+}
+
+Vae::~Vae() {
+  plan_.reset();
+  be_.free(params_);
+}
+
+void Vae::release_activations() { plan_.reset(); }
+
+std::unique_ptr<Vae> Vae::load(const std::string& path, Backend& be) {
+  TensorSource src = TensorSource::open(path);
+  const std::vector<std::string> names = src.names();
+  int levels = 0;  // diffusers decoder up_blocks (for their reversed order)
+  for (const auto& n : names) {
+    auto p = split(n);
+    if (p.size() > 3 && p[0] == "decoder" && p[1] == "up_blocks" && is_uint(p[2]))
+      levels = std::max(levels, std::stoi(p[2]) + 1);
+  }
+  std::map<std::string, std::string> file_of;  // §8 name → name in the file
+  std::map<std::string, Shape> shapes;
+  for (const auto& n : names) {
+    const std::string canon = vae_canonical_name(n, levels);
+    auto [it, fresh] = file_of.emplace(canon, n);
+    if (!fresh)
+      fail(src.path(), ": tensors ", it->second, " and ", n, " both map to the VAE tensor ", canon,
+           " — the file mixes the ae.safetensors and diffusers layouts");
+    Shape s = src.info(n).shape;
+    if (is_attn_proj_weight(canon) && s.size() == 2) s = {s[0], s[1], 1, 1};  // diffusers linear → 1×1 conv
+    shapes[canon] = s;
+  }
+  const VaeConfig cfg = VaeConfig::infer(shapes, src.path());
+  auto model = std::make_unique<Vae>(cfg, be);
+  const ParamLayout& layout = model->layout_;
+  const bool diffusers =
+      levels > 0 || std::any_of(names.begin(), names.end(), [](const std::string& n) {
+        return n.find("down_blocks.") != std::string::npos || n.find("mid_block.") != std::string::npos;
+      });
+
+  std::vector<std::string> unknown;
+  bool quant = false;
+  for (const auto& [canon, n] : file_of)
+    if (!layout.find(canon)) {
+      unknown.push_back(n == canon ? n : str(n, " (", canon, ")"));
+      if (n.find("quant_conv") != std::string::npos) quant = true;
+    }
+  if (!unknown.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unknown.size() && i < 5; ++i) {
+      if (i) list += ", ";
+      list += unknown[i];
+    }
+    if (unknown.size() > 5) list += str(", ... (", unknown.size(), " in all)");
+    fail(src.path(), ": unknown tensor(s) for the FLUX.1 VAE (", cfg.describe(), "): ", list,
+         quant ? " — quant_conv/post_quant_conv belong to Stable Diffusion-style VAEs; the FLUX.1 VAE has none "
+                 "(spec §8): use FLUX.1's ae.safetensors"
+               : " — expected the ae.safetensors names of spec §8 or a diffusers AutoencoderKL layout");
+  }
+  for (const auto& v : layout.views()) {
+    auto it = file_of.find(v.name);
+    if (it == file_of.end()) {
+      const std::string alt = vae_diffusers_name(v.name, cfg.levels());
+      fail(src.path(), ": tensor ", v.name, diffusers && alt != v.name ? str(" (diffusers: ", alt, ")") : "",
+           " is missing (the VAE with ", cfg.describe(), " expects shape ", shape_str(v.shape),
+           ") — the file is incomplete or not a FLUX.1 VAE");
+    }
+    const TensorInfo& info = src.info(it->second);
+    if (shapes.at(v.name) != v.shape)
+      fail(src.path(), ": tensor ", it->second, " has shape ", shape_str(info.shape), " but the VAE with ",
+           cfg.describe(), " expects ", shape_str(v.shape), " — the file is not a consistent FLUX.1-style VAE");
+    if (!dtype_is_float(info.dtype))
+      fail(src.path(), ": tensor ", it->second, " has dtype ", dtype_name(info.dtype),
+           "; VAE weights must be F32, F16 or BF16");
+    Tensor t = src.tensor_f32(it->second);
+    be.upload(model->params_ + v.offset, t.f32(), v.numel());
+  }
+  return model;
+}
+
+void Vae::init_random(uint64_t seed) {
+  std::vector<float> host;
+  uint64_t stream = 0;
+  for (const auto& v : layout_.views()) {
+    host.assign(v.numel(), 0.f);
+    const bool weight = v.name.size() > 7 && v.name.compare(v.name.size() - 7, 7, ".weight") == 0;
+    if (v.shape.size() == 4) {  // conv weight (O, I, kh, kw)
+      const double fan_in = (double)v.shape[1] * v.shape[2] * v.shape[3];
+      fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, (float)(1.0 / std::sqrt(fan_in)));
+    } else if (weight) {  // GroupNorm γ
+      fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 1.f, 0.1f);
+    } else {  // biases, GroupNorm β
+      fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, 0.1f);
+    }
+    ++stream;
+    be_.upload(params_ + v.offset, host.data(), host.size());
+  }
+}
+
+void Vae::save(const std::string& path) const {
+  auto host = download_params(layout_, params_, be_);
+  SafetensorsWriter wr;
+  for (auto& [n, t] : host) wr.add(n, t);
+  wr.write(path);
+}
+
+Vae::Plan& Vae::plan(bool encoder, int h, int w) {
+  if (plan_ && plan_->encoder == encoder && plan_->h == h && plan_->w == w) return *plan_;
+  plan_.reset();
+  auto p = std::make_unique<Plan>(be_);
+  p->encoder = encoder;
+  p->h = h;
+  p->w = w;
+  Pass dry{be_, cfg_, layout_, params_, *p, true};
+  const int s = cfg_.stride();
+  if (encoder) dry.encoder(h * s, w * s);
+  else dry.decoder(h, w);
+  p->allocate();
+  peak_act_bytes_ = std::max(peak_act_bytes_, p->bytes());
+  plan_ = std::move(p);
+  return *plan_;
+}
+
+size_t Vae::activation_bytes(const VaeConfig& cfg, bool encoder, int h, int w) {
+  Plan p(cpu_backend());  // dry: nothing is allocated
+  ParamLayout none;
+  Pass dry{p.be, cfg, none, nullptr, p, true};
+  if (encoder) dry.encoder(h * cfg.stride(), w * cfg.stride());
+  else dry.decoder(h, w);
+  return p.bytes();
+}
+
+double Vae::pass_flops(const VaeConfig& cfg, bool encoder, int h, int w) {
+  Plan p(cpu_backend());
+  ParamLayout none;
+  Pass dry{p.be, cfg, none, nullptr, p, true};
+  if (encoder) dry.encoder(h * cfg.stride(), w * cfg.stride());
+  else dry.decoder(h, w);
+  return p.flops;
+}
+
+void Vae::run_encoder(float* mean, const float* image, int H, int W) {
+  const int s = cfg_.stride(), h = H / s, w = W / s;
+  Plan& p = plan(true, h, w);
+  be_.upload(p.buf[0], image, (size_t)cfg_.in_channels * H * W);
+  Pass run{be_, cfg_, layout_, params_, p, false};
+  const int slot = run.encoder(H, W);
+  be_.download(mean, p.buf[slot], (size_t)cfg_.z_channels * h * w);
+  flops_ += p.flops;
+}
+
+void Vae::run_decoder(float* image, const float* zin, int h, int w) {
+  const int s = cfg_.stride();
+  Plan& p = plan(false, h, w);
+  be_.upload(p.buf[0], zin, (size_t)cfg_.z_channels * h * w);
+  Pass run{be_, cfg_, layout_, params_, p, false};
+  const int slot = run.decoder(h, w);
+  be_.download(image, p.buf[slot], (size_t)cfg_.out_channels * h * s * w * s);
+  flops_ += p.flops;
+}
+
+namespace {
+
+// Tile origins along an axis of n latent pixels: tiles of T (or one tile of n ≤ T), neighbours overlapping by at
+// least O, spread evenly so the last tile ends at n.
+std::vector<int> tile_origins(int n, int T, int O) {
+  if (n <= T) return {0};
+  const int count = (n - O + (T - O) - 1) / (T - O);  // ⌈(n − O)/(T − O)⌉ ≥ 2
+  std::vector<int> pos(count);
+  for (int k = 0; k < count; ++k) pos[k] = (int)(((int64_t)k * (n - T) + (count - 1) / 2) / (count - 1));
+  return pos;
+}
+
+// Blend weight of tile k along one axis at local output coordinate u ∈ [0, len): a linear ramp (u + ½)/ov over the
+// overlap with the previous tile, the mirror ramp over the overlap with the next one, 1 elsewhere.
+std::vector<double> axis_weights(const std::vector<int>& pos, int k, int T, int unit) {
+  const int len = T * unit;
+  const int rise = k > 0 ? (pos[k - 1] + T - pos[k]) * unit : 0;
+  const int fall = k + 1 < (int)pos.size() ? (pos[k] + T - pos[k + 1]) * unit : 0;
+  std::vector<double> wv(len, 1.0);
+  for (int u = 0; u < len; ++u) {
+    double v = 1.0;
+    if (rise > 0) v = std::min(v, (u + 0.5) / rise);
+    if (fall > 0) v = std::min(v, (len - u - 0.5) / fall);
+    wv[u] = v;
+  }
+  return wv;
+}
+
+}  // namespace
+
+bool Vae::would_tile(const VaeConfig& cfg, bool encoder, int h, int w, const VaeRunOptions& o) {
+  if (o.tiling == VaeRunOptions::Tiling::Off) return false;
+  if (h <= o.tile && w <= o.tile) return false;  // one tile = the untiled pass
+  if (o.tiling == VaeRunOptions::Tiling::On) return true;
+  return activation_bytes(cfg, encoder, h, w) > o.auto_tile_bytes;
+}
+
+// Encoder: in = image (Cin, h·s, w·s), out = mean (z, h, w); decoder: in = z (z, h, w), out = image.
+void Vae::tiled(bool encoder, float* out, const float* in, int h, int w, const VaeRunOptions& o) {
+  const int s = cfg_.stride();
+  const int T = o.tile, O = o.overlap;
+  const int th = std::min(T, h), tw = std::min(T, w);
+  const auto py = tile_origins(h, T, O), px = tile_origins(w, T, O);
+  const int Cin = encoder ? cfg_.in_channels : cfg_.z_channels;
+  const int Cout = encoder ? cfg_.z_channels : cfg_.out_channels;
+  const int iu = encoder ? s : 1, ou = encoder ? 1 : s;          // pixels per latent pixel, in and out
+  const int IH = h * iu, IW = w * iu, OH = h * ou, OW = w * ou;  // full input / output sizes
+  const int tih = th * iu, tiw = tw * iu, toh = th * ou, tow = tw * ou;
+  std::vector<float> tin((size_t)Cin * tih * tiw), tout((size_t)Cout * toh * tow);
+  std::vector<double> acc((size_t)Cout * OH * OW, 0.0), wy_sum(OH, 0.0), wx_sum(OW, 0.0);
+  for (size_t ky = 0; ky < py.size(); ++ky) {
+    const auto wy = axis_weights(py, (int)ky, th, ou);
+    for (int u = 0; u < toh; ++u) wy_sum[py[ky] * ou + u] += wy[u];
+  }
+  for (size_t kx = 0; kx < px.size(); ++kx) {
+    const auto wx = axis_weights(px, (int)kx, tw, ou);
+    for (int u = 0; u < tow; ++u) wx_sum[px[kx] * ou + u] += wx[u];
+  }
+  for (size_t ky = 0; ky < py.size(); ++ky) {
+    const auto wy = axis_weights(py, (int)ky, th, ou);
+    for (size_t kx = 0; kx < px.size(); ++kx) {
+      const auto wx = axis_weights(px, (int)kx, tw, ou);
+      const int y0 = py[ky] * iu, x0 = px[kx] * iu;
+      for (int c = 0; c < Cin; ++c)
+        for (int y = 0; y < tih; ++y)
+          std::memcpy(&tin[((size_t)c * tih + y) * tiw], in + ((size_t)c * IH + y0 + y) * IW + x0, tiw * sizeof(float));
+      if (encoder) run_encoder(tout.data(), tin.data(), tih, tiw);
+      else run_decoder(tout.data(), tin.data(), th, tw);
+      const int oy0 = py[ky] * ou, ox0 = px[kx] * ou;
+      for (int c = 0; c < Cout; ++c)
+        for (int y = 0; y < toh; ++y) {
+          double* dst = &acc[((size_t)c * OH + oy0 + y) * OW + ox0];
+          const float* src = &tout[((size_t)c * toh + y) * tow];
+          for (int x = 0; x < tow; ++x) dst[x] += wy[y] * wx[x] * src[x];
+        }
+    }
+  }
+  for (int c = 0; c < Cout; ++c)
+    for (int y = 0; y < OH; ++y)
+      for (int x = 0; x < OW; ++x) {
+        const size_t i = ((size_t)c * OH + y) * OW + x;
+        out[i] = (float)(acc[i] / (wy_sum[y] * wx_sum[x]));
+      }
+}
+
+namespace {
+void check_opts(const VaeRunOptions& o) {
+  if (o.tile < 1) fail("VAE tile size must be at least 1 latent pixel, got ", o.tile);
+  if (o.overlap < 0 || o.overlap >= o.tile)
+    fail("VAE tile overlap must be in [0, tile) = [0, ", o.tile, "), got ", o.overlap);
+}
+}  // namespace
+
+void Vae::encode(float* latent, const float* image, int B, int H, int W, const VaeRunOptions& o) {
+  if (!cfg_.has_encoder) fail("this VAE file has no encoder (encoder.* tensors): it can decode but not encode images");
+  const int s = cfg_.stride();
+  if (B < 1 || H < s || W < s || H % s || W % s)
+    fail("VAE encode: image size ", W, "x", H, " must be a positive multiple of ", s, " in both dimensions");
+  check_opts(o);
+  const int h = H / s, w = W / s;
+  const size_t in_n = (size_t)cfg_.in_channels * H * W, out_n = (size_t)cfg_.z_channels * h * w;
+  const bool tile = would_tile(true, h, w, o);
+  for (int b = 0; b < B; ++b) {
+    float* lat = latent + b * out_n;
+    if (tile) tiled(true, lat, image + b * in_n, h, w, o);
+    else run_encoder(lat, image + b * in_n, H, W);
+    for (size_t i = 0; i < out_n; ++i) lat[i] = cfg_.scale * (lat[i] - cfg_.shift);
+  }
+}
+
+void Vae::decode(float* image, const float* latent, int B, int h, int w, const VaeRunOptions& o) {
+  if (!cfg_.has_decoder) fail("this VAE file has no decoder (decoder.* tensors): it can encode but not decode");
+  if (B < 1 || h < 1 || w < 1) fail("VAE decode: empty latent (B=", B, ", ", w, "x", h, ")");
+  check_opts(o);
+  const int s = cfg_.stride();
+  const size_t in_n = (size_t)cfg_.z_channels * h * w, out_n = (size_t)cfg_.out_channels * h * s * w * s;
+  const bool tile = would_tile(false, h, w, o);
+  std::vector<float> z(in_n);
+  for (int b = 0; b < B; ++b) {
+    const float* lat = latent + b * in_n;
+    for (size_t i = 0; i < in_n; ++i) z[i] = lat[i] / cfg_.scale + cfg_.shift;
+    if (tile) tiled(false, image + b * out_n, z.data(), h, w, o);
+    else run_decoder(image + b * out_n, z.data(), h, w);
+  }
+}
+
+}  // namespace oboro
