@@ -6,9 +6,13 @@
 //              weighted by sqrt(1+u+v), unit-normalised with a floor (a flat image is not noise)
 //   colour:    the Y DC (centred on mid-grey) and the 4×4 lowest coefficients of Cb and Cr
 //              (a colour layout), unit-normalised with a floor (a grey image is not noise)
-// The embedding is [0.7·structure, 0.714·colour] L2-normalised (96 floats), so its cosine
-// similarity is about 0.49·cos(structure) + 0.51·cos(colour): two images with the same layout but
-// a different palette, or the same palette but different content, stay apart.
+//   edges:     histograms of oriented gradients of the Y thumbnail (4×4 cells × 8 orientations,
+//              bilinear in space and angle, so a slight crop moves weight between neighbours),
+//              centred (mean removed) and unit-normalised
+// The embedding is [0.8·(0.7·structure, 0.714·colour), 0.6·edges] L2-normalised (224 floats), so its
+// cosine similarity is about 0.31·cos(structure) + 0.33·cos(colour) + 0.36·cos(edges): images with
+// the same layout but another palette, the same palette but other content, or the same soft layout
+// with other objects on it stay apart.
 //
 // A real image encoder (CLIP, DINOv2, SigLIP ...) plugs in by implementing FeatureExtractor and
 // registering a factory; its id() (name + weights hash) is stored with every embedding, so
@@ -42,8 +46,9 @@ std::vector<std::string> extractor_names();
 // The built-in weight-free extractor (see the file comment).
 class DctColourExtractor : public FeatureExtractor {
  public:
-  static constexpr int kDim = 96;
-  std::string id() const override { return "dct-colour-v1"; }
+  static constexpr int kCells = 4, kBins = 8;
+  static constexpr int kDim = 96 + kCells * kCells * kBins;  // 224
+  std::string id() const override { return "dct-colour-v2"; }
   int dim() const override { return kDim; }
   void extract(const Image& img, float* out) const override;
 };

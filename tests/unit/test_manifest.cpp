@@ -14,6 +14,9 @@
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "models/codec.h"
+#include "models/text_encoder.h"
+#include "models/tokenizer.h"
+#include "ops/backend.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -463,6 +466,67 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
   r = run("data remove --manifest " + db + " --hash " + digest_lines[2].substr(0, 64) + " --reason \"licence withdrawn\"");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find(fs::absolute(model).lexically_normal().string()), std::string::npos) << r.out;
+}
+
+TEST(Manifest, TextCacheWithAFrozenEncoder) {
+  const fs::path root = fresh_dir("textcache");
+  fs::create_directories(root / "d");
+  for (int i = 0; i < 6; ++i) {
+    save_png((root / "d" / str("t", i, ".png")).string(), synth::make_image(8, (uint64_t)i, 64, 64));
+    write_text(root / "d" / str("t", i, ".txt"), i < 4 ? "a red circle above a blue square\n" : str("a green triangle number ", i, "\n"));
+  }
+  std::vector<std::string> corpus;
+  for (const char* c : {"red", "green", "blue"})
+    for (const char* s : {"circle", "square", "triangle"}) corpus.push_back(str("a ", c, " ", s, " above a ", s, " number ", c));
+  train_vocab(corpus, 40, (root / "voc").string());
+  T5Config cfg;
+  cfg.vocab_size = Tokenizer::load((root / "voc.model").string()).vocab_size();
+  cfg.d_model = 16, cfg.d_kv = 8, cfg.num_heads = 2, cfg.d_ff = 32, cfg.num_layers = 1;
+  {
+    auto t5 = std::make_unique<T5Encoder>(cfg, cpu_backend());
+    t5->init_weights(1);
+    TextEncoder(Tokenizer::load((root / "voc.model").string()), std::move(t5)).save((root / "te.safetensors").string());
+  }
+  auto m = Manifest::open((root / "m.db").string(), true);
+  ingest(*m, quiet(root / "d", "CC0-1.0"));
+  BucketOptions bo;
+  bo.stage = 2;
+  assign_buckets(*m, bo, false);  // 64×64 → stage 2 never upscales: 64² buckets
+  CacheOptions co;
+  co.out_dir = (root / "cache").string();
+  co.text_encoder = (root / "te.safetensors").string();
+  co.max_tokens = 16;
+  co.progress = false;
+  CacheReport r = build_cache(*m, co);
+  EXPECT_EQ(r.latents_written, 6);
+  EXPECT_EQ(r.texts_written, 3);  // identical captions share one entry
+  EXPECT_TRUE(r.text_note.empty());
+  r = build_cache(*m, co);
+  EXPECT_EQ(r.texts_written, 0);
+  EXPECT_EQ(r.texts_present, 6);
+  CacheReader reader(*m, co.out_dir);
+  const auto items = reader.items(2, codec_identity("pixels", 1));
+  ASSERT_EQ(items.size(), 6u);
+  auto te = TextEncoder::load(co.text_encoder, cpu_backend());
+  for (const auto& it : items) {
+    ASSERT_FALSE(it.text_key.empty());
+    const auto t = reader.text(it.text_key);
+    ASSERT_TRUE(t);
+    const TextBatch tb = te->encode({it.caption}, false, 16);
+    ASSERT_EQ(t->shape(), (Shape{tb.L, 16}));
+    float maxd = 0;  // batched with other captions in the cache: GEMM blocking may differ in the last bits
+    for (int64_t k = 0; k < t->numel(); ++k) maxd = std::max(maxd, std::fabs(t->f32()[k] - tb.hidden[(size_t)k]));
+    EXPECT_LT(maxd, 1e-4f);
+  }
+  // A new quality tag changes the training caption, so the text entry is re-encoded.
+  write_text(root / "s.csv", items[0].path + ",6.1\n");
+  ScoreOptions so;
+  so.file = (root / "s.csv").string();
+  so.progress = false;
+  apply_scores(*m, so);
+  r = build_cache(*m, co);
+  EXPECT_EQ(r.texts_written, 1);
+  EXPECT_EQ(r.latents_written, 0);
 }
 
 TEST(Manifest, CliContractAndErrors) {
