@@ -263,7 +263,9 @@ void register_cache(CLI::App& data) {
   c->add_option("--manifest", o->manifest, "the manifest file")->required();
   c->add_option("--out", o->c.out_dir, "cache folder")->required();
   c->add_option("--stage", o->c.stage, "bucket stage to encode")->check(CLI::IsMember({1, 2}))->capture_default_str();
-  c->add_option("--codec", o->c.codec, "latent codec (pixels in this build)")->capture_default_str();
+  c->add_option("--codec", o->c.codec, "latent codec: pixels or flux-vae")->check(CLI::IsMember({"pixels", "flux-vae"}))
+      ->capture_default_str();
+  c->add_option("--vae", o->c.vae, "FLUX.1 VAE file (ae.safetensors) for --codec flux-vae");
   c->add_option("--pixels-stride", o->c.pixels_stride, "pixel_unshuffle stride of the pixels codec")->capture_default_str();
   c->add_option("--text-encoder", o->c.text_encoder, "frozen T5 file/dir for the text cache (none: text cache skipped)");
   c->add_option("--max-tokens", o->c.max_tokens, "prompt tokens for the text cache")->capture_default_str();
@@ -280,7 +282,7 @@ void register_cache(CLI::App& data) {
     const CacheReport r = build_cache(*m, o->c);
     std::printf("cache %s (%s, stage %d): %lld latents written, %lld already cached, %lld without a bucket, %lld failed%s; "
                 "%lld texts written, %lld already cached; %lld new shard files\n",
-                o->c.out_dir.c_str(), codec_identity(o->c.codec, o->c.pixels_stride).c_str(), o->c.stage,
+                o->c.out_dir.c_str(), r.codec_id.c_str(), o->c.stage,
                 (long long)r.latents_written, (long long)r.latents_present, (long long)r.no_bucket, (long long)r.failed,
                 r.other_shard ? (", " + std::to_string(r.other_shard) + " left to other shards").c_str() : "",
                 (long long)r.texts_written, (long long)r.texts_present, (long long)r.shards);

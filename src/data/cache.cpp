@@ -18,12 +18,16 @@ namespace oboro {
 
 namespace fs = std::filesystem;
 
-std::string codec_identity(const std::string& codec, int stride) {
-  if (codec != "pixels")
-    fail("--codec ", codec, ": only the pixels codec can be cached in this build (flux-vae needs the FLUX.1 VAE, which "
-         "is not built in yet)");
-  if (stride < 1 || stride > 16 || (stride & (stride - 1)))
-    fail("--pixels-stride ", stride, ": use 1, 2, 4, 8 or 16 (bucket sides are multiples of 64)");
+std::string codec_identity(const std::string& codec, int stride, const std::string& vae) {
+  if (codec == "flux-vae") {
+    if (vae.empty()) fail("--codec flux-vae needs the FLUX.1 VAE: pass --vae ae.safetensors");
+    std::error_code ec;
+    if (!fs::is_regular_file(vae, ec)) fail("--vae ", vae, ": no such file: pass FLUX.1's ae.safetensors");
+    return "flux-vae/" + sha256_file(vae).substr(0, 16) + "/v1";
+  }
+  if (codec != "pixels") fail("--codec ", codec, ": use pixels or flux-vae (with --vae ae.safetensors)");
+  if (stride < 1 || stride > 8 || (stride & (stride - 1)))
+    fail("--pixels-stride ", stride, ": use 1, 2, 4 or 8 (bucket sides are multiples of 64)");
   return "pixels/stride=" + std::to_string(stride) + "/v1";
 }
 
@@ -117,13 +121,15 @@ CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
   if (opt.out_dir.empty()) fail("data cache: pass --out DIR (the cache folder)");
   if (opt.stage != 1 && opt.stage != 2) fail("--stage ", opt.stage, ": use 1 or 2");
   if (opt.max_tokens < 2) fail("--max-tokens must be at least 2");
-  const std::string codec_id = codec_identity(opt.codec, opt.pixels_stride);
+  const std::string codec_id = codec_identity(opt.codec, opt.pixels_stride, opt.vae);
+  rep.codec_id = codec_id;
   std::error_code ec;
   fs::create_directories(opt.out_dir, ec);
   if (ec || !fs::is_directory(opt.out_dir)) fail(opt.out_dir, ": cannot create the cache folder: ", ec.message());
   sql::Db& db = m.db();
   const std::string shard_tag = opt.shard.count > 1 ? "-s" + std::to_string(opt.shard.index) + "of" + std::to_string(opt.shard.count) : "";
-  PixelsCodec pc{opt.pixels_stride};
+  const LatentCodec lc = LatentCodec::open(opt.codec, opt.pixels_stride, opt.vae, cpu_backend(), "--vae");
+  const bool parallel_encode = !lc.vae;  // the VAE runs one image at a time (it parallelises inside)
 
   // ---- latents ----
   ShardWriter lw(m, opt.out_dir, "latent-" + sanitise(codec_id) + shard_tag, "latent", {{"oboro.codec", codec_id}},
@@ -193,6 +199,16 @@ CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
       }
       tx.commit();
     }
+    std::vector<std::vector<float>> chws(todo.size());
+    auto encode = [&](Job& j, const std::vector<float>& chw) {
+      const int s = lc.stride;
+      std::vector<float> lat((size_t)lc.channels() * (j.b.height / s) * (j.b.width / s));
+      lc.encode(chw.data(), j.b.height, j.b.width, lat.data());
+      Tensor t = Tensor::empty({lc.channels(), j.b.height / s, j.b.width / s}, DType::F16);
+      uint16_t* d = t.data<uint16_t>();
+      for (size_t k = 0; k < lat.size(); ++k) d[k] = f32_to_f16(lat[k]);
+      j.latent = std::move(t);
+    };
     parallel_for((int64_t)todo.size(), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         Job& j = todo[(size_t)i];
@@ -202,18 +218,19 @@ CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
           const Image crop = resize_cover_crop(img, j.b.width, j.b.height, fx, fy);
           std::vector<float> chw((size_t)3 * crop.width * crop.height);
           image_to_chw(crop, chw.data());
-          const int s = opt.pixels_stride;
-          std::vector<float> lat(chw.size());
-          pc.encode(chw.data(), crop.height, crop.width, lat.data());
-          Tensor t = Tensor::empty({pc.channels(), crop.height / s, crop.width / s}, DType::F16);
-          uint16_t* d = t.data<uint16_t>();
-          for (size_t k = 0; k < lat.size(); ++k) d[k] = f32_to_f16(lat[k]);
-          j.latent = std::move(t);
+          if (parallel_encode) encode(j, chw);
+          else chws[(size_t)i] = std::move(chw);
         } catch (const std::exception& ex) {
           j.error = ex.what();
         }
       }
     });
+    if (!parallel_encode)
+      for (size_t i = 0; i < todo.size(); ++i)
+        if (todo[i].error.empty()) {
+          encode(todo[i], chws[i]);
+          std::vector<float>().swap(chws[i]);
+        }
     for (Job& j : todo) {
       if (!j.error.empty()) {
         std::fprintf(stderr, "oboro: warning: %s (not cached)\n", j.error.c_str());

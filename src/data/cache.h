@@ -24,8 +24,9 @@ namespace oboro {
 struct CacheOptions {
   std::string out_dir;
   int stage = 2;
-  std::string codec = "pixels";
+  std::string codec = "pixels";   // pixels | flux-vae
   int pixels_stride = 1;
+  std::string vae;                // the FLUX.1 VAE file for flux-vae
   std::string text_encoder;       // T5 file/dir; empty → text cache skipped
   int max_tokens = 64;
   int64_t shard_bytes = 256ll << 20;
@@ -36,10 +37,11 @@ struct CacheOptions {
 struct CacheReport {
   int64_t images = 0, latents_written = 0, latents_present = 0, no_bucket = 0, failed = 0;
   int64_t texts_written = 0, texts_present = 0, shards = 0, other_shard = 0;
-  std::string text_note;
+  std::string text_note, codec_id;
 };
 
-std::string codec_identity(const std::string& codec, int pixels_stride);  // "pixels/stride=2/v1"
+// "pixels/stride=2/v1", or "flux-vae/<first 16 hex of the VAE file's sha256>/v1" (reads the file).
+std::string codec_identity(const std::string& codec, int pixels_stride, const std::string& vae = "");
 std::string latent_cache_key(const std::string& image_sha256, int bucket_w, int bucket_h, int cx, int cy, int cw, int ch,
                              const std::string& codec_id);
 std::string text_cache_key(const std::string& encoder_id, int max_tokens, const std::string& caption);

@@ -14,6 +14,7 @@
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "models/codec.h"
+#include "models/vae.h"
 #include "models/text_encoder.h"
 #include "models/tokenizer.h"
 #include "ops/backend.h"
@@ -379,7 +380,8 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
   // Another codec identity is another key: nothing is reused.
   co.pixels_stride = 1;
   EXPECT_EQ(build_cache(*m, co).latents_written, n_bucketed);
-  EXPECT_NE(error_of([] { codec_identity("flux-vae", 1); }).find("pixels"), std::string::npos);
+  EXPECT_NE(error_of([] { codec_identity("flux-vae", 1); }).find("--vae"), std::string::npos);
+  EXPECT_NE(error_of([] { codec_identity("sdxl-vae", 1); }).find("pixels or flux-vae"), std::string::npos);
 
   // Export → a model recording the export's digest → register → remove → audit.
   ExportOptions eo;
@@ -468,7 +470,7 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
   EXPECT_NE(r.out.find(fs::absolute(model).lexically_normal().string()), std::string::npos) << r.out;
 }
 
-TEST(Manifest, TextCacheWithAFrozenEncoder) {
+TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
   const fs::path root = fresh_dir("textcache");
   fs::create_directories(root / "d");
   for (int i = 0; i < 6; ++i) {
@@ -527,6 +529,40 @@ TEST(Manifest, TextCacheWithAFrozenEncoder) {
   r = build_cache(*m, co);
   EXPECT_EQ(r.texts_written, 1);
   EXPECT_EQ(r.latents_written, 0);
+
+  // flux-vae latents (a tiny random VAE with the real structure, stride 2): keyed by the VAE file's hash.
+  VaeConfig vc;
+  vc.ch = 32, vc.ch_mult = {1, 2}, vc.enc_blocks = 1, vc.dec_blocks = 1, vc.z_channels = 4;
+  {
+    Vae vae(vc, cpu_backend());
+    vae.init_random(3);
+    vae.save((root / "ae.safetensors").string());
+  }
+  CacheOptions vo;
+  vo.out_dir = co.out_dir;
+  vo.codec = "flux-vae";
+  vo.vae = (root / "ae.safetensors").string();
+  vo.progress = false;
+  r = build_cache(*m, vo);
+  EXPECT_EQ(r.latents_written, 6);
+  EXPECT_EQ(r.codec_id.rfind("flux-vae/", 0), 0u);
+  EXPECT_EQ(build_cache(*m, vo).latents_present, 6);
+  const auto vitems = reader.items(2, r.codec_id);
+  ASSERT_EQ(vitems.size(), 6u);
+  const auto vl = reader.latent(vitems[0].latent_key);
+  ASSERT_TRUE(vl);
+  EXPECT_EQ(vl->shape(), (Shape{4, 32, 32}));
+  const LatentCodec lc = LatentCodec::open("flux-vae", 1, vo.vae, cpu_backend(), "--vae");
+  std::vector<float> chw(3 * 64 * 64), want(4 * 32 * 32);
+  image_to_chw(load_image(vitems[0].path), chw.data());
+  lc.encode(chw.data(), 64, 64, want.data());
+  float maxd = 0, maxv = 0;
+  for (size_t k = 0; k < want.size(); ++k) {
+    maxd = std::max(maxd, std::fabs(vl->f32()[k] - want[k]));
+    maxv = std::max(maxv, std::fabs(want[k]));
+  }
+  EXPECT_LT(maxd, 2e-3f * std::max(1.f, maxv));  // f16 storage
+  EXPECT_NE(error_of([&] { CacheOptions b = vo; b.vae.clear(); build_cache(*m, b); }).find("--vae"), std::string::npos);
 }
 
 TEST(Manifest, CliContractAndErrors) {
@@ -556,7 +592,7 @@ TEST(Manifest, CliContractAndErrors) {
            {"data remove --manifest " + db + " --hash zz --reason x", "--hash"},
            {"data audit " + d.string() + "/a.png", "a.png"},
            {"data score --manifest " + db + " --scores " + d.string() + "/none.csv", "none.csv"},
-           {"data cache --manifest " + db + " --out " + d.string() + "/c --codec vae", "pixels"}}) {
+           {"data cache --manifest " + db + " --out " + d.string() + "/c --codec flux-vae", "--vae"}}) {
     r = run(args);
     EXPECT_NE(r.code, 0) << args;
     EXPECT_EQ(lines(r.err), 1) << args << "\n" << r.err;
