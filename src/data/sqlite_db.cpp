@@ -45,7 +45,13 @@ Db::Db(const std::string& path, bool create) : path_(path) {
   sqlite3_extended_result_codes(db_, 1);
   sqlite3_busy_timeout(db_, 600000);
   // A file that is not a database only shows up at the first read.
-  exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=FILE;");
+  try {
+    exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=FILE;");
+  } catch (...) {
+    sqlite3_close_v2(db_);  // the destructor does not run for a constructor that throws
+    db_ = nullptr;
+    throw;
+  }
 }
 
 Db::~Db() {

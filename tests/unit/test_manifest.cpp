@@ -473,9 +473,9 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
 TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
   const fs::path root = fresh_dir("textcache");
   fs::create_directories(root / "d");
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < 3; ++i) {
     save_png((root / "d" / str("t", i, ".png")).string(), synth::make_image(8, (uint64_t)i, 64, 64));
-    write_text(root / "d" / str("t", i, ".txt"), i < 4 ? "a red circle above a blue square\n" : str("a green triangle number ", i, "\n"));
+    write_text(root / "d" / str("t", i, ".txt"), i < 2 ? "a red circle above a blue square\n" : str("a green triangle number ", i, "\n"));
   }
   std::vector<std::string> corpus;
   for (const char* c : {"red", "green", "blue"})
@@ -500,15 +500,15 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
   co.max_tokens = 16;
   co.progress = false;
   CacheReport r = build_cache(*m, co);
-  EXPECT_EQ(r.latents_written, 6);
-  EXPECT_EQ(r.texts_written, 3);  // identical captions share one entry
+  EXPECT_EQ(r.latents_written, 3);
+  EXPECT_EQ(r.texts_written, 2);  // identical captions share one entry
   EXPECT_TRUE(r.text_note.empty());
   r = build_cache(*m, co);
   EXPECT_EQ(r.texts_written, 0);
-  EXPECT_EQ(r.texts_present, 6);
+  EXPECT_EQ(r.texts_present, 3);
   CacheReader reader(*m, co.out_dir);
   const auto items = reader.items(2, codec_identity("pixels", 1));
-  ASSERT_EQ(items.size(), 6u);
+  ASSERT_EQ(items.size(), 3u);
   auto te = TextEncoder::load(co.text_encoder, cpu_backend());
   for (const auto& it : items) {
     ASSERT_FALSE(it.text_key.empty());
@@ -538,17 +538,19 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
     vae.init_random(3);
     vae.save((root / "ae.safetensors").string());
   }
+  // (one active image is enough: the VAE is slow under the sanitizers)
+  for (size_t k = 1; k < items.size(); ++k) remove_image(*m, m->image_by_id(items[k].image_id)->sha256, "test");
   CacheOptions vo;
   vo.out_dir = co.out_dir;
   vo.codec = "flux-vae";
   vo.vae = (root / "ae.safetensors").string();
   vo.progress = false;
   r = build_cache(*m, vo);
-  EXPECT_EQ(r.latents_written, 6);
+  EXPECT_EQ(r.latents_written, 1);
   EXPECT_EQ(r.codec_id.rfind("flux-vae/", 0), 0u);
-  EXPECT_EQ(build_cache(*m, vo).latents_present, 6);
+  EXPECT_EQ(build_cache(*m, vo).latents_present, 1);
   const auto vitems = reader.items(2, r.codec_id);
-  ASSERT_EQ(vitems.size(), 6u);
+  ASSERT_EQ(vitems.size(), 1u);
   const auto vl = reader.latent(vitems[0].latent_key);
   ASSERT_TRUE(vl);
   EXPECT_EQ(vl->shape(), (Shape{4, 32, 32}));
