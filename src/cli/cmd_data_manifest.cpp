@@ -71,6 +71,9 @@ void register_ingest(CLI::App& data) {
                 (long long)r.unchanged,
                 r.other_shard ? (", " + std::to_string(r.other_shard) + " left to other shards").c_str() : "", r.seconds,
                 r.seconds > 0 ? done / r.seconds : 0.0);
+    std::printf("  time: %.1f s scanning (stat, sidecars, lookups), %.1f s reading/decoding/hashing/embedding, %.1f s "
+                "writing the manifest\n",
+                r.scan_seconds, r.decode_seconds, r.write_seconds);
     std::printf("  this run: %lld active; removed %lld corrupt, %lld without a licence, %lld licence not allowed (policy %s), "
                 "%lld content mismatch\n  manifest: %lld images, %lld active\n",
                 (long long)r.active, (long long)r.corrupt, (long long)r.no_licence, (long long)r.not_allowed,

@@ -16,10 +16,10 @@ namespace oboro {
 namespace {
 
 constexpr int kThumb = 32;
-// cos = 0.64·(0.49·cos(structure) + 0.51·cos(colour)) + 0.36·cos(edges). Chosen on generated images
-// (docs/data.md): the lowest similarity of a 5%-per-side crop stays well above 0.9 while distinct
-// images stay below it.
-constexpr double kStructureWeight = 0.7, kColourWeight = 0.71414284285, kDctWeight = 0.8, kHogWeight = 0.6;
+// Part weights (squared and normalised: 28% structure, 22% colour layout, 10% global colour, 40% edges).
+// Chosen on generated images and the shapes dataset (docs/data.md): every planted near-duplicate kind
+// stays above similarity 0.9 while distinct images stay well below it.
+constexpr double kStructureWeight = 0.5, kLayoutWeight = 0.45, kGlobalWeight = 0.3, kHogWeight = 0.6;
 
 // Orthonormal DCT-II basis rows k < K over n samples: b[k][x].
 struct DctBasis {
@@ -189,34 +189,38 @@ void DctColourExtractor::extract(const Image& img, float* out) const {
   B.apply(y.data(), cy);
   B.apply(cb.data(), ccb);
   B.apply(cr.data(), ccr);
+  // Each part is unit-normalised with a floor (in DCT units of a 32×32 [0,1] plane, whose DC is 32×
+  // its mean), so a part with almost no energy (a flat image's structure, a grey image's colour) stays
+  // small instead of becoming amplified noise, then weighted.
+  auto part = [](float* v, int len, double floor_, double weight) {
+    const double nv = std::max(norm2(v, len), floor_);
+    for (int k = 0; k < len; ++k) v[k] = (float)(weight * v[k] / nv);
+  };
   // Structure: Y AC coefficients, 8×8 without DC, weighted by sqrt(1 + u + v) (a partial whitening of
   // the 1/f spectrum of natural images, so the finer layout counts and not only the global gradient).
   float* s = out;
   for (int k = 1; k < 64; ++k) s[k - 1] = cy[k] * std::sqrt(1.f + (float)(k / 8 + k % 8));
-  // Colour: Y DC centred (DC of a constant-0.5 plane is 0.5·n), then Cb, Cr 4×4.
-  float* c = out + 63;
-  c[0] = cy[0] - 0.5f * n;
-  int m = 1;
+  part(s, 63, 0.5, kStructureWeight);
+  // Colour layout: the 4×4 lowest AC coefficients of Cb and Cr (where the colours are).
+  float* cl = out + 63;
+  int m = 0;
   for (int u = 0; u < 4; ++u)
-    for (int v = 0; v < 4; ++v) c[m++] = ccb[u * 8 + v];
-  for (int u = 0; u < 4; ++u)
-    for (int v = 0; v < 4; ++v) c[m++] = ccr[u * 8 + v];
-  // Floors (in DCT units of a 32×32 [0,1] plane; the DC of a full-range plane is 32): a nearly flat
-  // image keeps a small structure part instead of amplified noise, a grey one a small colour part.
-  const double ns = std::max(norm2(s, 63), 0.5), nc = std::max(norm2(c, 33), 1.0);
-  for (int k = 0; k < 63; ++k) s[k] = (float)(kStructureWeight * kDctWeight * s[k] / ns);
-  for (int k = 0; k < 33; ++k) c[k] = (float)(kColourWeight * kDctWeight * c[k] / nc);
+    for (int v = 0; v < 4; ++v)
+      if (u || v) cl[m++] = ccb[u * 8 + v], cl[m++] = ccr[u * 8 + v];
+  part(cl, 30, 0.3, kLayoutWeight);
+  // Global colour: the DCs (mean brightness centred on mid-grey, mean Cb, Cr).
+  float* cg = out + 93;
+  cg[0] = cy[0] - 0.5f * n, cg[1] = ccb[0], cg[2] = ccr[0];
+  part(cg, 3, 4.0, kGlobalWeight);
   // Edges: HOG, centred (its mean over cells and bins removed, so unrelated images are uncorrelated
-  // instead of all similar through the positive histogram), with a floor (a flat image has almost no
-  // gradient).
+  // instead of all similar through the positive histogram).
   float* h = out + 96;
   hog(y.data(), n, h);
   constexpr int H = kCells * kCells * kBins;
   double mu = 0;
   for (int k = 0; k < H; ++k) mu += h[k];
   for (int k = 0; k < H; ++k) h[k] -= (float)(mu / H);
-  const double nh = std::max(norm2(h, kCells * kCells * kBins), 0.05);
-  for (int k = 0; k < kCells * kCells * kBins; ++k) h[k] = (float)(kHogWeight * h[k] / nh);
+  part(h, H, 0.05, kHogWeight);
   const double t = norm2(out, kDim);
   for (int k = 0; k < kDim; ++k) out[k] = t > 0 ? (float)(out[k] / t) : 0.f;
 }

@@ -1,17 +1,16 @@
 // Image embeddings for deduplication, behind a pluggable extractor seam.
 //
 // The built-in extractor, `dct-colour`, needs no weights: the image is area-averaged to a 32×32
-// Y/Cb/Cr thumbnail (aspect ignored, as in pHash), then a 2-D DCT-II is taken of each plane.
-//   structure: the 63 lowest AC coefficients of Y (8×8 block without DC), coefficient (u, v)
-//              weighted by sqrt(1+u+v), unit-normalised with a floor (a flat image is not noise)
-//   colour:    the Y DC (centred on mid-grey) and the 4×4 lowest coefficients of Cb and Cr
-//              (a colour layout), unit-normalised with a floor (a grey image is not noise)
-//   edges:     histograms of oriented gradients of the Y thumbnail (4×4 cells × 8 orientations,
-//              bilinear in space and angle, so a slight crop moves weight between neighbours),
-//              centred (mean removed) and unit-normalised
-// The embedding is [0.8·(0.7·structure, 0.714·colour), 0.6·edges] L2-normalised (224 floats), so its
-// cosine similarity is about 0.31·cos(structure) + 0.33·cos(colour) + 0.36·cos(edges): images with
-// the same layout but another palette, the same palette but other content, or the same soft layout
+// Y/Cb/Cr thumbnail (aspect ignored, as in pHash) and described by four parts, each unit-normalised
+// with a floor (so a part with almost no energy stays small instead of becoming noise) and weighted:
+//   structure     the 63 lowest AC coefficients of Y (8×8 DCT without DC), (u, v) weighted by
+//                 sqrt(1+u+v)                                                        (weight² 28%)
+//   colour layout the 4×4 lowest AC coefficients of Cb and Cr (30)                    (22%)
+//   global colour the DCs: mean brightness centred on mid-grey, mean Cb, mean Cr (3)  (10%)
+//   edges         histograms of oriented gradients of Y, 4×4 cells × 8 orientations, bilinear in
+//                 space and angle (a slight crop moves weight between neighbours), centred (128) (40%)
+// 224 floats, L2-normalised: the cosine is the weighted mean of the parts' cosines, so images with
+// the same layout but another palette, the same palette but other content, or the same background
 // with other objects on it stay apart.
 //
 // A real image encoder (CLIP, DINOv2, SigLIP ...) plugs in by implementing FeatureExtractor and
@@ -48,7 +47,7 @@ class DctColourExtractor : public FeatureExtractor {
  public:
   static constexpr int kCells = 4, kBins = 8;
   static constexpr int kDim = 96 + kCells * kCells * kBins;  // 224
-  std::string id() const override { return "dct-colour-v2"; }
+  std::string id() const override { return "dct-colour-v3"; }
   int dim() const override { return kDim; }
   void extract(const Image& img, float* out) const override;
 };

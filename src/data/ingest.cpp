@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -87,9 +88,19 @@ std::string read_text(const fs::path& p, bool* ok) {
 }
 
 std::string read_bytes(const std::string& p, bool* ok) {
-  std::ifstream f(p, std::ios::binary);
-  *ok = (bool)f;
-  return std::string((std::istreambuf_iterator<char>(f)), {});
+  std::string out;
+  *ok = false;
+  FILE* f = std::fopen(p.c_str(), "rb");
+  if (!f) return out;
+  struct stat st;
+  if (::fstat(fileno(f), &st) == 0 && st.st_size > 0) out.resize((size_t)st.st_size);
+  size_t got = out.empty() ? 0 : std::fread(out.data(), 1, out.size(), f);
+  out.resize(got);
+  char buf[65536];  // anything beyond the size at open time (a file still being written)
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  *ok = !std::ferror(f);
+  std::fclose(f);
+  return out;
 }
 
 std::vector<std::string> nonempty_lines(const std::string& text) {
@@ -293,7 +304,10 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
 
   bool more = true;
   std::vector<Work> batch;
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   while (more) {
+    const auto t_scan = now();
     // 1. Collect a batch of this shard's changed candidates (stat + DB lookups, main thread).
     batch.clear();
     int64_t looked = 0;
@@ -343,6 +357,8 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
       batch.push_back(std::move(w));
     }
     // 2. Read, hash, decode and embed in parallel (no DB access).
+    const auto t_decode = now();
+    rep.scan_seconds += secs(t_scan, t_decode);
     parallel_for((int64_t)batch.size(), [&](int64_t b, int64_t e) {
       std::vector<float> feat((size_t)extractor->dim());
       for (int64_t i = b; i < e; ++i) {
@@ -421,6 +437,8 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
       }
     });
     // 3. Decide and write the batch in one transaction.
+    const auto t_write = now();
+    rep.decode_seconds += secs(t_decode, t_write);
     if (!batch.empty()) {
       const int64_t t = now_unix();
       sql::Transaction tx(db);
@@ -485,6 +503,7 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
       }
       tx.commit();
     }
+    rep.write_seconds += secs(t_write, now());
     prog.add(looked);
   }
   prog.finish();

@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS scores(
   PRIMARY KEY(image_id, name));
 CREATE TABLE IF NOT EXISTS features(
   image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  extractor TEXT NOT NULL,              -- extractor id, e.g. dct-colour-v2
+  extractor TEXT NOT NULL,              -- extractor id, e.g. dct-colour-v3
   vec BLOB NOT NULL,                    -- float16 little-endian, L2-normalised
   PRIMARY KEY(image_id, extractor));
 CREATE TABLE IF NOT EXISTS buckets(

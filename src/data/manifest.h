@@ -105,6 +105,7 @@ struct IngestReport {
   std::vector<std::string> no_licence_paths;   // first 20
   std::vector<std::string> not_allowed_paths;  // first 20, with the licence
   double seconds = 0;
+  double scan_seconds = 0, decode_seconds = 0, write_seconds = 0;  // wall time of the three phases
 };
 
 IngestReport ingest(Manifest& m, const IngestOptions& opt);

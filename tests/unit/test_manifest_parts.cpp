@@ -149,7 +149,7 @@ TEST(ManifestParts, EmbeddingsAreUnitAndSeparateDuplicatesFromDistinctImages) {
   EXPECT_TRUE(unpack_f16(packed.data(), packed.size(), ex.dim(), g.data()));
   for (int k = 0; k < ex.dim(); ++k) EXPECT_NEAR(g[(size_t)k], f[1][(size_t)k], 1e-3);
   EXPECT_FALSE(unpack_f16(packed.data(), packed.size() - 2, ex.dim(), g.data()));
-  EXPECT_EQ(make_extractor("dct-colour")->id(), "dct-colour-v2");
+  EXPECT_EQ(make_extractor("dct-colour")->id(), "dct-colour-v3");
   EXPECT_NE(error_of([] { make_extractor("clip"); }).find("dct-colour"), std::string::npos);
 }
 
