@@ -9,6 +9,7 @@
 #include "data/cache.h"
 #include "data/dedup.h"
 #include "data/manifest.h"
+#include "data/provenance.h"
 #include "data/quality.h"
 #include "data/synth.h"
 #include "io/image.h"
@@ -403,6 +404,13 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
     }
   }
   EXPECT_EQ(dataset_digest(digest_lines), er.digest);
+  {  // the digest the trainer records for a folder (data/provenance.h) is the export's
+    const LicenseManifest lm = LicenseManifest::load((root / "export" / "manifest.jsonl").string());
+    std::vector<const ProvenanceEntry*> used;
+    for (const auto& e : lm.entries()) used.push_back(&e);
+    EXPECT_EQ(summarize(used).digest, er.digest);
+    EXPECT_EQ((int64_t)summarize(used).images, er.images);
+  }
   EXPECT_NE(error_of([&] { export_dataset(*m, eo); }).find("--force"), std::string::npos);
   auto write_model = [&](const std::string& path, const std::string& digest) {
     SafetensorsWriter w;
