@@ -250,6 +250,24 @@ RegisterReport register_model(Manifest& m, const std::string& model, const std::
       while (a.step()) ids.push_back(a.i64(0));
     }
   }
+  // 4. The images cached for one stage and codec (a model trained with manifest + cache_dir).
+  if (rep.linked_by.empty()) {
+    std::vector<std::pair<int64_t, std::string>> sets;
+    sql::Stmt q(db, "SELECT DISTINCT stage, codec FROM image_cache ORDER BY stage, codec");
+    while (q.step()) sets.emplace_back(q.i64(0), q.text(1));
+    for (const auto& [stage, codec] : sets) {
+      const char* from = "FROM images i JOIN image_cache ic ON ic.image_id=i.id WHERE i.status='active' AND "
+                         "ic.stage=? AND ic.codec=?";
+      sql::Stmt s(db, str("SELECT i.sha256, i.license ", from, " ORDER BY i.sha256, i.license"));
+      s.bind(1, stage).bind(2, codec);
+      if (digest_of(s) != d.digest) continue;
+      rep.linked_by = str("cache stage ", stage, " ", codec);
+      sql::Stmt a(db, str("SELECT i.id ", from));
+      a.bind(1, stage).bind(2, codec);
+      while (a.step()) ids.push_back(a.i64(0));
+      break;
+    }
+  }
   if (rep.linked_by.empty())
     fail(model, ": its dataset digest ", d.digest, " matches no export recorded in ", m.path(),
          " nor its active set: pass --data <the training folder> (with its manifest.jsonl), or register it with the "

@@ -35,6 +35,11 @@ std::string latent_cache_key(const std::string& sha, int bw, int bh, int cx, int
   return sha256_hex(str("latent|", sha, "|", bw, "x", bh, "|", cx, ",", cy, ",", cw, ",", ch, "|", codec_id));
 }
 
+std::string text_encoder_identity(const std::string& path, int dim) {
+  const bool dir = fs::is_directory(path);
+  return "t5:" + (dir ? fs::absolute(path).string() : sha256_file(path).substr(0, 16)) + ":dim=" + std::to_string(dim);
+}
+
 std::string text_cache_key(const std::string& encoder_id, int max_tokens, const std::string& caption) {
   return sha256_hex(str("text|", encoder_id, "|", max_tokens, "|", caption));
 }
@@ -253,10 +258,7 @@ CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
     return rep;
   }
   std::unique_ptr<TextEncoder> te = TextEncoder::load(opt.text_encoder, cpu_backend());
-  const std::string te_file = fs::is_directory(opt.text_encoder) ? "" : opt.text_encoder;
-  const std::string enc_id = "t5:" + (te_file.empty() ? fs::absolute(opt.text_encoder).string()
-                                                      : sha256_file(te_file).substr(0, 16)) +
-                             ":dim=" + std::to_string(te->dim());
+  const std::string enc_id = text_encoder_identity(opt.text_encoder, te->dim());
   ShardWriter tw(m, opt.out_dir, "text-" + sanitise(enc_id.substr(0, 19)) + shard_tag, "text", {{"oboro.text_encoder", enc_id}},
                  opt.shard_bytes);
   sql::Stmt tlink(db, "UPDATE image_cache SET text_key=? WHERE image_id=? AND stage=? AND codec=?");

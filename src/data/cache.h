@@ -44,6 +44,8 @@ struct CacheReport {
 std::string codec_identity(const std::string& codec, int pixels_stride, const std::string& vae = "");
 std::string latent_cache_key(const std::string& image_sha256, int bucket_w, int bucket_h, int cx, int cy, int cw, int ch,
                              const std::string& codec_id);
+// "t5:<first 16 hex of the file's sha256>:dim=D" (a folder: its absolute path): what text entries are keyed by.
+std::string text_encoder_identity(const std::string& path, int dim);
 std::string text_cache_key(const std::string& encoder_id, int max_tokens, const std::string& caption);
 
 CacheReport build_cache(Manifest& m, const CacheOptions& opt);

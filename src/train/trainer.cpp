@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "data/cache.h"
 #include "data/dataset.h"
 #include "data/provenance.h"
 #include "flow/flow.h"
@@ -14,6 +15,7 @@
 #include "models/dit.h"
 #include "models/text_encoder.h"
 #include "train/optim.h"
+#include "train/cached_data.h"
 #include "train/plot.h"
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
@@ -95,6 +97,9 @@ TrainConfig TrainConfig::from_toml(const std::string& path) {
   get_num("max_token_length", c.max_token_length);
   get_str("train_data_dir", c.train_data_dir);
   get_str("dataset_config", c.dataset_config);
+  get_str("manifest", c.manifest);
+  get_str("cache_dir", c.cache_dir);
+  get_num("cache_stage", c.cache_stage);
   if (auto it = keys.find("license_allow"); it != keys.end()) {
     used.insert("license_allow");
     const toml::array* a = it->second->as_array();
@@ -146,7 +151,7 @@ TrainConfig TrainConfig::from_toml(const std::string& path) {
   // Paths relative to the config file.
   fs::path base = fs::path(path).parent_path();
   auto rel = [&](std::string& p) { if (!p.empty() && fs::path(p).is_relative()) p = (base / p).lexically_normal().string(); };
-  rel(c.train_data_dir); rel(c.dataset_config); rel(c.output_dir); rel(c.pretrained_model); rel(c.text_encoder);
+  rel(c.train_data_dir); rel(c.dataset_config); rel(c.manifest); rel(c.cache_dir); rel(c.output_dir); rel(c.pretrained_model); rel(c.text_encoder);
   rel(c.sample_prompts); rel(c.vae);
   return c;
 }
@@ -158,7 +163,8 @@ std::string TrainConfig::to_json() const {
             {"text_encoder", text_encoder}, {"train_text_encoder", train_text_encoder}, {"vocab_size", vocab_size},
             {"t5_d_model", t5_d_model}, {"t5_layers", t5_layers}, {"t5_heads", t5_heads}, {"t5_d_kv", t5_d_kv},
             {"t5_d_ff", t5_d_ff}, {"max_token_length", max_token_length}, {"train_data_dir", train_data_dir},
-            {"dataset_config", dataset_config}, {"width", width}, {"height", height},
+            {"dataset_config", dataset_config}, {"manifest", manifest}, {"cache_dir", cache_dir},
+            {"cache_stage", cache_stage}, {"width", width}, {"height", height},
             {"license_allow", license_allow}, {"require_license", require_license},
             {"train_batch_size", train_batch_size}, {"gradient_accumulation_steps", gradient_accumulation_steps},
             {"max_train_steps", max_train_steps}, {"learning_rate", learning_rate}, {"lr_scheduler", lr_scheduler},
@@ -215,6 +221,10 @@ struct Trainer {
   TrainConfig cfg;
   Backend& be = cpu_backend();
   Dataset data;
+  std::optional<CachedDataset> cached;   // set when training from `oboro data cache`
+  std::vector<CachedDataset::Batch> cached_batches;
+  std::string text_cache_id;              // frozen text encoder's cache identity ("" = encode live)
+  int64_t text_hits = 0, text_misses = 0;
   std::unique_ptr<TextEncoder> te;
   std::unique_ptr<DiT> dit;
   bool train_te = false;
@@ -251,8 +261,14 @@ struct Trainer {
     const int m = (cfg.codec == "flux-vae" ? 8 : cfg.pixels_stride) * cfg.patch_size;
     if (cfg.width % m || cfg.height % m)
       fail("resolution ", cfg.width, "x", cfg.height, " must be a multiple of the codec stride·patch_size = ", m);
-    if (cfg.train_data_dir.empty() == cfg.dataset_config.empty())
-      fail("set exactly one of train_data_dir (a folder of images + .txt captions) or dataset_config (a dataset TOML)");
+    const int sources = !cfg.train_data_dir.empty() + !cfg.dataset_config.empty() + !cfg.cache_dir.empty();
+    if (sources != 1)
+      fail("set exactly one of train_data_dir (a folder of images + .txt captions), dataset_config (a dataset TOML) "
+           "or cache_dir + manifest (latents from `oboro data cache`)");
+    if (cfg.cache_dir.empty() != cfg.manifest.empty())
+      fail("cache_dir and manifest go together: cache_dir = the --out of `oboro data cache`, manifest = its --manifest");
+    if (!cfg.cache_dir.empty() && cfg.cache_stage != 1 && cfg.cache_stage != 2)
+      fail("cache_stage must be 1 (256² crops) or 2 (~512² buckets), as in `oboro data bucket --stage`");
   }
 
   void setup_new() {
@@ -263,7 +279,7 @@ struct Trainer {
     } else {
       fs::create_directories(cfg.output_dir);
       std::string prefix = (fs::path(cfg.output_dir) / "tokenizer").string();
-      std::vector<std::string> lines = data.captions();
+      std::vector<std::string> lines = cached ? cached->captions() : data.captions();
       lines.erase(std::remove(lines.begin(), lines.end(), std::string()), lines.end());
       if (lines.empty()) fail("the dataset has no captions to train a vocabulary on: add .txt captions beside the images");
       std::fprintf(stderr, "training a %d-piece vocabulary on %zu captions\n", cfg.vocab_size, lines.size());
@@ -346,7 +362,7 @@ struct Trainer {
       if (!ema_te.empty()) add("t5.ema", ema_te);
     }
     json st = {{"step", step}, {"epoch", epoch}, {"index", index}, {"samples_seen", samples_seen},
-               {"loss_ema", loss_ema}, {"train_text_encoder", train_te}, {"skipped_images", data.skipped()},
+               {"loss_ema", loss_ema}, {"train_text_encoder", train_te}, {"skipped_images", skipped_images()},
                {"config", json::parse(cfg.to_json())}};
     wr.set_metadata("oboro.train_state", st.dump());
     wr.set_metadata("oboro.config", dit->config().to_json().dump());
@@ -449,7 +465,7 @@ struct Trainer {
                                              {"ss_optimizer", cfg.optimizer_type},
                                              {"ss_lr_scheduler", cfg.lr_scheduler},
                                              {"ss_seed", std::to_string(cfg.seed)},
-                                             {"ss_num_train_images", std::to_string(data.size())}};
+                                             {"ss_num_train_images", std::to_string(num_images())}};
     if (!dataset_provenance.empty()) md["oboro.dataset"] = dataset_provenance;
     dit->save(model_path(), md);
     if (!raw_dit.empty()) be.upload(dit->params(), raw_dit.data(), raw_dit.size());
@@ -499,6 +515,59 @@ struct Trainer {
 
   // ------------------------------------------------ the loop
 
+  size_t num_images() const { return cached ? cached->size() : data.size(); }
+  int64_t skipped_images() const { return cached ? 0 : (int64_t)data.skipped(); }
+
+  // Cache mode: the next batch of the epoch's bucketed batch list (state: epoch, index = batch number).
+  CachedDataset::Batch next_cached_batch() {
+    if (perm_epoch != epoch) {
+      cached_batches = cached->epoch_batches(epoch, cfg.train_batch_size, cfg.seed);
+      perm_epoch = epoch;
+    }
+    CachedDataset::Batch bt = cached_batches[(size_t)index];
+    if (++index >= (int64_t)cached_batches.size()) { index = 0; ++epoch; }
+    return bt;
+  }
+
+  // Text states for a cache batch: the frozen encoder's cached entries where present, the rest (e.g. dropped,
+  // empty captions) encoded now. A jointly trained T5 always encodes live.
+  TextBatch cached_text(const std::vector<std::string>& caps) {
+    if (text_cache_id.empty() || train_te) return te->encode(caps, train_te, cfg.max_token_length);
+    const int dim = te->dim(), B = (int)caps.size();
+    std::vector<std::vector<float>> rows(B);
+    std::vector<int> len(B, 0);
+    std::vector<std::string> missing;
+    std::vector<int> missing_at;
+    for (int b = 0; b < B; ++b) {
+      rows[b] = cached->text(text_cache_key(text_cache_id, cfg.max_token_length, caps[b]), dim, &len[b]);
+      if (len[b] == 0) missing.push_back(caps[b]), missing_at.push_back(b);
+    }
+    text_hits += B - (int64_t)missing.size();
+    text_misses += (int64_t)missing.size();
+    if (!missing.empty()) {
+      TextBatch live = te->encode(missing, false, cfg.max_token_length);
+      for (size_t k = 0; k < missing.size(); ++k) {
+        const int b = missing_at[k];
+        int n = 0;
+        while (n < live.L && live.mask[k * live.L + n] > 0) ++n;
+        len[b] = n;
+        rows[b].assign(live.hidden.begin() + (ptrdiff_t)(k * live.L * dim),
+                       live.hidden.begin() + (ptrdiff_t)((k * live.L + n) * dim));
+      }
+    }
+    TextBatch tb;
+    tb.B = B;
+    tb.dim = dim;
+    tb.L = std::max(1, *std::max_element(len.begin(), len.end()));
+    tb.hidden.assign((size_t)B * tb.L * dim, 0.f);
+    tb.mask.assign((size_t)B * tb.L, 0.f);
+    for (int b = 0; b < B; ++b) {
+      std::copy(rows[b].begin(), rows[b].end(), tb.hidden.begin() + (ptrdiff_t)((size_t)b * tb.L * dim));
+      std::fill(tb.mask.begin() + (ptrdiff_t)b * tb.L, tb.mask.begin() + (ptrdiff_t)b * tb.L + len[b], 1.f);
+    }
+    return tb;
+  }
+
   size_t next_entry() {
     if (perm_epoch != epoch) { perm = epoch_permutation(data.size(), cfg.seed, epoch); perm_epoch = epoch; }
     size_t e = perm[(size_t)index];
@@ -508,8 +577,8 @@ struct Trainer {
 
   TrainResult run(int64_t stop_after) {
     const int B = cfg.train_batch_size, W = cfg.width, H = cfg.height, s = codec.stride;
-    const int h = H / s, w = W / s;
-    const int64_t per = (int64_t)codec.channels() * h * w;
+    int h = H / s, w = W / s;  // per batch in cache mode (its bucket)
+    int64_t per = (int64_t)codec.channels() * h * w;
     const float sigma = dit->config().icfm_sigma;
     const TimestepSampling tsm = timestep_sampling_from_name(cfg.timestep_sampling);
     std::vector<float> img((size_t)3 * H * W), x1((size_t)B * per), xt(x1.size()), u(x1.size()), v(x1.size()),
@@ -528,9 +597,24 @@ struct Trainer {
       double loss_sum = 0;
       for (int micro = 0; micro < cfg.gradient_accumulation_steps; ++micro) {
         const StepRng rng{cfg.seed, (uint64_t)(step * cfg.gradient_accumulation_steps + micro)};
-        // Gather B images (skipping unreadable ones, which the dataset counts and reports).
+        // Gather B images (skipping unreadable ones, which the dataset counts and reports), or in cache
+        // mode B pre-encoded latents of one bucket.
         int b = 0;
         size_t misses = 0;
+        if (cached) {
+          const CachedDataset::Batch bt = next_cached_batch();
+          const CachedDataset::Bucket& bk = cached->buckets()[bt.bucket];
+          h = bk.height / s, w = bk.width / s;
+          per = (int64_t)codec.channels() * h * w;
+          for (auto* buf : {&x1, &xt, &u, &v, &dv}) buf->resize((size_t)B * per);
+          for (; b < B; ++b) {
+            const uint32_t i = bt.items[(size_t)b];
+            cached->latent(i, codec.channels(), s, x1.data() + (size_t)b * per);
+            caps[b] = cached->items()[i].caption;
+            if (uniform_at(cfg.seed, rng.stream(kSlotDropout), (uint64_t)b) < cfg.caption_dropout_rate) caps[b].clear();
+            files[b] = cached->items()[i].path;
+          }
+        }
         while (b < B) {
           size_t e = next_entry();
           uint64_t crop_seed = 1 + rng.stream(kSlotCrop) * 1000003ull + (uint64_t)b;
@@ -543,7 +627,7 @@ struct Trainer {
           files[b] = data.entries()[e].image_path;
           ++b;
         }
-        TextBatch txt = te->encode(caps, train_te, cfg.max_token_length);
+        TextBatch txt = cached ? cached_text(caps) : te->encode(caps, train_te, cfg.max_token_length);
         icfm_pair(x1.data(), B, per, sigma, tsm, rng, t.data(), xt.data(), u.data());
         dit->forward(v.data(), xt.data(), t.data(), txt.hidden.data(), txt.mask.data(), B, txt.L, h, w, true);
         const double loss = be.mse_forward(v.data(), u.data(), v.size());
@@ -588,7 +672,7 @@ struct Trainer {
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double sps = (double)B * cfg.gradient_accumulation_steps / dt;
       json rec = {{"step", step}, {"loss", loss}, {"loss_ema", loss_ema}, {"lr", lr}, {"grad_norm", gnorm},
-                  {"samples_per_s", sps}, {"epoch", epoch}, {"skipped_images", data.skipped()}};
+                  {"samples_per_s", sps}, {"epoch", epoch}, {"skipped_images", skipped_images()}};
       log << rec.dump() << "\n";
       log.flush();
       loss_history.emplace_back(step, loss);
@@ -674,13 +758,28 @@ TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64
   Trainer tr(cfg);
   tr.validate();
   tr.codec = LatentCodec::open(cfg.codec, cfg.pixels_stride, cfg.vae, tr.be, "vae =");
-  tr.data = Dataset::open(cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir);
-  std::fprintf(stderr, "dataset: %zu images (repeats included)\n", tr.data.size());
-  // Provenance before anything else runs: every image listed in its manifest.jsonl, unchanged,
-  // with an allowed licence (the files are hashed now).
   LicensePolicy policy;
   if (!cfg.license_allow.empty()) policy.allow = cfg.license_allow;
-  const ProvenanceCheck prov = check_provenance(tr.data.image_files(), policy, cfg.require_license);
+  ProvenanceCheck prov;
+  if (!cfg.cache_dir.empty()) {
+    // Pre-encoded latents: the manifest is the provenance (licences were checked at ingest; the training
+    // policy is applied again here).
+    tr.cached = CachedDataset::open(cfg.manifest, cfg.cache_dir, cfg.cache_stage,
+                                    codec_identity(cfg.codec, cfg.pixels_stride, cfg.vae));
+    std::string bk;
+    for (const auto& b : tr.cached->buckets()) bk += str(bk.empty() ? "" : ", ", b.width, "x", b.height, " ", b.items.size());
+    std::fprintf(stderr, "dataset: %zu cached stage-%d images from %s (buckets %s)\n", tr.cached->size(),
+                 cfg.cache_stage, cfg.cache_dir.c_str(), bk.c_str());
+    prov.has_manifest = true;
+    prov.summary = tr.cached->provenance(policy);
+    prov.manifests.push_back(cfg.manifest);
+  } else {
+    tr.data = Dataset::open(cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir);
+    std::fprintf(stderr, "dataset: %zu images (repeats included)\n", tr.data.size());
+    // Provenance before anything else runs: every image listed in its manifest.jsonl, unchanged,
+    // with an allowed licence (the files are hashed now).
+    prov = check_provenance(tr.data.image_files(), policy, cfg.require_license);
+  }
   if (prov.has_manifest) {
     std::string lic;
     for (const auto& [l, n] : prov.summary.licenses) lic += str(lic.empty() ? "" : ", ", l, " ", n);
@@ -698,7 +797,18 @@ TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64
   std::fprintf(stderr, "model: DiT %lld parameters%s, text encoder %zu parameters (%s)\n",
                (long long)tr.dit->config().param_count(), "", tr.te->t5().layout().total(),
                tr.train_te ? "trained jointly" : "frozen");
-  return tr.run(stop_after);
+  if (tr.cached && !tr.train_te && !cfg.text_encoder.empty())
+    tr.text_cache_id = text_encoder_identity(cfg.text_encoder, tr.te->dim());
+  TrainResult res = tr.run(stop_after);
+  res.text_cache_hits = tr.text_hits;
+  res.text_cache_misses = tr.text_misses;
+  if (tr.cached && !tr.text_cache_id.empty())
+    std::fprintf(stderr, "text cache: %lld captions read from the cache, %lld encoded now%s\n", (long long)tr.text_hits,
+                 (long long)tr.text_misses,
+                 tr.text_hits == 0 ? " (none cached for this text encoder and max_token_length: run `oboro data cache "
+                                     "--text-encoder ...` with --max-tokens equal to max_token_length)"
+                                   : "");
+  return res;
 }
 
 }  // namespace oboro

@@ -24,6 +24,9 @@ struct TrainConfig {
   int max_token_length = 64;
   // data
   std::string train_data_dir, dataset_config;
+  // or pre-encoded data from `oboro data cache` (train/cached_data.h): batches per bucket, each bucket's size
+  std::string manifest, cache_dir;
+  int cache_stage = 1;
   int width = 32, height = 32;           // `resolution`
   // provenance (data/provenance.h): with a manifest.jsonl beside the images, every image must be
   // listed with an allowed licence; require_license also refuses data without a manifest
@@ -61,6 +64,7 @@ struct TrainResult {
   int64_t steps = 0;
   double final_loss = 0;
   std::string model_path, text_encoder_path, state_path;
+  int64_t text_cache_hits = 0, text_cache_misses = 0;  // cache mode with a frozen text encoder
 };
 
 // Runs (or resumes from `resume_state`, a state file or "latest" = newest in output_dir/state).
