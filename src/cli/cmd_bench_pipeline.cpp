@@ -139,7 +139,7 @@ void run(const PipeOpts& o) {
   rq.seed = 1;
   GenerateStats st;
   st.max_dit_steps = run_steps;
-  generate(rq, !o.json, &st);
+  generate(rq, true, &st);  // the plan and progress go to stderr, the report (or JSON) to stdout
   if (!o.keep) fs::remove_all(dir);
 
   // Report: measured stages, and the 24-layer T5 / full-schedule DiT figures derived from them.
