@@ -54,9 +54,9 @@ static int next_index(const fs::path& dir) {
 void register_generate(CLI::App& app) {
   struct Opts {
     GenerateRequest rq;
-    std::string prompt_pos, image_size, size, output_dir, from_file, grid;
+    std::string prompt_pos, image_size, size, output_dir, from_file, grid, max_memory;
     int grid_columns = 0;
-    bool no_metadata = false, no_shift = false;
+    bool no_metadata = false, no_shift = false, memory_plan = false, no_memory_check = false;
     int threads = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -65,8 +65,38 @@ void register_generate(CLI::App& app) {
   c->add_option("--prompt,--prompts", o->rq.prompt, "the prompt (same as the positional argument)");
   c->add_option("--negative-prompt,--negative_prompt,-n", o->rq.negative_prompt, "negative prompt");
   c->add_option("--model,--model_path,-m", o->rq.model, "model file (.safetensors)");
-  c->add_option("--text-encoder", o->rq.text_encoder, "text encoder file (default: the one named by the model)");
-  c->add_option("--vae", o->rq.vae, "FLUX.1 VAE (ae.safetensors or diffusers layout) for flux-vae models");
+  c->add_option("--t5,--text-encoder", o->rq.text_encoder,
+                "T5 v1.1 text encoder: a .safetensors file, or an HF folder (sharded safetensors + index) with "
+                "spiece.model beside it or in ../tokenizer_2 (default: the one named by the model)");
+  c->add_option("--vae", o->rq.vae,
+                "FLUX.1 VAE (ae.safetensors or diffusers layout) for flux-vae models (default: DIR/vae/ae.safetensors)");
+  c->add_option("--models-dir", o->rq.models_dir,
+                "ComfyUI-style models folder: bare names given to --model/--t5/--vae/--hr-model are looked up in "
+                "DIR/diffusion_models, DIR/text_encoders, DIR/vae (default: $OBORO_MODELS_DIR)");
+  c->add_option("--init-img,--init_img,-i", o->rq.init_image,
+                "img2img: start from this image (resized to cover --size and centre-cropped; without --size its own "
+                "size, cropped to a multiple of 16)");
+  c->add_option("--strength,--denoising-strength,--denoising_strength", o->rq.strength,
+                "img2img: fraction of noise added to the init image (0 keeps it, 1 ignores it); steps*strength steps run")
+      ->capture_default_str();
+  c->add_option("--hr-scale,--hr_scale", o->rq.hr_scale, "refine pass (hires fix): upscale the first pass by this factor");
+  c->add_option("--hr-resize-x,--hr_resize_x", o->rq.hr_resize_x, "refine pass: target width (instead of --hr-scale)");
+  c->add_option("--hr-resize-y,--hr_resize_y", o->rq.hr_resize_y, "refine pass: target height (instead of --hr-scale)");
+  c->add_option("--hr-upscaler,--hr_upscaler", o->rq.hr_upscaler,
+                "refine pass upscaler: Latent (bilinear on latents), \"Latent (nearest)\", Lanczos or Nearest "
+                "(decoded pixels, then encoded again)")->capture_default_str();
+  c->add_option("--hr-steps,--hr_second_pass_steps", o->rq.hr_steps,
+                "refine pass steps before strength (0 = --steps); hr-steps*hr-strength steps run")->capture_default_str();
+  c->add_option("--hr-strength,--hr-denoising-strength", o->rq.hr_strength,
+                "refine pass: fraction of noise added to the upscaled first pass")->capture_default_str();
+  c->add_option("--hr-model,--hr-checkpoint", o->rq.hr_model,
+                "refine pass: a separate refiner DiT (same text encoder and codec); default the --model");
+  c->add_option("--max-memory", o->max_memory,
+                "memory budget, e.g. 6G (default: MemAvailable); the run is refused before loading when the plan exceeds it");
+  c->add_flag("--memory-plan,--dry-run", o->memory_plan, "print the memory plan and exit without loading the models");
+  c->add_flag("--no-memory-check", o->no_memory_check, "run even when the memory plan exceeds the budget");
+  c->add_flag("--vae-tiling", o->rq.vae_tiling, "always decode/encode in tiles (default: only above 3 GiB of activations)");
+  c->add_option("--vae-tile", o->rq.vae_tile, "VAE tile side in latent pixels (x8 image pixels)")->capture_default_str();
   c->add_option("--width,-W", o->rq.width, "width in pixels");
   c->add_option("--height,-H", o->rq.height, "height in pixels");
   c->add_option("--size", o->size, "WxH, e.g. 64x64");
@@ -93,6 +123,8 @@ void register_generate(CLI::App& app) {
       rq.prompt = o->prompt_pos;
     }
     rq.shift = !o->no_shift;
+    if (!o->max_memory.empty()) rq.max_memory = parse_bytes(o->max_memory, "--max-memory");
+    rq.check_memory = !o->no_memory_check;
     if (rq.model.empty()) {
       rq.model = default_model();
       std::fprintf(stderr, "model: %s (the bundled default; --model to choose another)\n", rq.model.c_str());
@@ -130,6 +162,14 @@ void register_generate(CLI::App& app) {
       if (rqs.empty()) fail(o->from_file, ": no prompts in the file (one per line)");
     } else {
       rqs.push_back(rq);
+    }
+    if (o->memory_plan) {
+      for (const auto& r : rqs) {
+        MemoryPlan plan = plan_generation(r);
+        std::printf("%s", plan.format().c_str());
+        if (!plan.fits()) std::printf("%s\n", plan.refusal().c_str());
+      }
+      return;
     }
     auto t0 = std::chrono::steady_clock::now();
     std::vector<GeneratedImage> images;

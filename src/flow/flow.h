@@ -30,4 +30,12 @@ void icfm_pair(const float* x1, int B, int64_t n, float sigma, TimestepSampling 
 std::vector<float> euler_timesteps(int steps, int n_tokens, bool shift);
 double resolution_shift(int n_tokens);  // k
 
+// img2img / refine (A1111 semantics): of a `steps`-step run, round(steps·strength) steps are run (at least 1
+// when strength > 0; 0 when strength is 0), starting at t = 1 − strength (strength = the noise fraction, so 1 is
+// pure noise = txt2img and 0 the clean image). Their unshifted s = 1 − t values are spaced evenly from
+// shift⁻¹(strength) down to 0 and then shifted like euler_timesteps, so strength 1 returns exactly
+// euler_timesteps(steps, ...). Returns img2img_steps + 1 values (just {1} when strength is 0).
+int img2img_steps(int steps, double strength);
+std::vector<float> euler_timesteps_from(int steps, int n_tokens, bool shift, double strength);
+
 }  // namespace oboro

@@ -1,6 +1,9 @@
-// Text → images with a trained model: load DiT + text encoder, CFG Euler sampling, decode, and the
-// A1111 infotext + request JSON for each image. Shared by `oboro generate` and (later) the server.
+// Text → images with a trained model: the staged pipeline (T5 → [VAE encode] → DiT → [refine] → VAE decode), each
+// component loaded for its stage and released after it, a memory plan checked before anything loads, img2img
+// and the refine ("hires fix") pass, and the A1111 infotext + request JSON of each image. Shared by
+// `oboro generate`, `oboro bench pipeline` and (later) the server.
 #pragma once
+#include "flow/memory_plan.h"
 #include "io/image.h"
 #include <cstdint>
 #include <string>
@@ -10,7 +13,7 @@ namespace oboro {
 
 struct GenerateRequest {
   std::string prompt, negative_prompt;
-  int width = 0, height = 0;         // 0 = the model's training resolution (modelspec.resolution) or 64
+  int width = 0, height = 0;         // 0 = the init image's size, else modelspec.resolution, else 64
   int steps = 30;
   float cfg_scale = 5.f;
   long long seed = -1;               // -1 = random
@@ -19,6 +22,29 @@ struct GenerateRequest {
   bool shift = true;
   std::string model, text_encoder;   // text_encoder "" = the model's `oboro.text_encoder` beside it
   std::string vae;                   // FLUX.1 VAE file, needed by models with the flux-vae codec
+  std::string models_dir;            // ComfyUI-style folder for bare names ("" = $OBORO_MODELS_DIR)
+
+  // img2img (A1111 "denoising_strength"): encode the init image, start at t = 1 − strength from
+  // x = t·latent + (1 − t)·noise and run round(steps·strength) steps.
+  std::string init_image;
+  float strength = 0.75f;
+
+  // Refine pass (A1111 "hires fix"): upscale the first pass (latent or decoded pixels) by hr_scale or to
+  // hr_resize_x × hr_resize_y, re-noise to hr_strength and denoise at that size (hr_steps, 0 = steps), with
+  // hr_model ("" = the same model) — the SDXL base + refiner idea.
+  float hr_scale = 0.f;
+  int hr_resize_x = 0, hr_resize_y = 0;
+  std::string hr_upscaler = "Latent";  // Latent | Latent (nearest) | Lanczos | Nearest
+  int hr_steps = 0;
+  float hr_strength = 0.7f;
+  std::string hr_model;
+  bool hires() const { return hr_scale > 0.f || hr_resize_x > 0 || hr_resize_y > 0; }
+
+  // Memory: refuse before loading when the plan's peak exceeds max_memory (0 = MemAvailable).
+  size_t max_memory = 0;
+  bool check_memory = true;
+  bool vae_tiling = false;           // always tile VAE passes (default: only when a pass would need > 3 GiB)
+  int vae_tile = 64;                 // VAE tile side in latent pixels
 };
 
 struct GeneratedImage {
@@ -27,6 +53,22 @@ struct GeneratedImage {
   std::string infotext, request_json;
 };
 
-std::vector<GeneratedImage> generate(const GenerateRequest& req, bool progress = true);
+// Measurements of one run, stage by stage (seconds, peak resident set during the stage, DiT step times).
+struct StageStats {
+  std::string name;
+  double seconds = 0;
+  size_t peak_rss = 0;          // VmHWM, reset at the stage start
+  size_t rss_after = 0;         // VmRSS after the stage released what it loaded
+  std::vector<double> step_seconds;
+};
+struct GenerateStats {
+  MemoryPlan plan;
+  std::vector<StageStats> stages;
+  int max_dit_steps = 0;        // in: > 0 runs only this many steps per DiT pass (benchmarks)
+};
+
+// The plan of a request (paths resolved, nothing loaded): what `--memory-plan` prints.
+MemoryPlan plan_generation(const GenerateRequest& req);
+std::vector<GeneratedImage> generate(const GenerateRequest& req, bool progress = true, GenerateStats* stats = nullptr);
 
 }  // namespace oboro

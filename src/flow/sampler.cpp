@@ -6,7 +6,7 @@
 
 namespace oboro {
 
-void initial_noise(uint64_t seed, int64_t n, float* out) { fill_normal(out, n, seed, 0, 0); }
+void initial_noise(uint64_t seed, int64_t n, float* out, uint64_t stream) { fill_normal(out, n, seed, stream, 0); }
 
 TextBatch concat_text(const TextBatch& a, const TextBatch& b) {
   if (a.dim != b.dim) fail("internal error: text batches of different widths");
@@ -37,15 +37,23 @@ std::vector<float> sample_euler(DiT& dit, const TextBatch& cond, const TextBatch
     fail("the text encoder outputs width ", cond.dim, " but the model expects text_dim ", cfg.text_dim,
          ": use the text encoder the model was trained with");
   const int64_t per = (int64_t)cfg.latent_channels * h * w;
+  const int n_tokens = (h / cfg.patch_size) * (w / cfg.patch_size);
+  const std::vector<float> ts = opt.init ? euler_timesteps_from(opt.steps, n_tokens, opt.shift, opt.strength)
+                                         : euler_timesteps(opt.steps, n_tokens, opt.shift);
+  const int steps = (int)ts.size() - 1;
   std::vector<float> x((size_t)n * per);
-  for (int i = 0; i < n; ++i) initial_noise(seeds[i], per, x.data() + (size_t)i * per);
+  for (int i = 0; i < n; ++i) initial_noise(seeds[i], per, x.data() + (size_t)i * per, opt.noise_stream);
+  if (opt.init) {  // x_t = t·x1 + (1 − t)·x0 (spec §6) at the first timestep
+    const float t0 = ts[0];
+    for (size_t k = 0; k < x.size(); ++k) x[k] = t0 * opt.init[k] + (1.f - t0) * x[k];
+  }
+  if (steps == 0) return x;
 
   const TextBatch txt = guided ? concat_text(cond, uncond) : cond;
   const int B = txt.B;
-  const int n_tokens = (h / cfg.patch_size) * (w / cfg.patch_size);
-  const std::vector<float> ts = euler_timesteps(opt.steps, n_tokens, opt.shift);
+  const int run = opt.max_steps > 0 ? std::min(opt.max_steps, steps) : steps;
   std::vector<float> xin((size_t)B * per), v((size_t)B * per), tb(B);
-  for (int s = 0; s < opt.steps; ++s) {
+  for (int s = 0; s < run; ++s) {
     std::copy(x.begin(), x.end(), xin.begin());
     if (guided) std::copy(x.begin(), x.end(), xin.begin() + (size_t)n * per);
     std::fill(tb.begin(), tb.end(), ts[s]);
@@ -60,7 +68,7 @@ std::vector<float> sample_euler(DiT& dit, const TextBatch& cond, const TextBatch
         xi[k] += dt * vel;
       }
     }
-    if (opt.on_step) opt.on_step(s + 1, opt.steps, x);
+    if (opt.on_step) opt.on_step(s + 1, steps, x);
   }
   return x;
 }

@@ -13,12 +13,18 @@ struct SamplerOptions {
   int steps = 30;
   float cfg_scale = 5.f;
   bool shift = true;
+  // img2img / refine: clean latents (n, C, h, w) to start from. The run starts at t = 1 − strength from
+  // x = t·init + (1 − t)·noise and runs img2img_steps(steps, strength) steps (flow.h). null = txt2img.
+  const float* init = nullptr;
+  float strength = 1.f;
+  uint64_t noise_stream = 0;  // Philox stream of the starting noise (0: the txt2img noise of the seed)
+  int max_steps = 0;          // > 0: stop after this many steps (benchmarks time a prefix of the schedule)
   // Called after each step with (step, total, current latents of the batch).
   std::function<void(int, int, const std::vector<float>&)> on_step;
 };
 
-// Initial noise of one image: N(0, I) of n values from Philox(seed, stream 0), drawn on the CPU.
-void initial_noise(uint64_t seed, int64_t n, float* out);
+// Initial noise of one image: N(0, I) of n values from Philox(seed, stream), drawn on the CPU.
+void initial_noise(uint64_t seed, int64_t n, float* out, uint64_t stream = 0);
 
 // cond / uncond: n rows each (uncond ignored when cfg_scale == 1). Returns latents (n, C, h, w).
 std::vector<float> sample_euler(DiT& dit, const TextBatch& cond, const TextBatch& uncond, int h, int w,

@@ -460,10 +460,18 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
 
 Tensor SafetensorsFile::tensor_f32(const std::string& name) const {
   Tensor v = tensor(name);
-  if (v.dtype() != DType::F32) return v.to_f32();
   const uintptr_t p = reinterpret_cast<uintptr_t>(v.raw()), b = reinterpret_cast<uintptr_t>(base_);
   const bool borrowed = p >= b && p <= b + size_;
-  return borrowed ? v.clone() : v;
+  Tensor out = v.dtype() != DType::F32 ? v.to_f32() : borrowed ? v.clone() : v;
+  // The copy is owned: drop the mapped pages it was read from, so that loading a model does not keep the file's
+  // pages in the resident set next to the loaded weights (the mapping is read-only and private: the pages are
+  // simply read again from the file if anything touches them later).
+  if (borrowed && map_ && v.nbytes()) {
+    const uintptr_t page = (uintptr_t)::sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = (p + page - 1) / page * page, hi = (p + v.nbytes()) / page * page;
+    if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  }
+  return out;
 }
 
 // ============================================================================================

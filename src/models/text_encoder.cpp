@@ -13,18 +13,27 @@ TextEncoder::TextEncoder(Tokenizer tok, std::unique_ptr<T5Encoder> t5) : tok_(st
          " rows: they do not belong together");
 }
 
-std::unique_ptr<TextEncoder> TextEncoder::load(const std::string& path, Backend& be) {
+Tokenizer TextEncoder::load_tokenizer(const std::string& path) {
   namespace fs = std::filesystem;
-  auto t5 = T5Encoder::load(path, be);
   TensorSource src = TensorSource::open(path);
   auto it = src.metadata().find("oboro.tokenizer");
-  if (it != src.metadata().end()) return std::make_unique<TextEncoder>(Tokenizer::from_serialized(base64_decode(it->second)), std::move(t5));
+  if (it != src.metadata().end()) return Tokenizer::from_serialized(base64_decode(it->second));
+  // HF layouts: spiece.model beside the weights, or in the tokenizer folder next to the text-encoder folder
+  // (FLUX.1 repositories: text_encoder_2/ + tokenizer_2/).
   fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  fs::path sp = dir / "spiece.model";
-  if (!fs::exists(sp))
-    fail(path, ": no tokenizer: the file has no 'oboro.tokenizer' metadata and there is no spiece.model beside it "
-               "(put the T5 spiece.model in ", dir.string(), ")");
-  return std::make_unique<TextEncoder>(Tokenizer::load(sp.string()), std::move(t5));
+  std::vector<fs::path> tried{dir / "spiece.model", dir.parent_path() / "tokenizer_2" / "spiece.model",
+                              dir.parent_path() / "tokenizer" / "spiece.model"};
+  for (const auto& sp : tried)
+    if (fs::exists(sp)) return Tokenizer::load(sp.string());
+  std::string list;
+  for (const auto& sp : tried) list += "\n  " + sp.string();
+  fail(path, ": no tokenizer: the file has no 'oboro.tokenizer' metadata and no spiece.model was found; looked in:",
+       list, "\nput the T5 spiece.model beside the weights (", dir.string(), ")");
+}
+
+std::unique_ptr<TextEncoder> TextEncoder::load(const std::string& path, Backend& be) {
+  Tokenizer tok = load_tokenizer(path);  // first: a missing tokenizer fails before gigabytes are read
+  return std::make_unique<TextEncoder>(std::move(tok), T5Encoder::load(path, be));
 }
 
 void TextEncoder::save(const std::string& path) const {

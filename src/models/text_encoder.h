@@ -21,6 +21,9 @@ class TextEncoder {
  public:
   TextEncoder(Tokenizer tok, std::unique_ptr<T5Encoder> t5);
   static std::unique_ptr<TextEncoder> load(const std::string& path, Backend& be);
+  // The tokenizer alone (cheap): the file's `oboro.tokenizer` metadata, or spiece.model beside it or in a sibling
+  // tokenizer_2/ or tokenizer/ folder (HF / FLUX.1 layouts).
+  static Tokenizer load_tokenizer(const std::string& path);
   void save(const std::string& path) const;  // T5 weights + tokenizer in metadata
 
   // Encode prompts (each tokenised with </s>, padded to the longest, at most max_len tokens).
