@@ -172,9 +172,13 @@ void stage_jsonl(Manifest& m, const std::string& root) {
       }
       if (!j.is_object() || !j.contains("file") || !j["file"].is_string())
         fail(path, ":", lineno, ": each line needs \"file\" (the image path relative to ", root, ")");
-      for (const char* k : {"sha256", "source", "original", "license", "attribution"})
+      for (const char* k : {"sha256", "source", "license", "attribution"})
         if (j.contains(k) && !j[k].is_string() && !j[k].is_null())
           fail(path, ":", lineno, ": \"", k, "\" must be a string");
+      // "original": the file inside a package (a string), or the generator's parameters (an object), as
+      // scripts/get-data writes for DiceBear avatars (data/provenance.h reads it the same way).
+      if (j.contains("original") && !j["original"].is_string() && !j["original"].is_object() && !j["original"].is_null())
+        fail(path, ":", lineno, ": \"original\" must be a string (the source file) or an object (generator parameters)");
       if (j.contains("captions") && !j["captions"].is_array())
         fail(path, ":", lineno, ": \"captions\" must be an array of strings");
       std::string file = fs::path(j["file"].get<std::string>()).lexically_normal().generic_string();
@@ -391,7 +395,7 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
           const json j = json::parse(w.jsonl_record);
           auto s = [&](const char* k) { return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string(); };
           w.source = s("source");
-          w.original = s("original");
+          w.original = j.contains("original") && j["original"].is_object() ? j["original"].dump() : s("original");
           w.attribution = s("attribution");
           w.license = s("license");
           if (!w.license.empty()) w.license_from = "manifest.jsonl";

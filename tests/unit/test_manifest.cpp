@@ -98,7 +98,7 @@ fs::path make_folder(const std::string& name) {
   write_text(d / "b.png.license", "SPDX-FileCopyrightText: Jane Doe\nSPDX-License-Identifier: CC-BY-4.0\n");
   write_text(d / "d.license", "CC-BY-NC-4.0\nSomeone\n");
   const std::string a_sha = sha256_file((d / "a.png").string());
-  nlohmann::json ra = {{"file", "a.png"}, {"sha256", a_sha}, {"source", "test"}, {"original", "http://x/a"},
+  nlohmann::json ra = {{"file", "a.png"}, {"sha256", a_sha}, {"source", "test"}, {"original", {{"style", "x"}, {"seed", "a"}}},  // generator parameters, as get-data writes
                        {"license", "CC0-1.0"}, {"attribution", "A. Author"}, {"captions", {"a red thing", "jsonl caption"}}};
   nlohmann::json rf = {{"file", "sub/f.jpg"}, {"sha256", std::string(64, '0')}, {"license", "MIT"}};
   write_text(d / "manifest.jsonl", ra.dump() + "\n\n" + rf.dump() + "\n");
@@ -156,7 +156,7 @@ TEST(Manifest, IngestLicencesCorruptMismatchAndResume) {
   EXPECT_EQ(s.text(3), "manifest.jsonl");
   EXPECT_EQ(s.text(4), "A. Author");
   EXPECT_EQ(s.text(5), "test");
-  EXPECT_EQ(s.text(6), "http://x/a");
+  EXPECT_EQ(s.text(6), R"({"seed":"a","style":"x"})");
   EXPECT_EQ(s.i64(7), 40);
   EXPECT_EQ(s.i64(8), 32);
   EXPECT_EQ(s.text(9), sha256_file((d / "a.png").string()));
