@@ -67,6 +67,8 @@ void register_generate(CLI::App& app) {
   c->add_option("--model,--model_path,-m", o->rq.model, "model file (.safetensors)");
   c->add_option("--text-encoder", o->rq.text_encoder, "text encoder file (default: the one named by the model)");
   c->add_option("--vae", o->rq.vae, "FLUX.1 VAE (ae.safetensors or diffusers layout) for flux-vae models");
+  c->add_option("--type", o->rq.dit_type, "DiT weight format: f32, bf16, f16, f8, q8_0 (default: as the file stores it)");
+  c->add_option("--te-type", o->rq.te_type, "text-encoder weight format: f32, bf16, f16, f8, q8_0 (default: as stored)");
   c->add_option("--width,-W", o->rq.width, "width in pixels");
   c->add_option("--height,-H", o->rq.height, "height in pixels");
   c->add_option("--size", o->size, "WxH, e.g. 64x64");

@@ -24,7 +24,11 @@ std::vector<GeneratedImage> generate(const GenerateRequest& rq, bool progress) {
   if (rq.steps < 1 || rq.steps > 1000) fail("--steps must be between 1 and 1000, got ", rq.steps);
   if (rq.batch_size < 1 || rq.n_iter < 1) fail("--batch-size and --n-iter must be at least 1");
   Backend& be = cpu_backend();
-  auto dit = DiT::load(rq.model, be);
+  auto wtype = [](const std::string& s, const char* opt) -> std::optional<WFormat> {
+    if (s.empty()) return std::nullopt;
+    return parse_wformat(s, opt);
+  };
+  auto dit = DiT::load(rq.model, be, wtype(rq.dit_type, "--type"));
   const DiTConfig& cfg = dit->config();
   const LatentCodec codec =
       LatentCodec::open(cfg.codec, codec_stride(cfg.codec, cfg.latent_channels), rq.vae, be, "--vae");
@@ -39,7 +43,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& rq, bool progress) {
       fail(rq.model, ": the model names no text encoder (metadata 'oboro.text_encoder'): pass --text-encoder");
     te_path = (fs::path(rq.model).parent_path() / it->second).string();
   }
-  auto te = TextEncoder::load(te_path, be);
+  auto te = TextEncoder::load(te_path, be, wtype(rq.te_type, "--te-type"));
   int W = rq.width, H = rq.height;
   if (W <= 0 || H <= 0) {
     W = H = 64;

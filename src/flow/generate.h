@@ -19,6 +19,7 @@ struct GenerateRequest {
   bool shift = true;
   std::string model, text_encoder;   // text_encoder "" = the model's `oboro.text_encoder` beside it
   std::string vae;                   // FLUX.1 VAE file, needed by models with the flux-vae codec
+  std::string dit_type, te_type;     // weight formats to load the DiT / text encoder in ("" = as stored; formats.md)
 };
 
 struct GeneratedImage {

@@ -13,9 +13,9 @@ TextEncoder::TextEncoder(Tokenizer tok, std::unique_ptr<T5Encoder> t5) : tok_(st
          " rows: they do not belong together");
 }
 
-std::unique_ptr<TextEncoder> TextEncoder::load(const std::string& path, Backend& be) {
+std::unique_ptr<TextEncoder> TextEncoder::load(const std::string& path, Backend& be, std::optional<WFormat> type) {
   namespace fs = std::filesystem;
-  auto t5 = T5Encoder::load(path, be);
+  auto t5 = T5Encoder::load(path, be, type);
   TensorSource src = TensorSource::open(path);
   auto it = src.metadata().find("oboro.tokenizer");
   if (it != src.metadata().end()) return std::make_unique<TextEncoder>(Tokenizer::from_serialized(base64_decode(it->second)), std::move(t5));

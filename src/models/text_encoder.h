@@ -20,7 +20,9 @@ struct TextBatch {
 class TextEncoder {
  public:
   TextEncoder(Tokenizer tok, std::unique_ptr<T5Encoder> t5);
-  static std::unique_ptr<TextEncoder> load(const std::string& path, Backend& be);
+  // `type`: storage of the T5's Linear weights (docs/formats.md); unset = as the file records.
+  static std::unique_ptr<TextEncoder> load(const std::string& path, Backend& be,
+                                           std::optional<WFormat> type = std::nullopt);
   void save(const std::string& path) const;  // T5 weights + tokenizer in metadata
 
   // Encode prompts (each tokenised with </s>, padded to the longest, at most max_len tokens).
