@@ -20,7 +20,7 @@ struct Opts {
   std::string preset = "small", schedule = "mmh", types = "bf16,f16,f8,q8_0";
   int text_dim = 4096, height = 416, width = 736, batch = 2, text_len = 64, repeats = 3, threads = 0;
   int latent_channels = 16, latent_stride = 8;
-  bool no_gemm = false, no_quality = false, json = false, portable = false;
+  bool no_gemm = false, no_quality = false, json = false, portable = false, no_time = false, weights_only = false;
 };
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
@@ -82,12 +82,16 @@ void run(const Opts& o) {
     model.init_random_all(1);
     std::printf("  DiT forward, random weights (init_random_all seed 1), %lld parameters:\n",
                 (long long)cfg.param_count());
-    auto res = dit_format_quality(model, fmts, B, L, h, w, 1, true);
+    auto res = dit_format_quality(model, fmts, B, L, h, w, 1, !o.no_time, o.weights_only);
     for (const auto& r : res) {
-      std::printf("    %-5s rel err %.3e  max abs %.3e  forward %.3f s  weights %.1f MiB\n", wformat_name(r.fmt),
-                  r.rel_err, r.max_abs_err, r.seconds, r.weight_bytes / 1048576.0);
+      std::printf("    %-5s rel err %.3e  max abs %.3e", wformat_name(r.fmt), r.rel_err, r.max_abs_err);
+      if (r.rel_err_weights_only >= 0) std::printf("  (weights alone %.3e)", r.rel_err_weights_only);
+      if (!o.no_time) std::printf("  forward %.3f s", r.seconds);
+      std::printf("  weights %.1f MiB\n", r.weight_bytes / 1048576.0);
       j["quality"][wformat_name(r.fmt)] = {{"rel_err", r.rel_err}, {"max_abs_err", r.max_abs_err},
-                                           {"forward_seconds", r.seconds}, {"weight_bytes", r.weight_bytes}};
+                                           {"rel_err_weights_only", r.rel_err_weights_only},
+                                           {"forward_seconds", o.no_time ? -1.0 : r.seconds},
+                                           {"weight_bytes", r.weight_bytes}};
     }
   }
   if (o.json) std::printf("%s\n", j.dump(2).c_str());
@@ -113,6 +117,8 @@ void register_bench_formats(CLI::App& app) {
   c->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
   c->add_flag("--no-gemm", o->no_gemm, "skip the kernel GFLOP/s part");
   c->add_flag("--no-quality", o->no_quality, "skip the DiT velocity error part");
+  c->add_flag("--no-time", o->no_time, "one forward per format, untimed (no warm-up forward)");
+  c->add_flag("--weights-only", o->weights_only, "also run the dequantised weights in F32 (error of the weights alone)");
   c->add_flag("--portable", o->portable, "use the portable (non-AVX-512) kernels");
   c->add_flag("--json", o->json, "also print JSON");
   c->callback([o] { run(*o); });

@@ -7,7 +7,7 @@
 namespace oboro {
 
 std::vector<FormatQuality> dit_format_quality(DiT& ref, const std::vector<WFormat>& fmts, int B, int L, int h, int w,
-                                              uint64_t seed, bool time_it) {
+                                              uint64_t seed, bool time_it, bool weights_only) {
   if (ref.weight_format() != WFormat::F32) fail("the quality guard needs the F32 model as its reference");
   const DiTConfig& cfg = ref.config();
   std::vector<float> x((size_t)B * cfg.latent_channels * h * w), t(B), txt((size_t)B * L * cfg.text_dim),
@@ -22,6 +22,16 @@ std::vector<FormatQuality> dit_format_quality(DiT& ref, const std::vector<WForma
     m.forward(out.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, false);
     return now() - t0;
   };
+  auto rel = [&](const std::vector<float>& a, double* max_abs) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      const double d = (double)a[i] - v0[i];
+      num += d * d;
+      den += (double)v0[i] * v0[i];
+      if (max_abs) *max_abs = std::max(*max_abs, std::fabs(d));
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  };
   std::vector<FormatQuality> res;
   FormatQuality f32;
   f32.seconds = run(ref, v0);
@@ -34,14 +44,13 @@ std::vector<FormatQuality> dit_format_quality(DiT& ref, const std::vector<WForma
     q.fmt = f;
     q.weight_bytes = m->weight_bytes();
     q.seconds = run(*m, v);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < v.size(); ++i) {
-      const double d = (double)v[i] - v0[i];
-      num += d * d;
-      den += (double)v0[i] * v0[i];
-      q.max_abs_err = std::max(q.max_abs_err, std::fabs(d));
+    q.rel_err = rel(v, &q.max_abs_err);
+    if (weights_only) {
+      auto deq = m->converted(WFormat::F32);
+      m.reset();
+      deq->forward(v.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, false);
+      q.rel_err_weights_only = rel(v, nullptr);
     }
-    q.rel_err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
     res.push_back(q);
   }
   return res;
