@@ -189,6 +189,34 @@ TEST(Formats, InKernelConversionExactForEveryCode) {
   }
 }
 
+// Activations are rounded to BF16 to nearest, ties to even, inside the kernels (AVX-512: vcvtne2ps2bf16): with a
+// weight of exactly 1, y = bf16(x) for ties, values just above/below a tie, K odd and even (the zero pad).
+TEST(Formats, ActivationRoundingToBf16IsNearestEven) {
+  const uint32_t bits[] = {0x3f808000u, 0x3f818000u, 0x3f808001u, 0x3f807fffu, 0xbf818000u, 0x4049ffffu,
+                           0x7f7fffffu /* rounds up to inf */, 0x00000000u, 0x80000000u, 0x3f800000u};
+  const int M = (int)(sizeof(bits) / sizeof(bits[0]));
+  for (bool portable : {false, true}) {
+    if (!portable && !cpu::qgemm_avx512_available()) continue;
+    Portable guard(portable);
+    for (WFormat f : {WFormat::BF16}) {  // f8 shares the activation path (its scale would add a rounding)
+      for (int K : {1, 2, 33}) {
+        Vec x((size_t)M * K, 0.f);
+        for (int m = 0; m < M; ++m) std::memcpy(&x[(size_t)m * K + (K - 1)], &bits[m], 4);  // last column
+        std::vector<float> wf((size_t)K, 0.f);
+        wf[K - 1] = 1.f;
+        QuantizedWeight q = quantize_weight(wf.data(), 1, K, f);
+        Vec y = run_kernel(q.view(), x, nullptr, M, K, 1);
+        for (int m = 0; m < M; ++m) {
+          float xv;
+          std::memcpy(&xv, &bits[m], 4);
+          EXPECT_EQ(y[m], bf16_to_f32(f32_to_bf16(xv)))
+              << wformat_name(f) << (portable ? " portable" : " avx512") << " K=" << K << " x bits " << std::hex << bits[m];
+        }
+      }
+    }
+  }
+}
+
 TEST(Formats, ThreadCountIndependent) {
   const int M = 300, K = 96, N = 70;
   Vec w = randn((size_t)N * K, 8, 0.2f), x = randn((size_t)M * K, 9), b = randn(N, 10);

@@ -11,7 +11,11 @@
 #include "op_test_util.h"
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <sys/wait.h>
+#include <cstdlib>
+#include <deque>
 #include <filesystem>
+#include <fstream>
 
 namespace oboro {
 namespace {
@@ -178,6 +182,58 @@ TEST(FormatModels, T5ConvertLoadAndError) {
     EXPECT_NE(msg.find("multiple of 32"), std::string::npos) << msg;
     EXPECT_NE(msg.find("SelfAttention.k.weight"), std::string::npos) << msg;
   }
+}
+
+// An HF-style T5 checkpoint (no oboro metadata, decoder tensors, `encoder.embed_tokens.weight` only, BF16):
+// convert infers and records the config, drops the decoder, renames the embedding, keeps it F32.
+TEST(FormatModels, T5HuggingFaceStyleConvert) {
+  T5Encoder ref(t5_cfg(), cpu_backend());
+  ref.init_weights(6);
+  auto host = download_params(ref.layout(), ref.params(), cpu_backend());
+  std::deque<Tensor> keep;
+  SafetensorsWriter wr;
+  for (auto& [n, t] : host) {
+    Tensor b = Tensor::empty(t.shape(), DType::BF16);
+    convert_from_f32(t.f32(), DType::BF16, (size_t)t.numel(), b.raw());
+    keep.push_back(b);
+    wr.add(n == "shared.weight" ? "encoder.embed_tokens.weight" : n, keep.back());
+  }
+  keep.push_back(Tensor::from_f32({1.f, 2.f, 3.f, 4.f}, {2, 2}));
+  wr.add("decoder.block.0.layer.0.SelfAttention.q.weight", keep.back());
+  const std::string in = tmp("hf_t5.safetensors"), out = tmp("hf_t5_q8.safetensors");
+  wr.write(in);
+  ConvertStats st = convert_weights(in, out, WFormat::Q8_0);
+  EXPECT_EQ(st.kind, "t5");
+  auto file = SafetensorsFile::open(out);
+  EXPECT_TRUE(file->has("shared.weight"));
+  EXPECT_FALSE(file->has("encoder.embed_tokens.weight"));
+  EXPECT_FALSE(file->has("decoder.block.0.layer.0.SelfAttention.q.weight"));
+  EXPECT_EQ(file->info("shared.weight").dtype, DType::F32);
+  EXPECT_TRUE(file->metadata().count("oboro.t5_config"));
+  auto m = T5Encoder::load(out, cpu_backend());
+  EXPECT_EQ(m->weight_format(), WFormat::Q8_0);
+  EXPECT_LT(test::rel_err(t5_forward(*m), t5_forward(ref)), 3e-2);
+}
+
+TEST(FormatModels, CliConvertErrors) {
+  auto run = [](const std::string& args, std::string* err) {
+    const std::string e = tmp("cli_err.txt");
+    int st = std::system((std::string(OBORO_BINARY) + " " + args + " >/dev/null 2>" + e).c_str());
+    std::ifstream f(e);
+    *err = std::string(std::istreambuf_iterator<char>(f), {});
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  };
+  std::string err;
+  EXPECT_NE(run("convert --type q4_k a.safetensors b.safetensors", &err), 0);
+  EXPECT_NE(err.find("valid types are f32, bf16, f16, f8, q8_0"), std::string::npos) << err;
+  EXPECT_NE(run("convert a.safetensors b.safetensors", &err), 0);
+  EXPECT_NE(err.find("--type"), std::string::npos) << err;
+  DiT d(tiny_dit(), cpu_backend());
+  d.init_random_all(1);
+  const std::string in = tmp("cli_dit.safetensors"), out = tmp("cli_dit_q8.safetensors");
+  d.save(in);
+  EXPECT_EQ(run("convert --type q8_0 " + in + " " + out, &err), 0) << err;
+  EXPECT_EQ(DiT::load(out, cpu_backend())->weight_format(), WFormat::Q8_0);
 }
 
 TEST(FormatModels, NotAModelFile) {
