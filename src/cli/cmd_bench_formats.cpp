@@ -10,6 +10,7 @@
 #include "ops/cpu/qgemm_cpu.h"
 #include <nlohmann/json.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -61,6 +62,8 @@ void run(const Opts& o) {
       fill_normal(wf.data(), (int64_t)wf.size(), 1, 0, 0, 0.f, 0.03f);
       fill_normal(x.data(), (int64_t)x.size(), 2);
       std::printf("  %-22s M=%d N=%d K=%d:", s.name, s.M, s.N, s.K);
+      std::vector<float> y32;
+      std::string errs;
       for (WFormat f : all) {
         QuantizedWeight q = quantize_weight(wf.data(), s.N, s.K, f);
         const WeightView v = f == WFormat::F32 ? f32_view(wf.data(), s.N, s.K) : q.view();
@@ -72,9 +75,18 @@ void run(const Opts& o) {
         }
         const double gf = 2.0 * s.M * s.N * s.K / best / 1e9;
         std::printf("  %s %.1f", wformat_name(f), gf);
-        j["gemm"][s.name][wformat_name(f)] = {{"M", s.M}, {"N", s.N}, {"K", s.K}, {"seconds", best}, {"gflops", gf}};
+        double num = 0, den = 0;  // this Linear's output error vs F32 (random x ~ N(0,1), W ~ N(0, 0.03²))
+        if (f == WFormat::F32) y32 = y;
+        for (size_t i = 0; i < y.size(); ++i) {
+          num += ((double)y[i] - y32[i]) * ((double)y[i] - y32[i]);
+          den += (double)y32[i] * y32[i];
+        }
+        const double e = std::sqrt(num / den);
+        if (f != WFormat::F32) errs += str("  ", wformat_name(f), " ", e);
+        j["gemm"][s.name][wformat_name(f)] = {{"M", s.M}, {"N", s.N}, {"K", s.K}, {"seconds", best}, {"gflops", gf},
+                                              {"rel_err_vs_f32", e}};
       }
-      std::printf(" GFLOP/s\n");
+      std::printf(" GFLOP/s\n  %-22s rel err vs f32:%s\n", "", errs.c_str());
     }
   }
   if (!o.no_quality) {
