@@ -24,7 +24,7 @@ namespace oboro::cpu {
 namespace {
 
 constexpr int NR = 32;    // output columns per panel (2 × 16 lanes)
-constexpr int MC = 240;   // activation rows per task (a multiple of every micro-kernel height)
+constexpr int MC = 240;   // most activation rows per task (a multiple of every micro-kernel height)
 constexpr int MR_F = 12;  // micro-kernel rows, float accumulating kernels (bf16, f8, f16)
 constexpr int MR_Q = 6;   // micro-kernel rows, q8_0
 
@@ -423,25 +423,40 @@ void linear_w(float* y, const float* x, const WeightView& w, const float* b, int
   thread_local Acts caller_acts;  // the calling thread's buffers, reused across calls
   const Acts& A = caller_acts;     // a named reference: the workers must read the caller's buffers, not their own
   prepare(w, x, M, K, fast, caller_acts);
-  const int n_panels = (N + NR - 1) / NR, m_chunks = (M + MC - 1) / MC;
+  // Blocking: a task = (group of G panels, chunk of mc rows). The chunk's activations (≤ ~384 KiB) stay in L2
+  // while the G panels (packed once per thread and group) sweep over them, so the activations are streamed from
+  // L3 once per group instead of once per panel. Any blocking gives the same results (every output element is one
+  // micro-kernel call over the whole K).
+  const size_t row_bytes = w.fmt == WFormat::Q8_0 ? (size_t)K + (size_t)K / kQ8Block * 4
+                           : w.fmt == WFormat::F16 ? (size_t)K * 4 : (size_t)(K + 1) / 2 * 4;
+  const int mc = (int)std::clamp<size_t>((384u << 10) / row_bytes / 12 * 12, 12, MC);
+  const int n_panels = (N + NR - 1) / NR, m_chunks = (M + mc - 1) / mc;
+  const int G = std::clamp(n_panels / (4 * num_threads()), 1, 8);
+  const int n_groups = (n_panels + G - 1) / G;
   const uint64_t call = ++g_call;
-  parallel_for((int64_t)n_panels * m_chunks, [&](int64_t t0, int64_t t1) {
-    thread_local Panel P;
+  parallel_for((int64_t)n_groups * m_chunks, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<Panel> panels;
+    if ((int)panels.size() < G) panels.resize(G);
     for (int64_t t = t0; t < t1; ++t) {
-      const int n0 = (int)(t / m_chunks) * NR, m0 = (int)(t % m_chunks) * MC, m1 = std::min(M, m0 + MC);
-      if (P.call != call || P.n0 != n0) {
-        if (fast) pack_fast(w, n0, P);
-        else pack_portable(w, n0, P);
-        P.call = call;
-        P.n0 = n0;
-      }
+      const int g = (int)(t / m_chunks), m0 = (int)(t % m_chunks) * mc, m1 = std::min(M, m0 + mc);
+      for (int p = 0; p < G; ++p) {
+        const int n0 = (g * G + p) * NR;
+        if (n0 >= N) break;
+        Panel& P = panels[p];
+        if (P.call != call || P.n0 != n0) {
+          if (fast) pack_fast(w, n0, P);
+          else pack_portable(w, n0, P);
+          P.call = call;
+          P.n0 = n0;
+        }
 #if OBORO_QGEMM_X86
-      if (fast) {
-        compute_fast(w, A, x, P, alpha, b, y, m0, m1, n0, K, N);
-        continue;
-      }
+        if (fast) {
+          compute_fast(w, A, x, P, alpha, b, y, m0, m1, n0, K, N);
+          continue;
+        }
 #endif
-      compute_portable(w, A, x, P, alpha, b, y, m0, m1, n0, K, N);
+        compute_portable(w, A, x, P, alpha, b, y, m0, m1, n0, K, N);
+      }
     }
   }, 1);
 }
