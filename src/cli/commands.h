@@ -6,6 +6,7 @@ namespace oboro::cli {
 void register_info(CLI::App& app);   // oboro info FILE [--json]
 void register_debug(CLI::App& app);  // oboro debug dit|dit-grad ...
 void register_bench(CLI::App& app);  // oboro bench dit ...
+void register_bench_formats(CLI::App& app);  // oboro bench formats (cmd_bench_formats.cpp; after bench)
 void register_init(CLI::App& app);   // oboro init --preset tiny -o FILE
 void register_data(CLI::App& app);   // oboro data vocab|shapes ...      (cmd_data.cpp)
 void register_data_shapes(CLI::App& data_group);  // oboro data shapes ... (cmd_data_shapes.cpp)

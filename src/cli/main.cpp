@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   oboro::cli::register_info(app);
   oboro::cli::register_debug(app);
   oboro::cli::register_bench(app);
+  oboro::cli::register_bench_formats(app);
   oboro::cli::register_vae_commands(app);
   oboro::cli::register_bench_pipeline(app);
   oboro::cli::register_init(app);

@@ -56,6 +56,12 @@ std::string meta(const TensorSource& src, const char* key) {
   return it == src.metadata().end() ? "" : it->second;
 }
 
+// --type / --te-type: "" = as the file stores it.
+std::optional<WFormat> weight_format(const std::string& s, const char* opt) {
+  if (s.empty()) return std::nullopt;
+  return parse_wformat(s, opt);
+}
+
 Prepared prepare(const GenerateRequest& in) {
   Prepared p;
   p.rq = in;
@@ -182,7 +188,8 @@ Prepared prepare(const GenerateRequest& in) {
 
   // The plan.
   MemoryPlan& pl = p.plan;
-  const WeightInfo te = t5_weight_info(p.te_path), dit = dit_weight_info(rq.model);
+  const WeightInfo te = t5_weight_info(p.te_path, weight_format(rq.te_type, "--te-type")),
+                   dit = dit_weight_info(rq.model, weight_format(rq.dit_type, "--type"));
   const T5Config tc = t5_config_of(p.te_path);
   WeightInfo vae;
   VaeConfig vc;
@@ -190,7 +197,7 @@ Prepared prepare(const GenerateRequest& in) {
   if (has_vae) { vae = vae_weight_info(rq.vae); vc = vae_config_of(rq.vae); }
   pl.weights = {te, dit};
   WeightInfo hr;
-  if (p.hires && !p.same_hr_model) { hr = dit_weight_info(p.hr_model); hr.component = "refine DiT"; pl.weights.push_back(hr); }
+  if (p.hires && !p.same_hr_model) { hr = dit_weight_info(p.hr_model, weight_format(rq.dit_type, "--type")); hr.component = "refine DiT"; pl.weights.push_back(hr); }
   if (has_vae) pl.weights.push_back(vae);
   const int n = rq.batch_size, guided = rq.cfg_scale != 1.f, B = n * (guided ? 2 : 1);
   const int L = std::max(p.Lc, p.Lu);
@@ -306,7 +313,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
   clock.begin("text encoder");
   TextBatch cond, uncond;
   {
-    auto te = TextEncoder::load(p.te_path, be);
+    auto te = TextEncoder::load(p.te_path, be, weight_format(rq.te_type, "--te-type"));
     if (te->dim() != cfg.text_dim)
       fail(p.te_path, ": the text encoder outputs width ", te->dim(), " but the model ", rq.model, " expects text_dim ",
            cfg.text_dim, ": use the text encoder the model was trained with");
@@ -366,7 +373,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
 
   // 3. The first pass.
   clock.begin("DiT");
-  std::unique_ptr<DiT> dit = DiT::load(rq.model, be);
+  std::unique_ptr<DiT> dit = DiT::load(rq.model, be, weight_format(rq.dit_type, "--type"));
   std::vector<float> init_all;
   if (!rep_init.empty())
     for (int it = 0; it < rq.n_iter; ++it) init_all.insert(init_all.end(), rep_init.begin(), rep_init.end());
@@ -396,7 +403,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
       clock.end();
     }
     clock.begin("refine DiT");
-    if (!dit) dit = DiT::load(p.hr_model, be);
+    if (!dit) dit = DiT::load(p.hr_model, be, weight_format(rq.dit_type, "--type"));
     lat = run_dit(*dit, p.h2, p.w2, rq.hr_steps > 0 ? rq.hr_steps : rq.steps, up.data(), rq.hr_strength, 1, "refine ");
     dit.reset();
     clock.end();

@@ -1,6 +1,7 @@
 #include "flow/memory_plan.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "models/dit.h"
 #include <malloc.h>
 #include <algorithm>
 #include <cmath>
@@ -26,8 +27,11 @@ struct Acc {
     w.load_copy_bytes = std::max(w.load_copy_bytes, (ti.end - ti.begin) + (size_t)shape_numel(ti.shape) * sizeof(float));
     dtypes.insert(dtype_name(ti.dtype));
   }
+  size_t quantized_floats = 0;  // of the layout's floats: held in `fmt` instead of F32
+  WFormat fmt = WFormat::F32;
   WeightInfo done(size_t layout_floats) {
-    w.resident_bytes = layout_floats * sizeof(float);
+    w.resident_bytes = (layout_floats - quantized_floats) * sizeof(float) +
+                       (size_t)((double)quantized_floats * wformat_bytes_per_weight(fmt));
     for (const auto& d : dtypes) w.dtypes += (w.dtypes.empty() ? "" : "+") + d;
     return w;
   }
@@ -118,11 +122,15 @@ VaeConfig vae_config_of(const std::string& path) {
   return VaeConfig::infer(vae_names(src).shapes, src.path());
 }
 
-WeightInfo t5_weight_info(const std::string& path) {
+WeightInfo t5_weight_info(const std::string& path, std::optional<WFormat> fmt) {
   TensorSource src = TensorSource::open(path);
   const T5Config cfg = t5_config_from(src);
   const ParamLayout layout = t5_param_layout(cfg);
   Acc a;
+  a.fmt = fmt ? *fmt : file_weight_format(src);
+  if (a.fmt != WFormat::F32)
+    for (const auto& v : layout.views())
+      if (t5_quantizable(v.name)) a.quantized_floats += (size_t)shape_numel(v.shape);
   a.w.component = "T5 v1.1 encoder";
   a.w.path = src.path();
   for (const auto& v : layout.views()) {
@@ -133,10 +141,14 @@ WeightInfo t5_weight_info(const std::string& path) {
   return a.done(layout.total());
 }
 
-WeightInfo dit_weight_info(const std::string& path) {
+WeightInfo dit_weight_info(const std::string& path, std::optional<WFormat> fmt) {
   TensorSource src = TensorSource::open(path);
   const ParamLayout layout = dit_param_layout(dit_config_from(src));
   Acc a;
+  a.fmt = fmt ? *fmt : file_weight_format(src);
+  if (a.fmt != WFormat::F32)
+    for (const auto& v : layout.views())
+      if (dit_quantizable(v.name)) a.quantized_floats += (size_t)shape_numel(v.shape);
   a.w.component = "DiT";
   a.w.path = src.path();
   for (const auto& v : layout.views())
@@ -215,7 +227,7 @@ std::string fmt_bytes(size_t b) {
 }
 
 std::string MemoryPlan::format() const {
-  std::string o = "memory plan (" + shape + "; weights held as F32, each component loaded for its stage and "
+  std::string o = "memory plan (" + shape + "; Linear weights held in the --type/--te-type format (else as stored), the rest as F32; each component loaded for its stage and "
                   "released after it):\n";
   char line[512];
   for (const auto& w : weights) {
@@ -259,10 +271,10 @@ std::string MemoryPlan::refusal() const {
     fix = "tile the VAE (--vae-tiling, smaller --vae-tile) or generate fewer pixels (--size)";
   else if (s && s->component == "DiT")
     fix = "generate fewer pixels (--size, a smaller --hr-scale) or fewer images per batch (--batch-size 1), or store "
-          "the DiT in a smaller weight type (--type, with the low-precision formats)";
+          "the DiT in a smaller weight format (--type bf16 halves it, --type q8_0 about a quarter; see docs/formats.md)";
   else
-    fix = "store the T5 in a smaller weight type (--type, with the low-precision formats: BF16 halves it) or use a "
-          "machine with more memory; only this stage holds the T5 (it is released before the DiT loads)";
+    fix = "hold the T5 in a smaller weight format (--te-type bf16 halves it, --te-type q8_0 about a quarter; or convert "
+          "it once with `oboro convert --type q8_0`) or use a machine with more memory; only this stage holds the T5 (it is released before the DiT loads)";
   m += str(". Fix: ", fix, "; or raise the budget with --max-memory SIZE if more memory is really free "
                           "(--memory-plan prints the whole plan, --no-memory-check skips this check)");
   return m;

@@ -6,6 +6,8 @@
 #include "models/dit_config.h"
 #include "models/t5.h"
 #include "models/vae.h"
+#include "ops/weights.h"
+#include <optional>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -23,8 +25,10 @@ struct WeightInfo {
   size_t load_copy_bytes = 0;  // transient while loading: the largest tensor's mapped pages + its F32 copy
   std::string dtypes;        // stored dtypes, e.g. "BF16" or "F32+F16"
 };
-WeightInfo t5_weight_info(const std::string& path);   // file, sharded index or HF folder; decoder/lm_head ignored
-WeightInfo dit_weight_info(const std::string& path);  // config from `oboro.config`
+// `fmt`: the format the quantisable Linear weights will be held in (--type / --te-type); unset = as the file
+// records it (`oboro.weight_format`, else F32). Everything else is held as F32.
+WeightInfo t5_weight_info(const std::string& path, std::optional<WFormat> fmt = std::nullopt);   // file, sharded index or HF folder; decoder/lm_head ignored
+WeightInfo dit_weight_info(const std::string& path, std::optional<WFormat> fmt = std::nullopt);  // config from `oboro.config`
 WeightInfo vae_weight_info(const std::string& path);  // ae.safetensors or diffusers names
 DiTConfig dit_config_of(const std::string& path);
 T5Config t5_config_of(const std::string& path);

@@ -88,7 +88,10 @@ static std::vector<DiT::Layer> bind_layers(const ParamLayout& L, float* base, in
   std::vector<DiT::Layer> out(n);
   for (int i = 0; i < n; ++i) {
     std::string p = "layers." + std::to_string(i) + ".";
-    auto g = [&](const char* s) { return base + L.at(p + s).offset; };
+    auto g = [&](const char* s) -> float* {  // null for a tensor stored outside the flat buffer (quantised)
+      const ParamView* v = L.find(p + s);
+      return v ? base + v->offset : nullptr;
+    };
     out[i] = {g("attention.qkv.weight"),      g("attention.q_norm.weight"), g("attention.q_norm.bias"),
               g("attention.k_norm.weight"),   g("attention.k_norm.bias"),   g("attention.out.weight"),
               g("feed_forward.w1.weight"),    g("feed_forward.w2.weight"),  g("feed_forward.w3.weight"),
@@ -98,11 +101,72 @@ static std::vector<DiT::Layer> bind_layers(const ParamLayout& L, float* base, in
   return out;
 }
 
-DiT::DiT(const DiTConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {
+bool dit_quantizable(const std::string& n) {
+  if (n.rfind("layers.", 0) != 0) return false;
+  for (const char* s : {".attention.qkv.weight", ".attention.out.weight", ".feed_forward.w1.weight",
+                        ".feed_forward.w2.weight", ".feed_forward.w3.weight", ".adaLN_modulation.1.weight"}) {
+    const size_t k = std::strlen(s);
+    if (n.size() > k && n.compare(n.size() - k, k, s) == 0) return true;
+  }
+  return false;
+}
+
+DiT::DiT(const DiTConfig& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be), wfmt_(weights) {
   cfg_.validate("model config");
-  layout_ = dit_param_layout(cfg_);
+  full_layout_ = dit_param_layout(cfg_);
+  if (wfmt_ == WFormat::F32) {
+    layout_ = full_layout_;
+  } else {
+    for (const auto& v : full_layout_.views())
+      if (!dit_quantizable(v.name)) layout_.add(v.name, v.shape);
+  }
   params_ = be_.alloc(layout_.total());
   layers_ = bind_layers(layout_, params_, cfg_.layers());
+  bind_linear_views();
+}
+
+void DiT::bind_linear_views() {
+  lv_.assign(cfg_.layers(), {});
+  for (int i = 0; i < cfg_.layers(); ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    auto view = [&](const char* s) -> WeightView {
+      const std::string n = p + s;
+      const ParamView& fv = full_layout_.at(n);
+      if (const ParamView* v = layout_.find(n)) return f32_view(params_ + v->offset, (int)fv.shape[0], (int)fv.shape[1]);
+      auto it = qw_.find(n);
+      return it == qw_.end() ? WeightView{} : it->second.view();  // empty until the weight is set
+    };
+    lv_[i] = {view("attention.qkv.weight"),   view("attention.out.weight"),   view("feed_forward.w1.weight"),
+              view("feed_forward.w2.weight"), view("feed_forward.w3.weight"), view("adaLN_modulation.1.weight")};
+  }
+}
+
+void DiT::require_f32(const char* what) const {
+  if (wfmt_ != WFormat::F32)
+    fail("this DiT holds ", wformat_name(wfmt_), " weights (inference only): ", what,
+         " needs F32 master weights — load the model with --type f32 (or train from the F32 model file)");
+}
+
+size_t DiT::weight_bytes() const {
+  size_t b = layout_.total() * sizeof(float);
+  for (const auto& [n, q] : qw_) b += q.bytes();
+  return b;
+}
+
+std::unique_ptr<DiT> DiT::converted(WFormat fmt) const {
+  auto m = std::make_unique<DiT>(cfg_, be_, fmt);
+  std::vector<float> host;
+  for (const auto& v : full_layout_.views()) {
+    host.resize(v.numel());
+    if (const ParamView* mine = layout_.find(v.name)) be_.download(host.data(), params_ + mine->offset, v.numel());
+    else dequantize_weight(qw_.at(v.name).view(), host.data());
+    if (const ParamView* theirs = m->layout_.find(v.name))
+      be_.upload(m->params_ + theirs->offset, host.data(), v.numel());
+    else
+      m->qw_[v.name] = quantize_weight(host.data(), (int)v.shape[0], (int)v.shape[1], fmt, v.name);
+  }
+  m->bind_linear_views();
+  return m;
 }
 
 DiT::~DiT() {
@@ -113,6 +177,7 @@ DiT::~DiT() {
 }
 
 float* DiT::grads() {
+  require_f32("training");
   if (!grads_) {
     grads_ = be_.alloc(layout_.total());
     dlayers_ = bind_layers(layout_, grads_, cfg_.layers());
@@ -122,7 +187,7 @@ float* DiT::grads() {
 
 void DiT::zero_grads() { be_.zero(grads(), layout_.total()); }
 
-std::unique_ptr<DiT> DiT::load(const std::string& path, Backend& be) {
+std::unique_ptr<DiT> DiT::load(const std::string& path, Backend& be, std::optional<WFormat> type) {
   TensorSource src = TensorSource::open(path);
   auto it = src.metadata().find("oboro.config");
   if (it == src.metadata().end())
@@ -134,12 +199,27 @@ std::unique_ptr<DiT> DiT::load(const std::string& path, Backend& be) {
   } catch (const std::exception& e) {
     fail(path, ": 'oboro.config' metadata is not valid JSON: ", e.what());
   }
-  auto model = std::make_unique<DiT>(DiTConfig::from_json(j, path), be);
-  load_params(model->layout_, model->params_, be, src, "the oboro DiT");
+  const WFormat fmt = type ? *type : file_weight_format(src);
+  auto model = std::make_unique<DiT>(DiTConfig::from_json(j, path), be, fmt);
+  const ParamLayout& full = model->full_layout_;
+  load_params(model->layout_, model->params_, be, src, "the oboro DiT",
+              [&](const std::string& n) { return full.find(n) != nullptr; });
+  if (fmt != WFormat::F32)
+    for (const auto& v : full.views())
+      if (!model->layout_.find(v.name)) {
+        if (!src.has(v.name))
+          fail(path, ": tensor ", v.name, " is missing (the oboro DiT expects shape ", shape_str(v.shape),
+               ") — the file is incomplete or its config does not match its tensors");
+        model->qw_[v.name] = load_weight(src, v.name, v.shape, fmt, "the oboro DiT");
+      }
+  model->bind_linear_views();
   return model;
 }
 
 void DiT::save(const std::string& path, const std::map<std::string, std::string>& extra) const {
+  if (wfmt_ != WFormat::F32)
+    fail("saving a DiT loaded as ", wformat_name(wfmt_), " is not supported: write low-precision files with "
+         "`oboro convert --type ", wformat_name(wfmt_), " IN OUT` from the F32 model file");
   auto host = download_params(layout_, params_, be_);
   SafetensorsWriter wr;
   for (auto& [n, t] : host) wr.add(n, t);
@@ -155,6 +235,7 @@ static bool is_zero_init(const std::string& n) {
 }
 
 void DiT::init_weights(uint64_t seed) {
+  require_f32("initialisation");
   std::vector<float> host;
   uint64_t stream = 0;
   for (const auto& v : layout_.views()) {
@@ -176,6 +257,7 @@ void DiT::init_weights(uint64_t seed) {
 }
 
 void DiT::init_random_all(uint64_t seed) {
+  require_f32("initialisation");
   std::vector<float> host;
   uint64_t stream = 0;
   for (const auto& v : layout_.views()) {
@@ -300,25 +382,28 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
   for (int l = 0; l < cfg_.layers(); ++l) {
     LayerActs& la = a.layer(l);
     const Layer& Wl = layers_[l];
+    const LinearViews& V = lv_[l];
+    if (!V.qkv.data || !V.out.data || !V.w1.data || !V.w2.data || !V.w3.data || !V.ada.data)
+      fail("internal error: DiT layer ", l, " has a weight that was never set");
     const int H = cfg_.heads[l], dh = D / H;
     const auto& rope = a.rope.at(dh);
     float* mod = a.mods + (size_t)l * B * 4 * D;  // (B, 4D): s_a | g_a | s_f | g_f
-    be.linear_forward(mod, a.sc, Wl.ada_w, Wl.ada_b, B, C, 4 * D);
+    be.linear_forward_w(mod, a.sc, V.ada, Wl.ada_b, B, C, 4 * D);
 
     // x = x + tanh(g_a) ⊙ attention_norm2(Attn(attention_norm1(x) ⊙ (1 + s_a)))
     if (training) be.copy(la.x_in, a.h_stream, (size_t)M * D);
     be.rmsnorm_forward(la.a_n, la.a_rstd, a.h_stream, Wl.an1, M, D, eps);
     be.modulate_forward(la.a_m, la.a_n, mod, 4 * D, B, S, D);
-    be.linear_forward(la.q_pre, la.a_m, Wl.qkv, nullptr, M, D, D);
-    be.linear_forward(la.k_pre, la.a_m, Wl.qkv + (size_t)D * D, nullptr, M, D, D);
-    be.linear_forward(la.v, la.a_m, Wl.qkv + (size_t)2 * D * D, nullptr, M, D, D);
+    be.linear_forward_w(la.q_pre, la.a_m, V.qkv.rows(0, D), nullptr, M, D, D);
+    be.linear_forward_w(la.k_pre, la.a_m, V.qkv.rows(D, D), nullptr, M, D, D);
+    be.linear_forward_w(la.v, la.a_m, V.qkv.rows(2 * D, D), nullptr, M, D, D);
     be.layernorm_forward(la.q, la.q_mean, la.q_rstd, la.q_pre, Wl.qn_w, Wl.qn_b, M, D, eps);
     be.layernorm_forward(la.k, la.k_mean, la.k_rstd, la.k_pre, Wl.kn_w, Wl.kn_b, M, D, eps);
     be.rope_forward(la.q, rope.first, rope.second, B, S, H, dh);
     be.rope_forward(la.k, rope.first, rope.second, B, S, H, dh);
     be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, S, H, dh, 1.f / std::sqrt((float)dh),
                          nullptr);
-    be.linear_forward(la.ao, la.o, Wl.out, nullptr, M, D, D);
+    be.linear_forward_w(la.ao, la.o, V.out, nullptr, M, D, D);
     be.rmsnorm_forward(la.an2, la.ao_rstd, la.ao, Wl.an2, M, D, eps);
     be.gate_residual_forward(a.h_stream, la.an2, mod + D, 4 * D, B, S, D);
 
@@ -326,10 +411,10 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     if (training) be.copy(la.x_mid, a.h_stream, (size_t)M * D);
     be.rmsnorm_forward(la.f_n, la.f_rstd, a.h_stream, Wl.fn1, M, D, eps);
     be.modulate_forward(la.f_m, la.f_n, mod + 2 * D, 4 * D, B, S, D);
-    be.linear_forward(la.h1, la.f_m, Wl.w1, nullptr, M, D, F);
-    be.linear_forward(la.h3, la.f_m, Wl.w3, nullptr, M, D, F);
+    be.linear_forward_w(la.h1, la.f_m, V.w1, nullptr, M, D, F);
+    be.linear_forward_w(la.h3, la.f_m, V.w3, nullptr, M, D, F);
     be.swiglu_forward(la.g, la.h1, la.h3, (size_t)M * F);
-    be.linear_forward(la.f, la.g, Wl.w2, nullptr, M, F, D);
+    be.linear_forward_w(la.f, la.g, V.w2, nullptr, M, F, D);
     be.rmsnorm_forward(la.fn2, la.f2_rstd, la.f, Wl.fn2, M, D, eps);
     be.gate_residual_forward(a.h_stream, la.fn2, mod + 3 * D, 4 * D, B, S, D);
   }
@@ -345,6 +430,7 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
 }
 
 void DiT::backward(const float* dv, float* dtxt) {
+  require_f32("backward");
   if (!acts_ || !acts_->training) fail("internal error: DiT::backward needs a preceding forward(training=true)");
   Acts& a = *acts_;
   Backend& be = be_;

@@ -3,7 +3,9 @@
 #pragma once
 #include "models/dit_config.h"
 #include "ops/backend.h"
+#include "ops/weights.h"
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,15 +14,27 @@ namespace oboro {
 
 class TensorSource;
 
+// The DiT tensors that may be stored in a low-precision format (docs/formats.md): the blocks' big Linear weights
+// (attention qkv/out, SwiGLU w1/w2/w3, adaLN modulation). Norms, biases, embedders and the final layer never are.
+bool dit_quantizable(const std::string& name);
+
 class DiT {
  public:
-  DiT(const DiTConfig& cfg, Backend& be);
+  // `weights`: storage of the quantisable Linear weights (F32 = a trainable model). A low-precision model is for
+  // inference only: its layout()/params() hold the F32 tensors alone and grads()/backward()/save() refuse.
+  DiT(const DiTConfig& cfg, Backend& be, WFormat weights = WFormat::F32);
   ~DiT();
   DiT(const DiT&) = delete;
   DiT& operator=(const DiT&) = delete;
 
   // Load a model file (config from its `oboro.config` metadata).
-  static std::unique_ptr<DiT> load(const std::string& path, Backend& be);
+  // `type`: storage of the quantisable weights; unset = as the file records (`oboro.weight_format`, else F32).
+  // Weights already stored in `type` are memory-mapped, others converted while loading.
+  static std::unique_ptr<DiT> load(const std::string& path, Backend& be, std::optional<WFormat> type = std::nullopt);
+  // An independent copy with its quantisable weights in `fmt` (quantised from this model's weights).
+  std::unique_ptr<DiT> converted(WFormat fmt) const;
+  WFormat weight_format() const { return wfmt_; }
+  size_t weight_bytes() const;  // F32 parameters + stored low-precision weights and scales
   // Spec initialisation: Linear weights N(0, 1/fan_in)·… (xavier-uniform-like normal), biases 0,
   // norm weights 1, adaLN and final layer zero. Deterministic in `seed`.
   void init_weights(uint64_t seed);
@@ -57,6 +71,8 @@ class DiT {
   struct LayerActs;
   struct GradScratch;
   void bind_views();
+  void bind_linear_views();
+  void require_f32(const char* what) const;
 
   DiTConfig cfg_;
   Backend& be_;
@@ -64,6 +80,11 @@ class DiT {
   float* params_ = nullptr;
   float* grads_ = nullptr;
   std::vector<Layer> layers_, dlayers_;
+  WFormat wfmt_ = WFormat::F32;
+  ParamLayout full_layout_;                      // every tensor (layout_ lacks the quantised ones)
+  std::map<std::string, QuantizedWeight> qw_;    // quantised weights (host memory or the mapped file)
+  struct LinearViews { WeightView qkv, out, w1, w2, w3, ada; };
+  std::vector<LinearViews> lv_;
   std::unique_ptr<Acts> acts_;
   std::unique_ptr<GradScratch> gs_;
 };

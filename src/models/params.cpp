@@ -25,10 +25,16 @@ const ParamView& ParamLayout::at(const std::string& name) const {
   return *v;
 }
 
-void load_params(const ParamLayout& layout, float* dst, Backend& be, const TensorSource& src, const std::string& what) {
+void load_params(const ParamLayout& layout, float* dst, Backend& be, const TensorSource& src, const std::string& what,
+                 const std::function<bool(const std::string&)>& also_known) {
+  auto known = [&](const std::string& n) { return layout.find(n) || (also_known && also_known(n)); };
   std::vector<std::string> unknown;
-  for (const auto& n : src.names())
-    if (!layout.find(n)) unknown.push_back(n);
+  for (const auto& n : src.names()) {
+    if (known(n)) continue;
+    const size_t k = n.size();
+    if (k > 6 && n.compare(k - 6, 6, "_scale") == 0 && known(n.substr(0, k - 6))) continue;
+    unknown.push_back(n);
+  }
   if (!unknown.empty()) {
     std::string list;
     for (size_t i = 0; i < unknown.size() && i < 5; ++i) list += (i ? ", " : "") + unknown[i];
@@ -40,16 +46,95 @@ void load_params(const ParamLayout& layout, float* dst, Backend& be, const Tenso
     if (!src.has(v.name))
       fail(src.path(), ": tensor ", v.name, " is missing (", what, " expects shape ", shape_str(v.shape),
            ") — the file is incomplete or its config does not match its tensors");
-    const TensorInfo& info = src.info(v.name);
-    if (info.shape != v.shape)
-      fail(src.path(), ": tensor ", v.name, " has shape ", shape_str(info.shape), " but the config expects ",
-           shape_str(v.shape), " — the file's oboro.config does not match its tensors");
-    if (!dtype_is_float(info.dtype))
-      fail(src.path(), ": tensor ", v.name, " has dtype ", dtype_name(info.dtype),
-           "; weights must be F32, F16, BF16 or F8_E4M3");
-    Tensor t = src.tensor_f32(v.name);
+    Tensor t = read_weight_f32(src, v.name, v.shape, what);
     be.upload(dst + v.offset, t.f32(), v.numel());
   }
+}
+
+WFormat file_weight_format(const TensorSource& src) {
+  auto it = src.metadata().find(kWeightFormatKey);
+  if (it == src.metadata().end()) return WFormat::F32;
+  auto f = wformat_from_name(it->second);
+  if (!f)
+    fail(src.path(), ": metadata ", kWeightFormatKey, " = '", it->second, "' is not a weight format (valid: ",
+         wformat_list(), ")");
+  return *f;
+}
+
+WFormat stored_format(const TensorSource& src, const std::string& name) {
+  const TensorInfo& info = src.info(name);
+  const std::string sc = scale_companion(name);
+  switch (info.dtype) {
+    case DType::F32: case DType::F64: return WFormat::F32;
+    case DType::BF16: return WFormat::BF16;
+    case DType::F16: return WFormat::F16;
+    case DType::F8_E4M3: {
+      if (src.has(sc)) {
+        const TensorInfo& s = src.info(sc);
+        if (s.dtype != DType::F32 || shape_numel(s.shape) != 1)
+          fail(src.path(), ": tensor ", sc, " (the f8 scale of ", name, ") must be F32 with one value, got ",
+               dtype_name(s.dtype), " ", shape_str(s.shape));
+      }
+      return WFormat::F8;
+    }
+    case DType::I8: {
+      if (!src.has(sc))
+        fail(src.path(), ": tensor ", name, " is I8 but has no ", sc,
+             " companion: a q8_0 weight needs its block scales (docs/formats.md)");
+      const TensorInfo& s = src.info(sc);
+      if (info.shape.size() != 2 || info.shape[1] % kQ8Block || s.dtype != DType::F32 ||
+          s.shape != Shape{info.shape[0], info.shape[1] / kQ8Block})
+        fail(src.path(), ": q8_0 tensor ", name, " ", shape_str(info.shape), " needs an F32 ", sc, " of shape (N, K/",
+             kQ8Block, "), got ", dtype_name(s.dtype), " ", shape_str(s.shape));
+      return WFormat::Q8_0;
+    }
+    default:
+      fail(src.path(), ": tensor ", name, " has dtype ", dtype_name(info.dtype),
+           "; weights must be F32, F16, BF16, F8_E4M3 (optionally scaled) or q8_0 (I8 + scales)");
+  }
+}
+
+static QuantizedWeight stored_weight(const TensorSource& src, const std::string& name, WFormat f) {
+  QuantizedWeight q;
+  q.fmt = f;
+  q.data = src.tensor(name);
+  q.N = (int)q.data.dim(0);
+  q.K = q.data.ndim() > 1 ? (int)q.data.dim(1) : 1;
+  const std::string sc = scale_companion(name);
+  if (f == WFormat::Q8_0) {
+    q.scale = src.tensor(sc);
+  } else if (f == WFormat::F8) {
+    q.scale = src.has(sc) ? src.tensor(sc) : Tensor::from_f32({1.f}, {1});
+  }
+  return q;
+}
+
+Tensor read_weight_f32(const TensorSource& src, const std::string& name, const Shape& shape, const std::string& what) {
+  const TensorInfo& info = src.info(name);
+  if (info.shape != shape)
+    fail(src.path(), ": tensor ", name, " has shape ", shape_str(info.shape), " but ", what, " expects ",
+         shape_str(shape), " — the file's config does not match its tensors");
+  const WFormat f = stored_format(src, name);
+  if (f == WFormat::F32 || f == WFormat::BF16 || f == WFormat::F16 || (f == WFormat::F8 && !src.has(scale_companion(name))))
+    return src.tensor_f32(name);
+  QuantizedWeight q = stored_weight(src, name, f);
+  Tensor out = Tensor::empty(shape);
+  dequantize_weight(q.view(), out.f32());
+  return out;
+}
+
+QuantizedWeight load_weight(const TensorSource& src, const std::string& name, const Shape& shape, WFormat fmt,
+                            const std::string& what) {
+  if (shape.size() != 2) fail("internal error: load_weight of ", name, " with shape ", shape_str(shape));
+  if (src.info(name).shape != shape)
+    fail(src.path(), ": tensor ", name, " has shape ", shape_str(src.info(name).shape), " but ", what, " expects ",
+         shape_str(shape), " — the file's config does not match its tensors");
+  if (stored_format(src, name) == fmt && fmt != WFormat::F32) {
+    QuantizedWeight q = stored_weight(src, name, fmt);
+    if (q.data.is_contiguous()) return q;  // memory-mapped, no copy
+  }
+  Tensor t = read_weight_f32(src, name, shape, what);
+  return quantize_weight(t.f32(), (int)shape[0], (int)shape[1], fmt, src.path() + ": " + name);
 }
 
 std::vector<std::pair<std::string, Tensor>> download_params(const ParamLayout& layout, const float* src, Backend& be) {

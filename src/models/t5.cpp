@@ -218,7 +218,10 @@ struct Weights {
   std::vector<BlockW> blocks;
 };
 Weights bind(const ParamLayout& L, float* base, int layers) {
-  auto p = [&](const std::string& n) { return base + L.at(n).offset; };
+  auto p = [&](const std::string& n) -> float* {  // null for a tensor stored outside the flat buffer (quantised)
+    const ParamView* v = L.find(n);
+    return v ? base + v->offset : nullptr;
+  };
   Weights w{p(kShared), p(kRelBias), p(kFinalNorm), {}};
   for (int i = 0; i < layers; ++i) {
     std::string b = blk(i);
@@ -263,10 +266,59 @@ struct T5Encoder::Impl {
   LayerActs& layer(int l) { return layers[training ? l : 0]; }
 };
 
-T5Encoder::T5Encoder(const T5Config& cfg, Backend& be) : cfg_(cfg), be_(be) {
+bool t5_quantizable(const std::string& n) {
+  if (!starts_with(n, "encoder.block.")) return false;
+  for (const char* s : {".layer.0.SelfAttention.q.weight", ".layer.0.SelfAttention.k.weight",
+                        ".layer.0.SelfAttention.v.weight", ".layer.0.SelfAttention.o.weight",
+                        ".layer.1.DenseReluDense.wi_0.weight", ".layer.1.DenseReluDense.wi_1.weight",
+                        ".layer.1.DenseReluDense.wo.weight"}) {
+    const size_t k = std::char_traits<char>::length(s);
+    if (n.size() > k && n.compare(n.size() - k, k, s) == 0) return true;
+  }
+  return false;
+}
+
+T5Encoder::T5Encoder(const T5Config& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be), wfmt_(weights) {
   cfg_.validate("T5 config");
-  layout_ = t5_param_layout(cfg_);
+  full_layout_ = t5_param_layout(cfg_);
+  if (wfmt_ == WFormat::F32) {
+    layout_ = full_layout_;
+  } else {
+    for (const auto& v : full_layout_.views())
+      if (!t5_quantizable(v.name)) layout_.add(v.name, v.shape);
+  }
   params_ = be_.alloc(layout_.total());
+  bind_linear_views();
+}
+
+void T5Encoder::bind_linear_views() {
+  lv_.assign(cfg_.num_layers, {});
+  for (int i = 0; i < cfg_.num_layers; ++i) {
+    const std::string b = blk(i);
+    auto view = [&](const char* s) -> WeightView {
+      const std::string n = b + s;
+      const ParamView& fv = full_layout_.at(n);
+      if (const ParamView* v = layout_.find(n)) return f32_view(params_ + v->offset, (int)fv.shape[0], (int)fv.shape[1]);
+      auto it = qw_.find(n);
+      return it == qw_.end() ? WeightView{} : it->second.view();
+    };
+    lv_[i] = {view("layer.0.SelfAttention.q.weight"),      view("layer.0.SelfAttention.k.weight"),
+              view("layer.0.SelfAttention.v.weight"),      view("layer.0.SelfAttention.o.weight"),
+              view("layer.1.DenseReluDense.wi_0.weight"), view("layer.1.DenseReluDense.wi_1.weight"),
+              view("layer.1.DenseReluDense.wo.weight")};
+  }
+}
+
+void T5Encoder::require_f32(const char* what) const {
+  if (wfmt_ != WFormat::F32)
+    fail("this T5 encoder holds ", wformat_name(wfmt_), " weights (inference only): ", what,
+         " needs F32 weights — load it with --type f32 (or use the F32 text-encoder file)");
+}
+
+size_t T5Encoder::weight_bytes() const {
+  size_t b = layout_.total() * sizeof(float);
+  for (const auto& [n, q] : qw_) b += q.bytes();
+  return b;
 }
 
 T5Encoder::~T5Encoder() {
@@ -276,6 +328,7 @@ T5Encoder::~T5Encoder() {
 }
 
 float* T5Encoder::grads() {
+  require_f32("training");
   if (!grads_) grads_ = be_.alloc(layout_.total());
   return grads_;
 }
@@ -284,7 +337,7 @@ void T5Encoder::zero_grads() { be_.zero(grads(), layout_.total()); }
 
 size_t T5Encoder::activation_bytes() const { return impl_ ? impl_->floats * sizeof(float) : 0; }
 
-std::unique_ptr<T5Encoder> T5Encoder::load(const std::string& path, Backend& be) {
+std::unique_ptr<T5Encoder> T5Encoder::load(const std::string& path, Backend& be, std::optional<WFormat> type) {
   TensorSource src = TensorSource::open(path);
   T5Config cfg;
   auto it = src.metadata().find("oboro.t5_config");
@@ -299,12 +352,16 @@ std::unique_ptr<T5Encoder> T5Encoder::load(const std::string& path, Backend& be)
   } else {
     cfg = T5Config::infer(src);
   }
-  auto model = std::make_unique<T5Encoder>(cfg, be);
-  const ParamLayout& layout = model->layout_;
+  const WFormat fmt = type ? *type : file_weight_format(src);
+  auto model = std::make_unique<T5Encoder>(cfg, be, fmt);
+  const ParamLayout& layout = model->full_layout_;
 
   std::vector<std::string> unknown;
-  for (const auto& n : src.names())
-    if (!layout.find(n) && !ignored_key(n)) unknown.push_back(n);
+  for (const auto& n : src.names()) {
+    if (layout.find(n) || ignored_key(n)) continue;
+    if (n.size() > 6 && n.compare(n.size() - 6, 6, "_scale") == 0 && layout.find(n.substr(0, n.size() - 6))) continue;
+    unknown.push_back(n);
+  }
   if (!unknown.empty()) {
     std::string list;
     for (size_t i = 0; i < unknown.size() && i < 5; ++i) list += (i ? ", " : "") + unknown[i];
@@ -323,16 +380,21 @@ std::unique_ptr<T5Encoder> T5Encoder::load(const std::string& path, Backend& be)
     if (info.shape != v.shape)
       fail(src.path(), ": tensor ", name, " has shape ", shape_str(info.shape), " but the T5 config expects ",
            shape_str(v.shape), " — the config does not match the tensors");
-    if (!dtype_is_float(info.dtype))
-      fail(src.path(), ": tensor ", name, " has dtype ", dtype_name(info.dtype),
-           "; weights must be F32, F16, BF16 or F8_E4M3");
-    Tensor t = src.tensor_f32(name);
-    be.upload(model->params_ + v.offset, t.f32(), v.numel());
+    if (const ParamView* mine = model->layout_.find(v.name)) {
+      Tensor t = read_weight_f32(src, name, v.shape, "the T5 encoder");
+      be.upload(model->params_ + mine->offset, t.f32(), v.numel());
+    } else {
+      model->qw_[v.name] = load_weight(src, name, v.shape, fmt, "the T5 encoder");
+    }
   }
+  model->bind_linear_views();
   return model;
 }
 
 void T5Encoder::save(const std::string& path, const std::map<std::string, std::string>& extra) const {
+  if (wfmt_ != WFormat::F32)
+    fail("saving a T5 encoder loaded as ", wformat_name(wfmt_), " is not supported: write low-precision files with "
+         "`oboro convert --type ", wformat_name(wfmt_), " IN OUT` from the F32 file");
   auto host = download_params(layout_, params_, be_);
   SafetensorsWriter wr;
   for (auto& [n, t] : host) wr.add(n, t);
@@ -344,6 +406,7 @@ void T5Encoder::save(const std::string& path, const std::map<std::string, std::s
 }
 
 void T5Encoder::init_weights(uint64_t seed) {
+  require_f32("initialisation");
   const double D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, dkv = cfg_.d_kv;
   std::vector<float> host;
   uint64_t stream = 0;
@@ -436,21 +499,23 @@ void T5Encoder::forward(float* hidden, const int32_t* ids, const float* mask, in
   for (int l = 0; l < cfg_.num_layers; ++l) {
     Impl::LayerActs& la = a.layer(l);
     const BlockW& w = W.blocks[l];
+    const LinearViews& V = lv_[l];
+    if (training) require_f32("training");
     if (training) be.copy(la.x_in, a.stream, (size_t)M * D);
     be.rmsnorm_forward(la.n1, la.rstd1, a.stream, w.ln0, M, D, eps);
-    be.linear_forward(la.q, la.n1, w.q, nullptr, M, D, I);
-    be.linear_forward(la.k, la.n1, w.k, nullptr, M, D, I);
-    be.linear_forward(la.v, la.n1, w.v, nullptr, M, D, I);
+    be.linear_forward_w(la.q, la.n1, V.q, nullptr, M, D, I);
+    be.linear_forward_w(la.k, la.n1, V.k, nullptr, M, D, I);
+    be.linear_forward_w(la.v, la.n1, V.v, nullptr, M, D, I);
     be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, L, H, cfg_.d_kv, 1.f, a.rel);
-    be.linear_forward(a.tmp, la.o, w.o, nullptr, M, I, D);
+    be.linear_forward_w(a.tmp, la.o, V.o, nullptr, M, I, D);
     be.add_inplace(a.stream, a.tmp, (size_t)M * D);
 
     if (training) be.copy(la.x_mid, a.stream, (size_t)M * D);
     be.rmsnorm_forward(la.n2, la.rstd2, a.stream, w.ln1, M, D, eps);
-    be.linear_forward(la.h0, la.n2, w.wi0, nullptr, M, D, F);
-    be.linear_forward(la.h1, la.n2, w.wi1, nullptr, M, D, F);
+    be.linear_forward_w(la.h0, la.n2, V.wi0, nullptr, M, D, F);
+    be.linear_forward_w(la.h1, la.n2, V.wi1, nullptr, M, D, F);
     be.geglu_forward(la.gg, la.h0, la.h1, (size_t)M * F);
-    be.linear_forward(a.tmp, la.gg, w.wo, nullptr, M, F, D);
+    be.linear_forward_w(a.tmp, la.gg, V.wo, nullptr, M, F, D);
     be.add_inplace(a.stream, a.tmp, (size_t)M * D);
   }
   be.rmsnorm_forward(hidden, a.fin_rstd, a.stream, W.final_ln, M, D, eps);
@@ -458,6 +523,7 @@ void T5Encoder::forward(float* hidden, const int32_t* ids, const float* mask, in
 }
 
 void T5Encoder::backward(const float* dhidden) {
+  require_f32("backward");
   if (!impl_ || !impl_->have_training_forward)
     fail("internal error: T5Encoder::backward needs a preceding forward(training = true)");
   Impl& a = *impl_;

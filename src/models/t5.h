@@ -2,7 +2,9 @@
 #pragma once
 #include "models/params.h"
 #include "ops/backend.h"
+#include "ops/weights.h"
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,9 +35,14 @@ ParamLayout t5_param_layout(const T5Config& c);  // HF T5EncoderModel names, `sh
 // exact + ⌊ln(a/exact) / ln(max_distance/exact) · (half − exact)⌋) (double precision, as Python's math.log).
 int t5_relative_bucket(int n, int num_buckets, int max_distance);
 
+// T5 tensors that may be stored in a low-precision format (docs/formats.md): the blocks' attention q/k/v/o and FFN
+// wi_0/wi_1/wo weights. The shared embedding, the relative bias table and the norms never are.
+bool t5_quantizable(const std::string& name);
+
 class T5Encoder {
  public:
-  T5Encoder(const T5Config& cfg, Backend& be);
+  // `weights`: storage of the quantisable Linear weights; a low-precision encoder is for inference only.
+  T5Encoder(const T5Config& cfg, Backend& be, WFormat weights = WFormat::F32);
   ~T5Encoder();
   T5Encoder(const T5Encoder&) = delete;
   T5Encoder& operator=(const T5Encoder&) = delete;
@@ -43,7 +50,11 @@ class T5Encoder {
   // A .safetensors file, a sharded index, or a directory (HF layout); decoder.* and lm_head.* ignored,
   // `encoder.embed_tokens.weight` accepted for `shared.weight`, any other unknown tensor is an error.
   // The config comes from the `oboro.t5_config` metadata when present, else T5Config::infer.
-  static std::unique_ptr<T5Encoder> load(const std::string& path, Backend& be);
+  // `type`: storage of the quantisable weights; unset = as the file records (`oboro.weight_format`, else F32).
+  static std::unique_ptr<T5Encoder> load(const std::string& path, Backend& be,
+                                         std::optional<WFormat> type = std::nullopt);
+  WFormat weight_format() const { return wfmt_; }
+  size_t weight_bytes() const;
   // Hugging Face T5 initialisation (factor 1): embedding N(0,1); q N(0, 1/(d_model·d_kv)); k, v, wi_* and the
   // bias table N(0, 1/d_model); o N(0, 1/(H·d_kv)); wo N(0, 1/d_ff); norms 1. Deterministic in `seed`.
   void init_weights(uint64_t seed);  // for training a small T5 from scratch
@@ -77,6 +88,13 @@ class T5Encoder {
   float* params_ = nullptr;
   float* grads_ = nullptr;
   std::unique_ptr<Impl> impl_;
+  void bind_linear_views();
+  void require_f32(const char* what) const;
+  WFormat wfmt_ = WFormat::F32;
+  ParamLayout full_layout_;
+  std::map<std::string, QuantizedWeight> qw_;
+  struct LinearViews { WeightView q, k, v, o, wi0, wi1, wo; };
+  std::vector<LinearViews> lv_;
 };
 
 }  // namespace oboro

@@ -31,9 +31,9 @@ Tokenizer TextEncoder::load_tokenizer(const std::string& path) {
        list, "\nput the T5 spiece.model beside the weights (", dir.string(), ")");
 }
 
-std::unique_ptr<TextEncoder> TextEncoder::load(const std::string& path, Backend& be) {
+std::unique_ptr<TextEncoder> TextEncoder::load(const std::string& path, Backend& be, std::optional<WFormat> type) {
   Tokenizer tok = load_tokenizer(path);  // first: a missing tokenizer fails before gigabytes are read
-  return std::make_unique<TextEncoder>(std::move(tok), T5Encoder::load(path, be));
+  return std::make_unique<TextEncoder>(std::move(tok), T5Encoder::load(path, be, type));
 }
 
 void TextEncoder::save(const std::string& path) const {

@@ -20,7 +20,9 @@ struct TextBatch {
 class TextEncoder {
  public:
   TextEncoder(Tokenizer tok, std::unique_ptr<T5Encoder> t5);
-  static std::unique_ptr<TextEncoder> load(const std::string& path, Backend& be);
+  // `type`: storage of the T5's Linear weights (docs/formats.md); unset = as the file records.
+  static std::unique_ptr<TextEncoder> load(const std::string& path, Backend& be,
+                                           std::optional<WFormat> type = std::nullopt);
   // The tokenizer alone (cheap): the file's `oboro.tokenizer` metadata, or spiece.model beside it or in a sibling
   // tokenizer_2/ or tokenizer/ folder (HF / FLUX.1 layouts).
   static Tokenizer load_tokenizer(const std::string& path);

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include "ops/weights.h"
 
 namespace oboro {
 
@@ -45,6 +46,10 @@ class Backend {
 
   // Linear: y(M,N) = x(M,K) · w(N,K)ᵀ + b(N); b may be null.
   virtual void linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) = 0;
+  // Inference Linear with a weight in any storage format (ops/weights.h, docs/formats.md): y(M,N) = x(M,K)·Wᵀ + b.
+  // An F32 view goes through linear_forward unchanged (bitwise the same result); the other formats run kernels
+  // that read the stored weight directly. Forward only (low-precision weights are never trained).
+  virtual void linear_forward_w(float* y, const float* x, const WeightView& w, const float* b, int M, int K, int N);
   // dx(M,K) += dy·w; dw(N,K) += dyᵀ·x; db(N) += Σ_rows dy.
   virtual void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                                int M, int K, int N) = 0;

@@ -17,6 +17,50 @@ void linear(float* y, const float* x, const float* w, const float* b, int M, int
     }
 }
 
+void linear_w(float* y, const float* x, const WeightView& w, const float* b, int M, int K, int N) {
+  if (w.fmt == WFormat::F32) return linear(y, x, w.f32(), b, M, K, N);
+  if (w.fmt == WFormat::Q8_0) {
+    const int nb = K / kQ8Block;
+    std::vector<int8_t> xq((size_t)K);
+    std::vector<float> xd((size_t)nb);
+    const int8_t* wq = static_cast<const int8_t*>(w.data);
+    for (int m = 0; m < M; ++m) {
+      quantize_row_q8_0(x + (size_t)m * K, K, xq.data(), xd.data());
+      for (int n = 0; n < N; ++n) {
+        double acc = 0;
+        for (int bl = 0; bl < nb; ++bl) {
+          long long dot = 0;
+          for (int i = 0; i < kQ8Block; ++i)
+            dot += (long long)xq[(size_t)bl * kQ8Block + i] * wq[(size_t)n * K + (size_t)bl * kQ8Block + i];
+          acc += (double)xd[bl] * (double)w.scale[(size_t)n * nb + bl] * (double)dot;
+        }
+        y[(size_t)m * N + n] = (float)(acc + (b ? (double)b[n] : 0.0));
+      }
+    }
+    return;
+  }
+  // Weights exactly as stored (f8 without its scale), activations as the kernels see them.
+  std::vector<float> wf((size_t)N * K);
+  WeightView unscaled = w;
+  float s = 1.f;
+  if (w.fmt == WFormat::F8) {
+    static const float one = 1.f;
+    s = w.scale[0];
+    unscaled.scale = &one;
+  }
+  dequantize_weight(unscaled, wf.data());
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int k = 0; k < K; ++k) {
+        float xv = x[(size_t)m * K + k];
+        if (w.fmt != WFormat::F16) xv = bf16_to_f32(f32_to_bf16(xv));
+        acc += (double)xv * wf[(size_t)n * K + k];
+      }
+      y[(size_t)m * N + n] = (float)((double)s * acc + (b ? (double)b[n] : 0.0));
+    }
+}
+
 void rmsnorm(float* y, const float* x, const float* gamma, int M, int D, float eps) {
   for (int m = 0; m < M; ++m) {
     const float* xr = x + (size_t)m * D;

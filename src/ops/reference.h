@@ -4,10 +4,14 @@
 #pragma once
 #include <cstddef>
 #include <vector>
+#include "ops/weights.h"
 
 namespace oboro::ref {
 
 void linear(float* y, const float* x, const float* w, const float* b, int M, int K, int N);
+// Linear with a low-precision weight, the arithmetic of ops/cpu/qgemm_cpu.h in double: bf16/f8 round x to BF16,
+// f16 uses x as is, q8_0 quantises x rows with quantize_row_q8_0 (exact integer block dots). F32 = linear().
+void linear_w(float* y, const float* x, const WeightView& w, const float* b, int M, int K, int N);
 void rmsnorm(float* y, const float* x, const float* gamma, int M, int D, float eps);
 void layernorm(float* y, const float* x, const float* gamma, const float* beta, int M, int D, float eps);
 void silu(float* y, const float* x, size_t n);

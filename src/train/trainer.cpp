@@ -274,7 +274,7 @@ struct Trainer {
   void setup_new() {
     // Text encoder: a frozen pretrained T5, or a small T5 + vocabulary trained here.
     if (!cfg.text_encoder.empty()) {
-      te = TextEncoder::load(cfg.text_encoder, be);
+      te = TextEncoder::load(cfg.text_encoder, be, WFormat::F32);  // F32 even from a low-precision file (formats.md)
       train_te = false;
     } else {
       fs::create_directories(cfg.output_dir);
@@ -298,7 +298,7 @@ struct Trainer {
       train_te = cfg.train_text_encoder;
     }
     if (!cfg.pretrained_model.empty()) {
-      dit = DiT::load(cfg.pretrained_model, be);
+      dit = DiT::load(cfg.pretrained_model, be, WFormat::F32);  // training keeps F32 master weights (formats.md)
     } else {
       DiTConfig dc = DiTConfig::preset(cfg.model_preset, te->dim(), cfg.head_schedule);
       if (cfg.hidden_size > 0) dc.hidden_size = cfg.hidden_size;

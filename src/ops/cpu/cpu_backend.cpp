@@ -4,6 +4,7 @@
 #include "ops/backend.h"
 #include "ops/cpu/attention_cpu.h"
 #include "ops/cpu/conv_cpu.h"
+#include "ops/cpu/qgemm_cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include <cblas.h>
@@ -92,6 +93,11 @@ class CpuBackend final : public Backend {
       beta = 1.f;
     }
     gemm(false, true, M, N, K, 1.f, x, K, w, K, beta, y, N);
+  }
+
+  void linear_forward_w(float* y, const float* x, const WeightView& w, const float* b, int M, int K, int N) override {
+    if (w.fmt == WFormat::F32) return linear_forward(y, x, w.f32(), b, M, K, N);  // the SGEMM path, unchanged
+    cpu::linear_w(y, x, w, b, M, K, N);
   }
 
   void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int M, int K,

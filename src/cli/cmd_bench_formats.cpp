@@ -1,0 +1,139 @@
+// `oboro bench formats`: for each weight format (docs/formats.md), the Linear kernels' GFLOP/s on the DiT's real
+// shapes and the DiT velocity's relative error vs F32 (the quality guard) with the forward time.
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "models/dit.h"
+#include "models/format_quality.h"
+#include "ops/backend.h"
+#include "ops/cpu/qgemm_cpu.h"
+#include <nlohmann/json.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+namespace oboro::cli {
+namespace {
+
+struct Opts {
+  std::string preset = "small", schedule = "mmh", types = "bf16,f16,f8,q8_0";
+  int text_dim = 4096, height = 416, width = 736, batch = 2, text_len = 64, repeats = 3, threads = 0;
+  int latent_channels = 16, latent_stride = 8;
+  bool no_gemm = false, no_quality = false, json = false, portable = false, no_time = false, weights_only = false;
+};
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+void run(const Opts& o) {
+  if (o.threads > 0) set_num_threads(o.threads);
+  if (o.portable) cpu::qgemm_force_portable(true);
+  std::vector<WFormat> fmts;
+  {
+    std::stringstream ss(o.types);
+    std::string t;
+    while (std::getline(ss, t, ','))
+      if (!t.empty()) fmts.push_back(parse_wformat(t, "--types"));
+  }
+  DiTConfig cfg = DiTConfig::preset(o.preset, o.text_dim, o.schedule);
+  cfg.latent_channels = o.latent_channels;
+  const int m = o.latent_stride * cfg.patch_size;
+  if (o.height % m || o.width % m) fail("--height and --width must be multiples of ", m, ", got ", o.height, "x", o.width);
+  const int h = o.height / o.latent_stride, w = o.width / o.latent_stride, B = o.batch, L = o.text_len;
+  const int Ntok = (h / cfg.patch_size) * (w / cfg.patch_size), M = B * (L + Ntok);
+  const int D = cfg.hidden_size, F = cfg.ffn_hidden_size, C = cfg.cond();
+  nlohmann::json j;
+  j["model"] = o.preset;
+  j["image"] = std::to_string(o.width) + "x" + std::to_string(o.height);
+  j["threads"] = num_threads();
+  j["kernels"] = o.portable ? "portable" : (cpu::qgemm_avx512_available() ? "avx512" : "portable");
+  std::printf("bench formats: %s, %dx%d px, batch %d, text %d -> M = %d rows, %d threads, %s kernels\n",
+              o.preset.c_str(), o.width, o.height, B, L, M, num_threads(), j["kernels"].get<std::string>().c_str());
+  Backend& be = cpu_backend();
+  if (!o.no_gemm) {
+    struct Shape { const char* name; int M, N, K; };
+    const Shape shapes[] = {{"qkv part / out (D->D)", M, D, D}, {"ffn w1 / w3 (D->F)", M, F, D},
+                            {"ffn w2 (F->D)", M, D, F}, {"adaLN (C->4D)", B, 4 * D, C}};
+    std::vector<WFormat> all = {WFormat::F32};
+    for (WFormat f : fmts) if (f != WFormat::F32) all.push_back(f);
+    for (const Shape& s : shapes) {
+      std::vector<float> wf((size_t)s.N * s.K), x((size_t)s.M * s.K), y((size_t)s.M * s.N);
+      fill_normal(wf.data(), (int64_t)wf.size(), 1, 0, 0, 0.f, 0.03f);
+      fill_normal(x.data(), (int64_t)x.size(), 2);
+      std::printf("  %-22s M=%d N=%d K=%d:", s.name, s.M, s.N, s.K);
+      std::vector<float> y32;
+      std::string errs;
+      for (WFormat f : all) {
+        QuantizedWeight q = quantize_weight(wf.data(), s.N, s.K, f);
+        const WeightView v = f == WFormat::F32 ? f32_view(wf.data(), s.N, s.K) : q.view();
+        double best = 1e30;
+        for (int r = 0; r < o.repeats + 1; ++r) {
+          double t0 = now();
+          be.linear_forward_w(y.data(), x.data(), v, nullptr, s.M, s.K, s.N);
+          if (r > 0) best = std::min(best, now() - t0);
+        }
+        const double gf = 2.0 * s.M * s.N * s.K / best / 1e9;
+        std::printf("  %s %.1f", wformat_name(f), gf);
+        double num = 0, den = 0;  // this Linear's output error vs F32 (random x ~ N(0,1), W ~ N(0, 0.03²))
+        if (f == WFormat::F32) y32 = y;
+        for (size_t i = 0; i < y.size(); ++i) {
+          num += ((double)y[i] - y32[i]) * ((double)y[i] - y32[i]);
+          den += (double)y32[i] * y32[i];
+        }
+        const double e = std::sqrt(num / den);
+        if (f != WFormat::F32) errs += str("  ", wformat_name(f), " ", e);
+        j["gemm"][s.name][wformat_name(f)] = {{"M", s.M}, {"N", s.N}, {"K", s.K}, {"seconds", best}, {"gflops", gf},
+                                              {"rel_err_vs_f32", e}};
+      }
+      std::printf(" GFLOP/s\n  %-22s rel err vs f32:%s\n", "", errs.c_str());
+    }
+  }
+  if (!o.no_quality) {
+    DiT model(cfg, be);
+    model.init_random_all(1);
+    std::printf("  DiT forward, random weights (init_random_all seed 1), %lld parameters:\n",
+                (long long)cfg.param_count());
+    auto res = dit_format_quality(model, fmts, B, L, h, w, 1, !o.no_time, o.weights_only);
+    for (const auto& r : res) {
+      std::printf("    %-5s rel err %.3e  max abs %.3e", wformat_name(r.fmt), r.rel_err, r.max_abs_err);
+      if (r.rel_err_weights_only >= 0) std::printf("  (weights alone %.3e)", r.rel_err_weights_only);
+      if (!o.no_time) std::printf("  forward %.3f s", r.seconds);
+      std::printf("  weights %.1f MiB\n", r.weight_bytes / 1048576.0);
+      j["quality"][wformat_name(r.fmt)] = {{"rel_err", r.rel_err}, {"max_abs_err", r.max_abs_err},
+                                           {"rel_err_weights_only", r.rel_err_weights_only},
+                                           {"forward_seconds", o.no_time ? -1.0 : r.seconds},
+                                           {"weight_bytes", r.weight_bytes}};
+    }
+  }
+  if (o.json) std::printf("%s\n", j.dump(2).c_str());
+}
+
+}  // namespace
+
+void register_bench_formats(CLI::App& app) {
+  auto o = std::make_shared<Opts>();
+  auto* c = app.get_subcommand("bench")->add_subcommand(
+      "formats", "Weight formats: kernel GFLOP/s on the DiT's shapes and velocity error vs F32 (random weights)");
+  c->add_option("--config", o->preset, "model preset: oboro-1b, small, tiny")->capture_default_str();
+  c->add_option("--schedule", o->schedule, "head schedule: mmh or uniform")->capture_default_str();
+  c->add_option("--types", o->types, "comma-separated formats to compare with f32")->capture_default_str();
+  c->add_option("--text-dim", o->text_dim, "text encoder width")->capture_default_str();
+  c->add_option("--latent-channels", o->latent_channels, "latent channels")->capture_default_str();
+  c->add_option("--latent-stride", o->latent_stride, "pixels per latent pixel")->capture_default_str();
+  c->add_option("--height", o->height, "image height in pixels")->capture_default_str();
+  c->add_option("--width", o->width, "image width in pixels")->capture_default_str();
+  c->add_option("--batch", o->batch, "batch (2 = one CFG step)")->capture_default_str();
+  c->add_option("--text-len", o->text_len, "text tokens")->capture_default_str();
+  c->add_option("--repeats", o->repeats, "timed GEMM runs (best is reported)")->capture_default_str();
+  c->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+  c->add_flag("--no-gemm", o->no_gemm, "skip the kernel GFLOP/s part");
+  c->add_flag("--no-quality", o->no_quality, "skip the DiT velocity error part");
+  c->add_flag("--no-time", o->no_time, "one forward per format, untimed (no warm-up forward)");
+  c->add_flag("--weights-only", o->weights_only, "also run the dequantised weights in F32 (error of the weights alone)");
+  c->add_flag("--portable", o->portable, "use the portable (non-AVX-512) kernels");
+  c->add_flag("--json", o->json, "also print JSON");
+  c->callback([o] { run(*o); });
+}
+
+}  // namespace oboro::cli
