@@ -22,8 +22,7 @@ def main():
     threads = args.threads or (os.cpu_count() or 1)
     torch.set_num_threads(threads)
     n = args.n
-    out = {"n": n, "threads": threads, "torch": torch.__version__,
-           "mkldnn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: None)())}
+    out = {"n": n, "threads": threads, "torch": torch.__version__}
     g = torch.Generator().manual_seed(0)
     a32 = torch.randn(n, n, generator=g)
     b32 = torch.randn(n, n, generator=g)
