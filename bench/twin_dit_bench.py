@@ -15,6 +15,7 @@ BF16 through oneDNN, weights stay float32) and `min_seconds` is the best of all 
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -141,6 +142,7 @@ def main():
         "device": args.device,
         "torch": torch.__version__,
         "build_seconds": build_s,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }))
 
 

@@ -8,6 +8,7 @@
 #include "io/safetensors.h"
 #include "models/vae.h"
 #include "ops/backend.h"
+#include "ops/profiling_backend.h"
 #include <nlohmann/json.hpp>
 #include <algorithm>
 #include <chrono>
@@ -24,7 +25,7 @@ struct VaeCliOpts {
   std::string model, encode_in, decode_in, output;
   std::string python = "/usr/bin/python3", twin_script = OBORO_SOURCE_DIR "/bench/twin_vae_bench.py",
               twin_dtypes = "float32,bfloat16";
-  bool tiled = false, no_tiling = false, encode = false, json = false, compare_torch = false;
+  bool tiled = false, no_tiling = false, encode = false, json = false, compare_torch = false, profile = false;
   int tile = 64, overlap = 16, height = 416, width = 736, repeats = 1, threads = 0;
 };
 
@@ -93,7 +94,9 @@ void run_bench_vae(const VaeCliOpts& o) {
   if (o.compare_torch) require_python_torch(o.python);
   const std::string load0 = load_average();
   const int h = o.height / s, w = o.width / s;
-  Backend& be = cpu_backend();
+  std::unique_ptr<ProfilingBackend> prof;
+  if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
+  Backend& be = prof ? static_cast<Backend&>(*prof) : cpu_backend();
   Vae vae(cfg, be);
   vae.init_random(1);
   std::fprintf(stderr,
@@ -110,15 +113,21 @@ void run_bench_vae(const VaeCliOpts& o) {
     std::vector<float> lat((size_t)cfg.z_channels * h * w), img((size_t)3 * o.height * o.width);
     fill_normal(enc ? img.data() : lat.data(), (int64_t)(enc ? img.size() : lat.size()), 7);
     double best = 1e30, flops = 0;
+    std::vector<ProfilingBackend::OpStat> pstats;
     for (int r = 0; r < o.repeats; ++r) {
+      if (prof) prof->reset();
       const double f0 = vae.flops_done(), t0 = bench_now();
       if (enc) vae.encode(lat.data(), img.data(), 1, o.height, o.width, ro);
       else vae.decode(img.data(), lat.data(), 1, h, w, ro);
       const double dt = bench_now() - t0;
       flops = vae.flops_done() - f0;
       std::fprintf(stderr, "  %s run %d: %.3f s\n", enc ? "encode" : "decode", r, dt);
+      if (dt < best && prof) pstats = prof->stats();
       best = std::min(best, dt);
     }
+    if (prof)
+      std::fprintf(o.json ? stderr : stdout, "per-op profile of the fastest %s:\n%s", enc ? "encode" : "decode",
+                   ProfilingBackend::format_table(pstats, best).c_str());
     nlohmann::json r;
     r["tiled"] = tiles;
     r["seconds_best"] = best;
@@ -193,6 +202,7 @@ void register_vae_commands(CLI::App& app) {
   d->add_option("--threads", b->threads, "threads (0 = all cores)")->capture_default_str();
   d->add_flag("--encode", b->encode, "also time the encoder");
   d->add_flag("--json", b->json, "print JSON");
+  d->add_flag("--profile", b->profile, "per-op table (op, calls, ms, % of the pass, GFLOP/s) of the fastest run");
   d->add_flag("--compare-torch", b->compare_torch, "also time the PyTorch twin (best of F32 and BF16 autocast)");
   d->add_option("--twin-dtypes", b->twin_dtypes, "the twin's precisions")->capture_default_str();
   d->add_option("--twin-script", b->twin_script, "path of bench/twin_vae_bench.py")->capture_default_str();
