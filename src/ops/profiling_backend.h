@@ -9,7 +9,10 @@
 //
 // Timing is host wall time around each call (a CUDA backend would need a synchronise; the CPU backend is
 // synchronous). Extending it when Backend gains a virtual: add one override that wraps the forward in
-// `timed("op_name", flops, [&] { ... })` (flops 0 when not counted).
+// `timed("op_name", flops, [&] { ... })` (flops 0 when not counted). A new pure virtual is caught by the
+// compiler (this class is final and instantiated); a new virtual WITH a default body is not — without an
+// override here the default runs on the decorator instead of the wrapped backend's implementation.
+// Calls may come from several threads (stats are mutex-guarded); per-op time is then summed across them.
 #pragma once
 #include "ops/backend.h"
 #include <chrono>
