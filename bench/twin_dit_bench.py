@@ -6,12 +6,16 @@ PyTorch twin DiT on the CPU, with random float32 weights (no model file needed).
         --batch 2 --text-len 32 --threads 2 --repeats 3
 
 Prints one JSON object; `seconds_per_step` is the mean over the timed repeats of one
-forward of the given batch under torch.no_grad().
+forward of the given batch under torch.no_grad(). With `--dtypes float32,bfloat16` each
+precision is timed in turn on the same model (bfloat16 = torch.autocast on the CPU: GEMMs in
+BF16 through oneDNN, weights stay float32) and `min_seconds` is the best of all of them;
+`results` holds each precision's own times.
 """
 
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -41,6 +45,8 @@ def main():
     ap.add_argument("--attention", default="fast", choices=("fast", "explicit"),
                     help="fast: baddbmm + torch.softmax (default); explicit: the reference "
                          "exp/sum softmax used by the tests (slower, same result)")
+    ap.add_argument("--dtypes", default="float32",
+                    help="comma-separated precisions to time: float32, bfloat16 (CPU autocast)")
     ap.add_argument("--train", action="store_true",
                     help="time a training step instead: forward, MSE loss, backward, AdamW update")
     args = ap.parse_args()
@@ -76,29 +82,45 @@ def main():
 
     target = torch.randn(x.shape, generator=g).to(args.device)
 
-    def step():
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in ("float32", "bfloat16"):
+            sys.exit(f"unknown dtype {d!r}: use float32 or bfloat16")
+
+    def autocast(dtype):
+        if dtype == "bfloat16":
+            return torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16)
+        return torch.autocast(device_type=args.device.split(":")[0], enabled=False)
+
+    def step(dtype):
         if args.train:
             opt.zero_grad(set_to_none=True)
-            v = model(x, t, txt, mask)
-            loss = torch.mean((v - target) ** 2)
+            with autocast(dtype):
+                v = model(x, t, txt, mask)
+                loss = torch.mean((v.float() - target) ** 2)
             loss.backward()
             opt.step()
             return v.detach()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(dtype):
             v = model(x, t, txt, mask)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return v
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.repeats):
-        t1 = time.perf_counter()
-        v = step()
-        times.append(time.perf_counter() - t1)
-    if not torch.isfinite(v).all():
-        sys.exit("non-finite output")
+    results = {}
+    for dtype in dtypes:
+        for _ in range(args.warmup):
+            step(dtype)
+        times = []
+        for _ in range(args.repeats):
+            t1 = time.perf_counter()
+            v = step(dtype)
+            times.append(time.perf_counter() - t1)
+        if not torch.isfinite(v).all():
+            sys.exit(f"non-finite output ({dtype})")
+        results[dtype] = {"min_seconds": min(times), "seconds_per_step": sum(times) / len(times), "times": times}
+    best = min(results, key=lambda d: results[d]["min_seconds"])
+    times = results[best]["times"]
 
     n_img = (h // args.patch_size) * (w // args.patch_size)
     print(json.dumps({
@@ -113,12 +135,14 @@ def main():
         "text_len": L,
         "height": args.height,
         "width": args.width,
-        "dtype": "float32",
+        "dtype": best,
+        "results": results,
         "attention": args.attention,
         "mode": "train" if args.train else "forward",
         "device": args.device,
         "torch": torch.__version__,
         "build_seconds": build_s,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }))
 
 

@@ -1,5 +1,9 @@
-// `oboro bench dit`: forward time of one CFG step against the FLOP count, the machine's
-// measured SGEMM peak and (optionally) the PyTorch twin timed in the same run.
+// `oboro bench dit|train`: forward time of one CFG step (or one training step) against the FLOP count, the
+// machine's measured SGEMM peak and (optionally) the PyTorch twin timed in the same run. The timing code is
+// shared with `oboro bench step` (cmd_bench_step.cpp) through cli/bench_dit.h.
+#include "cli/bench_dit.h"
+#include "flow/memory_plan.h"
+#include "ops/weights.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -8,59 +12,41 @@
 #include "train/optim.h"
 #include "ops/backend.h"
 #include <nlohmann/json.hpp>
-#include <chrono>
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <vector>
 
-#ifndef OBORO_SOURCE_DIR
-#define OBORO_SOURCE_DIR "."
-#endif
-
 namespace oboro::cli {
-namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Best-of-3 SGEMM rate at n×n×n through the engine's own GEMM path (OpenBLAS kernels split over
-// the thread pool), so "% of peak" compares like with like.
-double sgemm_peak_gflops(int n) {
-  std::vector<float> a((size_t)n * n), b((size_t)n * n), c((size_t)n * n);
-  fill_normal(a.data(), (int64_t)a.size(), 1);
-  fill_normal(b.data(), (int64_t)b.size(), 2);
-  double best = 1e30;
-  for (int r = 0; r < 4; ++r) {
-    double t0 = now();
-    cpu_backend().linear_forward(c.data(), a.data(), b.data(), nullptr, n, n, n);
-    double dt = now() - t0;
-    if (r > 0) best = std::min(best, dt);  // first call warms up the BLAS threads
-  }
-  return 2.0 * n * n * n / best / 1e9;
-}
-
-struct BenchOpts {
-  std::string preset = "oboro-1b", schedule = "mmh", twin_script = OBORO_SOURCE_DIR "/bench/twin_dit_bench.py";
-  std::string python = "/usr/bin/python3";
-  int text_dim = 4096, height = 416, width = 736, batch = 2, text_len = 64, repeats = 2, warmup = 1, threads = 0;
-  int latent_channels = 16, latent_stride = 8;
-  bool twin = false, json = false, train = false;
-};
-
-void bench_dit(const BenchOpts& o) {
+DitTiming time_dit(const BenchOpts& o, Backend& be, ProfilingBackend* prof) {
   if (o.threads > 0) set_num_threads(o.threads);
-  DiTConfig cfg = DiTConfig::preset(o.preset, o.text_dim, o.schedule);
+  if (o.repeats < 1) fail("--repeats must be at least 1");
+  if (o.warmup < 0) fail("--warmup must be 0 or more");
+  DitTiming r;
+  r.cfg = DiTConfig::preset(o.preset, o.text_dim, o.schedule);
+  DiTConfig& cfg = r.cfg;
   cfg.latent_channels = o.latent_channels;
   const int m = o.latent_stride * cfg.patch_size;
-  if (o.height % m || o.width % m) fail("--height and --width must be multiples of ", m, ", got ", o.height, "x", o.width);
+  if (o.height <= 0 || o.width <= 0 || o.height % m || o.width % m)
+    fail("the image height and width must be positive multiples of ", m, ", got ", o.height, "x", o.width,
+         " (height x width)");
+  if (o.batch < 1 || o.text_len < 1) fail("--batch and --text-len must be at least 1");
   const int h = o.height / o.latent_stride, w = o.width / o.latent_stride, B = o.batch, L = o.text_len;
-  Backend& be = cpu_backend();
-  std::fprintf(stderr, "bench dit: %s (%s heads), %lld parameters, %dx%d px -> latent %dx%d, batch %d, text %d, %d threads\n",
-               o.preset.c_str(), o.schedule.c_str(), (long long)cfg.param_count(), o.width, o.height, w, h, B, L,
-               num_threads());
-  DiT model(cfg, be);
-  model.init_random_all(1);
+  r.h = h;
+  r.w = w;
+  std::fprintf(stderr, "bench %s: %s (%s heads), %lld parameters, %dx%d px (WxH) -> latent %dx%d, batch %d, text %d, %d threads\n",
+               o.train ? "train" : "dit", o.preset.c_str(), o.schedule.c_str(), (long long)cfg.param_count(), o.width,
+               o.height, w, h, B, L, num_threads());
+  std::unique_ptr<DiT> owned = std::make_unique<DiT>(cfg, be);
+  owned->init_random_all(1);
+  if (!o.type.empty() && o.type != "f32") {  // quantise, then free the F32 model: the step runs on the format alone
+    if (o.train) fail("--type ", o.type, " is for inference: a training step keeps F32 weights");
+    const WFormat fmt = parse_wformat(o.type, "--type");
+    owned = owned->converted(fmt);
+    trim_heap();
+  }
+  DiT& model = *owned;
   std::vector<float> x((size_t)B * cfg.latent_channels * h * w), t(B), txt((size_t)B * L * cfg.text_dim),
       mask((size_t)B * L, 1.f), v(x.size());
   fill_normal(x.data(), (int64_t)x.size(), 7);
@@ -70,85 +56,111 @@ void bench_dit(const BenchOpts& o) {
     for (int b = B / 2; b < B; ++b)
       for (int j = 1; j < L; ++j) mask[(size_t)b * L + j] = 0.f;
   // A training step costs about 3 forwards (backward = 2x forward in GEMM FLOPs).
-  double flops = DiT::forward_flops(cfg, B, L, h, w) * (o.train ? 3.0 : 1.0);
+  r.flops = DiT::forward_flops(cfg, B, L, h, w) * (o.train ? 3.0 : 1.0);
   std::vector<float> target(x.size()), dv(x.size());
   fill_normal(target.data(), (int64_t)target.size(), 9);
   AdamW opt;
   if (o.train) opt.init(model.layout(), AdamWConfig{});
-  std::vector<double> times;
-  for (int r = 0; r < o.warmup + o.repeats; ++r) {
-    double t0 = now();
+  double best = 1e30;
+  for (int i = 0; i < o.warmup + o.repeats; ++i) {
+    if (prof) prof->reset();
+    double t0 = bench_now();
     model.forward(v.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, o.train);
     if (o.train) {
       std::fill(dv.begin(), dv.end(), 0.f);
       be.mse_backward(dv.data(), v.data(), target.data(), v.size(), 1.f);
       model.zero_grads();
       model.backward(dv.data());
-      opt.step(model.params(), model.grads(), 1e-4f, r + 1);
+      opt.step(model.params(), model.grads(), 1e-4f, i + 1);
     }
-    double dt = now() - t0;
-    std::fprintf(stderr, "  %s %d: %.3f s\n", r < o.warmup ? "warmup" : "run", r, dt);
-    if (r >= o.warmup) times.push_back(dt);
+    double dt = bench_now() - t0;
+    std::fprintf(stderr, "  %s %d: %.3f s (load %s)\n", i < o.warmup ? "warmup" : "run", i, dt, load_average().c_str());
+    if (i < o.warmup) continue;
+    r.times.push_back(dt);
+    if (dt < best) {
+      best = dt;
+      if (prof) {
+        r.profile = prof->stats();
+        r.profile_step_seconds = dt;
+      }
+    }
   }
-  double best = *std::min_element(times.begin(), times.end());
-  double mean = 0;
-  for (double d : times) mean += d;
-  mean /= times.size();
-  double peak = sgemm_peak_gflops(2048);
+  r.best = best;
+  for (double d : r.times) r.mean += d;
+  r.mean /= r.times.size();
+  r.activation_bytes = model.activation_bytes();
+  return r;
+}
+
+nlohmann::json run_dit_twin(const BenchOpts& o) {
+  require_python_torch(o.python);
+  const std::string args = "--config " + o.preset + " --schedule " + o.schedule + " --text-dim " +
+                           std::to_string(o.text_dim) + " --height " + std::to_string(o.height) + " --width " +
+                           std::to_string(o.width) + " --batch " + std::to_string(o.batch) + " --text-len " +
+                           std::to_string(o.text_len) + " --threads " + std::to_string(num_threads()) +
+                           " --repeats " + std::to_string(o.repeats) + " --warmup " + std::to_string(o.warmup) +
+                           " --latent-channels " + std::to_string(o.latent_channels) + " --latent-stride " +
+                           std::to_string(o.latent_stride) + " --dtypes " + o.twin_dtypes +
+                           (o.train ? " --train" : "");
+  auto tj = run_twin_script(o.python, o.twin_script, args, "the PyTorch twin (DiT)");
+  if (!tj.contains("min_seconds")) fail("the PyTorch twin's JSON lacks min_seconds");
+  return tj;
+}
+
+namespace {
+
+void bench_dit(const BenchOpts& o) {
+  DitTiming r = time_dit(o, cpu_backend());
+  const double best = r.best, flops = r.flops;
+  const int B = o.batch, L = o.text_len;
+  double peak = sgemm_peak_gflops(cpu_backend(), 2048);
   nlohmann::json j;
   j["mode"] = o.train ? "train" : "forward";
   j["model"] = o.preset;
   j["schedule"] = o.schedule;
-  j["parameters"] = cfg.param_count();
+  j["parameters"] = r.cfg.param_count();
   j["image"] = std::to_string(o.width) + "x" + std::to_string(o.height);
   j["batch"] = B;
   j["text_len"] = L;
   j["threads"] = num_threads();
   j["flops_per_step"] = flops;
   j["seconds_per_step_best"] = best;
-  j["seconds_per_step_mean"] = mean;
+  j["seconds_per_step_mean"] = r.mean;
   j["gflops_achieved"] = flops / best / 1e9;
   j["sgemm_peak_gflops_2048"] = peak;
   j["fraction_of_sgemm_peak"] = flops / best / 1e9 / peak;
-  j["activation_bytes"] = model.activation_bytes();
+  j["activation_bytes"] = r.activation_bytes;
+  j["peak_rss_bytes"] = peak_rss_bytes();
   if (o.twin) {
-    std::string cmd = o.python + " " + o.twin_script + " --config " + o.preset + " --schedule " + o.schedule +
-                      " --text-dim " + std::to_string(o.text_dim) + " --height " + std::to_string(o.height) +
-                      " --width " + std::to_string(o.width) + " --batch " + std::to_string(B) + " --text-len " +
-                      std::to_string(L) + " --threads " + std::to_string(num_threads()) + " --repeats " +
-                      std::to_string(o.repeats) + " --warmup " + std::to_string(o.warmup) + " --latent-channels " +
-                      std::to_string(o.latent_channels) + " --latent-stride " + std::to_string(o.latent_stride) +
-                      (o.train ? " --train" : "");
-    std::fprintf(stderr, "  twin: %s\n", cmd.c_str());
-    FILE* f = popen(cmd.c_str(), "r");
-    if (!f) fail("could not start the PyTorch twin: ", cmd);
-    std::string out;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, f)) out.append(buf, n);
-    int rc = pclose(f);
-    if (rc != 0) fail("the PyTorch twin benchmark failed (exit ", rc, "): ", cmd);
-    auto tj = nlohmann::json::parse(out.substr(out.find('{')));
-    // best against best: the twin reports its mean and its fastest run
-    double ts = tj.contains("min_seconds") ? tj.at("min_seconds").get<double>() : tj.at("seconds_per_step").get<double>();
+    auto tj = run_dit_twin(o);
+    // best against best: the twin's fastest run over its precisions
+    double ts = tj.at("min_seconds").get<double>();
     j["twin_seconds_per_step"] = ts;
+    j["twin_dtype"] = tj.value("dtype", "float32");
+    j["twin_results"] = tj.value("results", nlohmann::json::object());
     j["twin_gflops"] = flops / ts / 1e9;
     j["speedup_vs_twin"] = ts / best;
+    j["ratio"] = best / ts;  // oboro time / twin time (issue 6: ≤ 0.67 for a training step, ≤ 0.5 for inference)
   }
+  j["load_average"] = load_average();
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     std::printf("model %s (%s), %s px, batch %d, text %d, %d threads\n", o.preset.c_str(), o.schedule.c_str(),
                 j["image"].get<std::string>().c_str(), B, L, num_threads());
-    std::printf("  %s: %.3f s best, %.3f s mean over %d runs, %.1f GFLOP -> %.1f GFLOP/s\n", o.train ? "train step" : "forward", best, mean,
-                (int)times.size(), flops / 1e9, flops / best / 1e9);
+    std::printf("  %s: %.3f s best, %.3f s mean over %d runs, %.1f GFLOP -> %.1f GFLOP/s\n",
+                o.train ? "train step" : "forward", best, r.mean, (int)r.times.size(), flops / 1e9, flops / best / 1e9);
     std::printf("  SGEMM peak (2048^3): %.1f GFLOP/s -> %.0f%% of peak\n", peak, 100.0 * flops / best / 1e9 / peak);
-    std::printf("  activations: %.1f MiB\n", model.activation_bytes() / 1048576.0);
+    std::printf("  activations: %.1f MiB, peak RSS %.1f MiB\n", r.activation_bytes / 1048576.0,
+                j["peak_rss_bytes"].get<size_t>() / 1048576.0);
     if (o.twin)
-      std::printf("  PyTorch twin: %.3f s best -> oboro is %.2fx the twin's speed\n", j["twin_seconds_per_step"].get<double>(),
-                  j["speedup_vs_twin"].get<double>());
+      std::printf("  PyTorch twin: %.3f s best (%s) -> oboro/twin time ratio %.2f (oboro is %.2fx the twin's speed)\n",
+                  j["twin_seconds_per_step"].get<double>(), j["twin_dtype"].get<std::string>().c_str(),
+                  j["ratio"].get<double>(), j["speedup_vs_twin"].get<double>());
     if (o.train)
       std::printf("  throughput: %.1f samples/s (twin %.1f samples/s)\n", B / best,
                   o.twin ? B / j["twin_seconds_per_step"].get<double>() : 0.0);
+    std::printf("  load average: %s\n", j["load_average"].get<std::string>().c_str());
   }
 }
 
@@ -176,6 +188,8 @@ void register_bench(CLI::App& app) {
     d->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str();
     d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
     d->add_flag("--twin", o->twin, "also time the PyTorch twin in the same run");
+    d->add_option("--twin-dtypes", o->twin_dtypes, "the twin's precisions, best taken: float32,bfloat16 (autocast)")
+        ->capture_default_str();
     d->add_option("--twin-script", o->twin_script, "path of bench/twin_dit_bench.py")->capture_default_str();
     d->add_option("--python", o->python, "python with torch")->capture_default_str();
     d->add_flag("--json", o->json, "print JSON");

@@ -1,5 +1,6 @@
 // `oboro debug vae` (the spec §8 debug contract) and `oboro bench vae` (decode time, FLOPs and peak memory of the
 // FLUX.1 VAE with random weights of the true size).
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -7,6 +8,7 @@
 #include "io/safetensors.h"
 #include "models/vae.h"
 #include "ops/backend.h"
+#include "ops/profiling_backend.h"
 #include <nlohmann/json.hpp>
 #include <algorithm>
 #include <chrono>
@@ -21,7 +23,9 @@ namespace {
 
 struct VaeCliOpts {
   std::string model, encode_in, decode_in, output;
-  bool tiled = false, no_tiling = false, encode = false, json = false;
+  std::string python = "/usr/bin/python3", twin_script = OBORO_SOURCE_DIR "/bench/twin_vae_bench.py",
+              twin_dtypes = "float32,bfloat16";
+  bool tiled = false, no_tiling = false, encode = false, json = false, compare_torch = false, profile = false;
   int tile = 64, overlap = 16, height = 416, width = 736, repeats = 1, threads = 0;
 };
 
@@ -79,16 +83,6 @@ void run_debug_vae(const VaeCliOpts& o) {
   wr.write(o.output);
 }
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-size_t peak_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // kB
-  return 0;
-}
-
 void run_bench_vae(const VaeCliOpts& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   const VaeRunOptions ro = run_options(o);
@@ -97,8 +91,12 @@ void run_bench_vae(const VaeCliOpts& o) {
   if (o.height <= 0 || o.width <= 0 || o.height % s || o.width % s)
     fail("--height and --width must be positive multiples of ", s, ", got ", o.height, "x", o.width);
   if (o.repeats < 1) fail("--repeats must be at least 1");
+  if (o.compare_torch) require_python_torch(o.python);
+  const std::string load0 = load_average();
   const int h = o.height / s, w = o.width / s;
-  Backend& be = cpu_backend();
+  std::unique_ptr<ProfilingBackend> prof;
+  if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
+  Backend& be = prof ? static_cast<Backend&>(*prof) : cpu_backend();
   Vae vae(cfg, be);
   vae.init_random(1);
   std::fprintf(stderr,
@@ -115,15 +113,21 @@ void run_bench_vae(const VaeCliOpts& o) {
     std::vector<float> lat((size_t)cfg.z_channels * h * w), img((size_t)3 * o.height * o.width);
     fill_normal(enc ? img.data() : lat.data(), (int64_t)(enc ? img.size() : lat.size()), 7);
     double best = 1e30, flops = 0;
+    std::vector<ProfilingBackend::OpStat> pstats;
     for (int r = 0; r < o.repeats; ++r) {
-      const double f0 = vae.flops_done(), t0 = now();
+      if (prof) prof->reset();
+      const double f0 = vae.flops_done(), t0 = bench_now();
       if (enc) vae.encode(lat.data(), img.data(), 1, o.height, o.width, ro);
       else vae.decode(img.data(), lat.data(), 1, h, w, ro);
-      const double dt = now() - t0;
+      const double dt = bench_now() - t0;
       flops = vae.flops_done() - f0;
       std::fprintf(stderr, "  %s run %d: %.3f s\n", enc ? "encode" : "decode", r, dt);
+      if (dt < best && prof) pstats = prof->stats();
       best = std::min(best, dt);
     }
+    if (prof)
+      std::fprintf(o.json ? stderr : stdout, "per-op profile of the fastest %s:\n%s", enc ? "encode" : "decode",
+                   ProfilingBackend::format_table(pstats, best).c_str());
     nlohmann::json r;
     r["tiled"] = tiles;
     r["seconds_best"] = best;
@@ -138,6 +142,23 @@ void run_bench_vae(const VaeCliOpts& o) {
   j["decode"] = timed(false);
   if (o.encode) j["encode"] = timed(true);
   j["peak_rss_bytes"] = peak_rss_bytes();
+  if (o.compare_torch) {
+    const std::string args = "--height " + std::to_string(o.height) + " --width " + std::to_string(o.width) +
+                             " --threads " + std::to_string(num_threads()) + " --repeats " +
+                             std::to_string(o.repeats) + " --dtypes " + o.twin_dtypes + (o.encode ? " --encode" : "");
+    auto tj = run_twin_script(o.python, o.twin_script, args, "the PyTorch twin (VAE)");
+    j["torch"] = tj;
+    j["decode"]["torch_s"] = tj.at("min_seconds");
+    j["decode"]["torch_dtype"] = tj.value("dtype", "float32");
+    j["decode"]["ratio"] = j["decode"]["seconds_best"].get<double>() / tj.at("min_seconds").get<double>();
+    if (o.encode && tj.contains("encode")) {
+      j["encode"]["torch_s"] = tj["encode"].at("min_seconds");
+      j["encode"]["torch_dtype"] = tj["encode"].value("dtype", "float32");
+      j["encode"]["ratio"] = j["encode"]["seconds_best"].get<double>() / tj["encode"].at("min_seconds").get<double>();
+    }
+  }
+  j["load_average_start"] = load0;
+  j["load_average_end"] = load_average();
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -150,8 +171,12 @@ void run_bench_vae(const VaeCliOpts& o) {
     std::printf("  %s%s: %.3f s, %.1f GFLOP -> %.1f GFLOP/s; activations %.1f MiB\n", k,
                 r["tiled"].get<bool>() ? " (tiled)" : "", r["seconds_best"].get<double>(), r["gflop"].get<double>(),
                 r["gflops_achieved"].get<double>(), r["activation_bytes_allocated_peak"].get<size_t>() / 1048576.0);
+    if (r.contains("torch_s"))
+      std::printf("    PyTorch twin: %.3f s (%s) -> ratio oboro/torch %.2f\n", r["torch_s"].get<double>(),
+                  r["torch_dtype"].get<std::string>().c_str(), r["ratio"].get<double>());
   }
-  std::printf("  peak RSS: %.1f MiB\n", j["peak_rss_bytes"].get<size_t>() / 1048576.0);
+  std::printf("  peak RSS: %.1f MiB; load average %s (start) %s (end)\n", j["peak_rss_bytes"].get<size_t>() / 1048576.0,
+              load0.c_str(), j["load_average_end"].get<std::string>().c_str());
 }
 
 }  // namespace
@@ -177,6 +202,11 @@ void register_vae_commands(CLI::App& app) {
   d->add_option("--threads", b->threads, "threads (0 = all cores)")->capture_default_str();
   d->add_flag("--encode", b->encode, "also time the encoder");
   d->add_flag("--json", b->json, "print JSON");
+  d->add_flag("--profile", b->profile, "per-op table (op, calls, ms, % of the pass, GFLOP/s) of the fastest run");
+  d->add_flag("--compare-torch", b->compare_torch, "also time the PyTorch twin (best of F32 and BF16 autocast)");
+  d->add_option("--twin-dtypes", b->twin_dtypes, "the twin's precisions")->capture_default_str();
+  d->add_option("--twin-script", b->twin_script, "path of bench/twin_vae_bench.py")->capture_default_str();
+  d->add_option("--python", b->python, "python with torch")->capture_default_str();
   add_tiling_options(d, *b);
   d->callback([b] { run_bench_vae(*b); });
 }

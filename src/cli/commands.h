@@ -15,6 +15,7 @@ void register_eval(CLI::App& app);   // oboro eval shapes ...            (cmd_ev
 void register_train(CLI::App& app);  // oboro train --config run.toml    (cmd_train.cpp)
 void register_convert(CLI::App& app);  // oboro convert --from-state ...    (cmd_convert.cpp)
 void register_generate(CLI::App& app);  // oboro generate ...            (cmd_generate.cpp)
-void register_vae_commands(CLI::App& app);
-void register_bench_pipeline(CLI::App& app);  // oboro bench pipeline (cmd_bench_pipeline.cpp; after bench)  // oboro debug vae, oboro bench vae (cmd_vae.cpp; after debug, bench)
+void register_vae_commands(CLI::App& app);  // oboro debug vae, oboro bench vae (cmd_vae.cpp; after debug, bench)
+void register_bench_pipeline(CLI::App& app);  // oboro bench pipeline (cmd_bench_pipeline.cpp; after bench)
+void register_bench_step(CLI::App& app);  // oboro bench step|t5|attention (cmd_bench_step.cpp; after bench)
 }  // namespace oboro::cli

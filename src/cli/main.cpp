@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   oboro::cli::register_bench_formats(app);
   oboro::cli::register_vae_commands(app);
   oboro::cli::register_bench_pipeline(app);
+  oboro::cli::register_bench_step(app);
   oboro::cli::register_init(app);
   oboro::cli::register_data(app);
   oboro::cli::register_data_shapes(*app.get_subcommand("data"));

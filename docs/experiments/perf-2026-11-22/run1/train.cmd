@@ -1,0 +1,1 @@
+build-bench/oboro bench train --config small --twin --json --repeats 3

@@ -1,0 +1,98 @@
+#include "cli/bench_util.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include <sys/stat.h>
+#include <algorithm>
+#include <cstdlib>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+namespace oboro::cli {
+namespace {
+size_t status_kb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const size_t n = std::char_traits<char>::length(key);
+  while (std::getline(f, line))
+    if (line.compare(0, n, key) == 0) return std::stoull(line.substr(n)) * 1024;
+  return 0;
+}
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+}  // namespace
+
+double bench_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+size_t peak_rss_bytes() { return status_kb("VmHWM:"); }
+size_t current_rss_bytes() { return status_kb("VmRSS:"); }
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  f.flush();
+  return (bool)f;
+}
+std::string load_average() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+double sgemm_peak_gflops(Backend& be, int n) {
+  std::vector<float> a((size_t)n * n), b((size_t)n * n), c((size_t)n * n);
+  fill_normal(a.data(), (int64_t)a.size(), 1);
+  fill_normal(b.data(), (int64_t)b.size(), 2);
+  double best = 1e30;
+  for (int r = 0; r < 4; ++r) {
+    double t0 = bench_now();
+    be.linear_forward(c.data(), a.data(), b.data(), nullptr, n, n, n);
+    double dt = bench_now() - t0;
+    if (r > 0) best = std::min(best, dt);  // the first call warms up the threads
+  }
+  return 2.0 * n * n * n / best / 1e9;
+}
+
+void require_python_torch(const std::string& python) {
+  struct stat st;
+  if (python.find('/') != std::string::npos && stat(python.c_str(), &st) != 0)
+    fail("--compare-torch needs Python 3 with PyTorch: ", python,
+         " does not exist (install them with `apt install python3 python3-torch`, or give --python PATH)");
+  const std::string cmd = quote(python) + " -c 'import torch' >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0)
+    fail("--compare-torch needs PyTorch: `", python,
+         " -c 'import torch'` failed (install it with `apt install python3-torch`, or give --python PATH)");
+}
+
+nlohmann::json run_twin_script(const std::string& python, const std::string& script, const std::string& args,
+                               const char* what) {
+  struct stat st;
+  if (stat(script.c_str(), &st) != 0) fail(what, ": script ", script, " not found (give --twin-script PATH)");
+  const std::string cmd = quote(python) + " " + quote(script) + " " + args;
+  std::fprintf(stderr, "  %s: %s\n", what, cmd.c_str());
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) fail("could not start ", what, ": ", cmd);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, f)) out.append(buf, n);
+  const int rc = pclose(f);
+  if (rc != 0) fail(what, " failed (exit status ", rc, "): ", cmd);
+  const size_t at = out.rfind("\n{");
+  const size_t start = at == std::string::npos ? out.find('{') : at + 1;
+  if (start == std::string::npos) fail(what, " printed no JSON object: ", cmd);
+  try {
+    return nlohmann::json::parse(out.substr(start));
+  } catch (const std::exception& e) {
+    fail(what, " printed invalid JSON (", e.what(), "): ", cmd);
+  }
+  return {};
+}
+
+}  // namespace oboro::cli
