@@ -79,8 +79,9 @@ void run(const PipeOpts& o) {
   }
   if (layers > 24) fail("--t5-layers must be 1 to 24 (T5 v1.1 XXL has 24)");
 
-  const fs::path dir = o.workdir.empty() ? fs::temp_directory_path() / ("oboro-bench-pipeline-" + std::to_string(::getpid()))
-                                         : fs::path(o.workdir);
+  // Always a fresh folder of our own inside --workdir: it is removed at the end, never the user's folder.
+  const fs::path dir = (o.workdir.empty() ? fs::temp_directory_path() : fs::path(o.workdir)) /
+                       ("oboro-bench-pipeline-" + std::to_string(::getpid()));
   fs::create_directories(dir);
   const std::string dit_path = (dir / "dit.safetensors").string(), t5_path = (dir / "t5.safetensors").string(),
                     vae_path = (dir / "ae.safetensors").string();
@@ -234,7 +235,7 @@ void register_bench_pipeline(CLI::App& app) {
                 "T5 layers to build (1-24; default: as many as fit in 60% of MemAvailable); fewer than 24 are "
                 "extrapolated to 24");
   c->add_option("--prompt", o->prompt, "prompt (its token count sets the T5 and text lengths)");
-  c->add_option("--workdir", o->workdir, "where the temporary weight files go (default $TMPDIR)");
+  c->add_option("--workdir", o->workdir, "folder in which a temporary oboro-bench-pipeline-PID folder holds the weight files (default $TMPDIR)");
   c->add_flag("--keep", o->keep, "keep the weight files");
   c->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
   c->add_flag("--json", o->json, "print JSON");
