@@ -270,14 +270,16 @@ OBORO_ATTN_AVX512 inline void pv_kernel(float* acc, int lda, const float* p, con
     for (int t = 0; t < NV; ++t) _mm512_storeu_ps(acc + (size_t)r * lda + t * 16, c[r][t]);
 }
 
-OBORO_ATTN_AVX512 void attention_forward_avx512(float* o, float* lse, const float* q, const float* k,
-                                                const float* v, const float* key_valid, int B, int S, int H,
-                                                int dh, float scale, const float* rel_bias) {
+// Units [u0, u1) of (batch, head) pairs, on the calling thread. (Its own function rather than the
+// parallel_for lambda's body: a lambda does not inherit the enclosing function's target attribute.)
+OBORO_ATTN_AVX512 void attention_forward_avx512_units(int64_t u0, int64_t u1, float* o, float* lse, const float* q,
+                                                      const float* k, const float* v, const float* key_valid, int S,
+                                                      int H, int dh, float scale, const float* rel_bias) {
   const int D = H * dh;
   const int dhp = (dh + 15) / 16 * 16;
   const int Sq = (S + 7) / 8 * 8;
   const int Sk = (S + kFk - 1) / kFk * kFk;
-  parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
+  {
     std::vector<float> qp((size_t)Sq * dh), kp((size_t)Sk * dh), vp((size_t)Sk * dhp), kb(Sk);
     std::vector<float> sc(kFq * kFk), acc((size_t)kFq * dhp), m(kFq), l(kFq), corr(kFq);
     for (int64_t u = u0; u < u1; ++u) {
@@ -379,6 +381,14 @@ OBORO_ATTN_AVX512 void attention_forward_avx512(float* o, float* lse, const floa
         }
       }
     }
+  }
+}
+
+void attention_forward_avx512(float* o, float* lse, const float* q, const float* k, const float* v,
+                              const float* key_valid, int B, int S, int H, int dh, float scale,
+                              const float* rel_bias) {
+  parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
+    attention_forward_avx512_units(u0, u1, o, lse, q, k, v, key_valid, S, H, dh, scale, rel_bias);
   }, 1);
 }
 
