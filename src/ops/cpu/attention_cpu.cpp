@@ -6,11 +6,18 @@
 #include "ops/cpu/attention_cpu.h"
 #include "core/threads.h"
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers pass _mm512_undefined_ps() and trip -Wmaybe-uninitialized (a header false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#define OBORO_ATTN_X86 1
+#endif
 
 namespace oboro::cpu {
 namespace {
@@ -95,9 +102,9 @@ inline void score_tile(float* sc, const float* qblk, int nq, const float* kt, in
 
 }  // namespace
 
-void attention_forward_tiled(float* o, float* lse, const float* q, const float* k, const float* v,
-                             const float* key_valid, int B, int S, int H, int dh, float scale,
-                             const float* rel_bias) {
+void attention_forward_generic(float* o, float* lse, const float* q, const float* k, const float* v,
+                               const float* key_valid, int B, int S, int H, int dh, float scale,
+                               const float* rel_bias) {
   const int D = H * dh;
   parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
     Panels P;
@@ -162,6 +169,260 @@ void attention_forward_tiled(float* o, float* lse, const float* q, const float* 
       }
     }
   }, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register-blocked AVX-512 forward. Per (batch, head) unit the panels are packed once:
+//   Q (Sq, dh) scaled, Sq = S rounded up to 8 (padding rows zero, never written out);
+//   K (Sk/64, dh, 64): key blocks of 64, each stored d-major so a score row's 64 keys are 4 vectors;
+//   V (Sk, dhp), dhp = dh rounded up to 16 (zero columns), Sk = S rounded up to 64 (zero rows);
+//   kb (Sk): 0 for a valid key, −inf for a masked or padding key (added to every score).
+// A query tile of 32 rows sweeps the key blocks: scores by a 4-row × 64-key micro-kernel (FMA over dh,
+// one broadcast of q per row and four K vectors per step), the mask / relative bias, the online-softmax
+// rescale per row, then acc(32, dhp) = acc·corr + P(32, 64)·V(64, dhp) by an MR-row × NV-vector
+// micro-kernel that runs over the 64 keys with the accumulators in registers. Every output element is
+// computed by one thread in a fixed order, so results do not depend on the thread count.
+#if OBORO_ATTN_X86
+#define OBORO_ATTN_AVX512 __attribute__((target("avx512f,avx512dq,fma")))
+namespace {
+
+constexpr int kFq = 32;  // query rows per tile
+constexpr int kFk = 64;  // keys per block (4 vectors)
+
+bool detect_attn_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+}
+std::atomic<bool> g_attn_force_generic{false};
+
+// e^x on 16 lanes, the same scheme as exp_row: x = n·ln2 + r, degree-7 Taylor for e^r, 2^n via the
+// exponent bits; x < −87 (−inf included) gives 0.
+OBORO_ATTN_AVX512 inline __m512 exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  __m512 v = _mm512_max_ps(x, lo);
+  __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(0.693145751953125f), v);
+  r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(1.42860682030941723e-6f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kf), _mm512_set1_epi32(127)), 23);
+  __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+  __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(under, y, _mm512_setzero_ps());
+}
+
+// sc(4, 64) = q(4 rows, stride dh) · kblk(dh, 64)
+OBORO_ATTN_AVX512 inline void score_4x64(float* sc, const float* q, const float* kblk, int dh) {
+  __m512 c[4][4];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < 4; ++t) c[r][t] = _mm512_setzero_ps();
+  const float* q0 = q;
+  const float* q1 = q + dh;
+  const float* q2 = q + 2 * dh;
+  const float* q3 = q + 3 * dh;
+  for (int d = 0; d < dh; ++d) {
+    const float* kd = kblk + (size_t)d * kFk;
+    __m512 b0 = _mm512_loadu_ps(kd), b1 = _mm512_loadu_ps(kd + 16), b2 = _mm512_loadu_ps(kd + 32),
+           b3 = _mm512_loadu_ps(kd + 48);
+    __m512 a = _mm512_set1_ps(q0[d]);
+    c[0][0] = _mm512_fmadd_ps(a, b0, c[0][0]); c[0][1] = _mm512_fmadd_ps(a, b1, c[0][1]);
+    c[0][2] = _mm512_fmadd_ps(a, b2, c[0][2]); c[0][3] = _mm512_fmadd_ps(a, b3, c[0][3]);
+    a = _mm512_set1_ps(q1[d]);
+    c[1][0] = _mm512_fmadd_ps(a, b0, c[1][0]); c[1][1] = _mm512_fmadd_ps(a, b1, c[1][1]);
+    c[1][2] = _mm512_fmadd_ps(a, b2, c[1][2]); c[1][3] = _mm512_fmadd_ps(a, b3, c[1][3]);
+    a = _mm512_set1_ps(q2[d]);
+    c[2][0] = _mm512_fmadd_ps(a, b0, c[2][0]); c[2][1] = _mm512_fmadd_ps(a, b1, c[2][1]);
+    c[2][2] = _mm512_fmadd_ps(a, b2, c[2][2]); c[2][3] = _mm512_fmadd_ps(a, b3, c[2][3]);
+    a = _mm512_set1_ps(q3[d]);
+    c[3][0] = _mm512_fmadd_ps(a, b0, c[3][0]); c[3][1] = _mm512_fmadd_ps(a, b1, c[3][1]);
+    c[3][2] = _mm512_fmadd_ps(a, b2, c[3][2]); c[3][3] = _mm512_fmadd_ps(a, b3, c[3][3]);
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < 4; ++t) _mm512_storeu_ps(sc + r * kFk + t * 16, c[r][t]);
+}
+
+// acc(MR rows, NV·16 cols, stride lda) = acc·corr[r] + p(MR, 64) · v(64 rows, stride ldv)
+template <int MR, int NV>
+OBORO_ATTN_AVX512 inline void pv_kernel(float* acc, int lda, const float* p, const float* v, int ldv,
+                                        const float* corr) {
+  __m512 c[MR][NV];
+  for (int r = 0; r < MR; ++r) {
+    const __m512 cr = _mm512_set1_ps(corr[r]);
+    for (int t = 0; t < NV; ++t) c[r][t] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * lda + t * 16), cr);
+  }
+  for (int j = 0; j < kFk; ++j) {
+    const float* vj = v + (size_t)j * ldv;
+    __m512 b[NV];
+    for (int t = 0; t < NV; ++t) b[t] = _mm512_loadu_ps(vj + t * 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(p[r * kFk + j]);
+      for (int t = 0; t < NV; ++t) c[r][t] = _mm512_fmadd_ps(a, b[t], c[r][t]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NV; ++t) _mm512_storeu_ps(acc + (size_t)r * lda + t * 16, c[r][t]);
+}
+
+// Units [u0, u1) of (batch, head) pairs, on the calling thread. (Its own function rather than the
+// parallel_for lambda's body: a lambda does not inherit the enclosing function's target attribute.)
+OBORO_ATTN_AVX512 void attention_forward_avx512_units(int64_t u0, int64_t u1, float* o, float* lse, const float* q,
+                                                      const float* k, const float* v, const float* key_valid, int S,
+                                                      int H, int dh, float scale, const float* rel_bias) {
+  const int D = H * dh;
+  const int dhp = (dh + 15) / 16 * 16;
+  const int Sq = (S + 7) / 8 * 8;
+  const int Sk = (S + kFk - 1) / kFk * kFk;
+  {
+    std::vector<float> qp((size_t)Sq * dh), kp((size_t)Sk * dh), vp((size_t)Sk * dhp), kb(Sk);
+    std::vector<float> sc(kFq * kFk), acc((size_t)kFq * dhp), m(kFq), l(kFq), corr(kFq);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int b = (int)(u / H), h = (int)(u % H);
+      const size_t bo = (size_t)b * S * D;
+      const float* valid = key_valid ? key_valid + (size_t)b * S : nullptr;
+      const float* rel = rel_bias ? rel_bias + (size_t)h * (2 * S - 1) : nullptr;
+      // pack
+      std::fill(qp.begin(), qp.end(), 0.f);
+      std::fill(kp.begin(), kp.end(), 0.f);
+      std::fill(vp.begin(), vp.end(), 0.f);
+      for (int s = 0; s < S; ++s) {
+        const size_t off = bo + (size_t)s * D + (size_t)h * dh;
+        float* qd = qp.data() + (size_t)s * dh;
+        float* kd = kp.data() + (size_t)(s / kFk) * kFk * dh + (s % kFk);
+        float* vd = vp.data() + (size_t)s * dhp;
+        for (int d = 0; d < dh; ++d) {
+          qd[d] = q[off + d] * scale;  // scale folded into Q
+          kd[(size_t)d * kFk] = k[off + d];
+          vd[d] = v[off + d];
+        }
+      }
+      for (int j = 0; j < Sk; ++j) kb[j] = (j < S && (!valid || valid[j] != 0.f)) ? 0.f : kNegInf;
+      for (int i0 = 0; i0 < S; i0 += kFq) {
+        const int nq = std::min(kFq, S - i0);
+        const int nq4 = (nq + 3) / 4 * 4, nq8 = (nq + 7) / 8 * 8;  // within Sq
+        std::fill(m.begin(), m.end(), kNegInf);
+        std::fill(l.begin(), l.end(), 0.f);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int j0 = 0; j0 < Sk; j0 += kFk) {
+          const int nk = std::min(kFk, S - j0);
+          const float* kblk = kp.data() + (size_t)j0 * dh;
+          for (int i = 0; i < nq4; i += 4) score_4x64(sc.data() + i * kFk, qp.data() + (size_t)(i0 + i) * dh, kblk, dh);
+          const __m512 kb0 = _mm512_loadu_ps(kb.data() + j0), kb1 = _mm512_loadu_ps(kb.data() + j0 + 16),
+                       kb2 = _mm512_loadu_ps(kb.data() + j0 + 32), kb3 = _mm512_loadu_ps(kb.data() + j0 + 48);
+          for (int i = 0; i < nq8; ++i) {
+            float* row = sc.data() + i * kFk;
+            if (i >= nq) {  // padding rows: no contribution
+              for (int j = 0; j < kFk; ++j) row[j] = 0.f;
+              corr[i] = 1.f;
+              continue;
+            }
+            if (rel) {
+              const float* rb = rel + (j0 - (i0 + i) + S - 1);
+              if (nk == kFk)
+                for (int t = 0; t < 4; ++t)
+                  _mm512_storeu_ps(row + 16 * t, _mm512_add_ps(_mm512_loadu_ps(row + 16 * t), _mm512_loadu_ps(rb + 16 * t)));
+              else
+                for (int j = 0; j < nk; ++j) row[j] += rb[j];
+            }
+            __m512 s0 = _mm512_add_ps(_mm512_loadu_ps(row), kb0), s1 = _mm512_add_ps(_mm512_loadu_ps(row + 16), kb1),
+                   s2 = _mm512_add_ps(_mm512_loadu_ps(row + 32), kb2),
+                   s3 = _mm512_add_ps(_mm512_loadu_ps(row + 48), kb3);
+            const float bm = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s0, s1), _mm512_max_ps(s2, s3)));
+            const float mx = std::max(m[i], bm);
+            if (mx == kNegInf) {  // every key so far masked: P = 0, acc stays 0
+              for (int j = 0; j < kFk; ++j) row[j] = 0.f;
+              corr[i] = 1.f;
+              continue;
+            }
+            const __m512 vm = _mm512_set1_ps(mx);
+            s0 = exp16(_mm512_sub_ps(s0, vm)), s1 = exp16(_mm512_sub_ps(s1, vm));
+            s2 = exp16(_mm512_sub_ps(s2, vm)), s3 = exp16(_mm512_sub_ps(s3, vm));
+            _mm512_storeu_ps(row, s0), _mm512_storeu_ps(row + 16, s1);
+            _mm512_storeu_ps(row + 32, s2), _mm512_storeu_ps(row + 48, s3);
+            const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+            const float cr = std::exp(m[i] - mx);  // exp(−inf) = 0 on the first unmasked block
+            corr[i] = cr;
+            l[i] = l[i] * cr + sum;
+            m[i] = mx;
+          }
+          const float* vblk = vp.data() + (size_t)j0 * dhp;
+          for (int c0 = 0; c0 < dhp; c0 += 64) {
+            const int nv = std::min(4, (dhp - c0) / 16);
+            float* a = acc.data() + c0;
+            const float* vb = vblk + c0;
+            switch (nv) {
+              case 1:
+                for (int i = 0; i < nq8; i += 8) pv_kernel<8, 1>(a + (size_t)i * dhp, dhp, sc.data() + i * kFk, vb, dhp, corr.data() + i);
+                break;
+              case 2:
+                for (int i = 0; i < nq8; i += 8) pv_kernel<8, 2>(a + (size_t)i * dhp, dhp, sc.data() + i * kFk, vb, dhp, corr.data() + i);
+                break;
+              case 3:
+                for (int i = 0; i < nq8; i += 4) pv_kernel<4, 3>(a + (size_t)i * dhp, dhp, sc.data() + i * kFk, vb, dhp, corr.data() + i);
+                break;
+              default:
+                for (int i = 0; i < nq8; i += 4) pv_kernel<4, 4>(a + (size_t)i * dhp, dhp, sc.data() + i * kFk, vb, dhp, corr.data() + i);
+                break;
+            }
+          }
+        }
+        for (int i = 0; i < nq; ++i) {
+          const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+          float* orow = o + bo + (size_t)(i0 + i) * D + (size_t)h * dh;
+          const float* a = acc.data() + (size_t)i * dhp;
+          for (int d = 0; d < dh; ++d) orow[d] = a[d] * inv;
+          lse[((size_t)b * H + h) * S + i0 + i] = l[i] > 0.f ? m[i] + std::log(l[i]) : kNegInf;
+        }
+      }
+    }
+  }
+}
+
+void attention_forward_avx512(float* o, float* lse, const float* q, const float* k, const float* v,
+                              const float* key_valid, int B, int S, int H, int dh, float scale,
+                              const float* rel_bias) {
+  parallel_for((int64_t)B * H, [&](int64_t u0, int64_t u1) {
+    attention_forward_avx512_units(u0, u1, o, lse, q, k, v, key_valid, S, H, dh, scale, rel_bias);
+  }, 1);
+}
+
+}  // namespace
+#endif  // OBORO_ATTN_X86
+
+bool attention_avx512_available() {
+#if OBORO_ATTN_X86
+  static const bool ok = detect_attn_avx512();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool attention_force_generic(bool on) {
+#if OBORO_ATTN_X86
+  return g_attn_force_generic.exchange(on);
+#else
+  (void)on;
+  return false;
+#endif
+}
+
+void attention_forward_tiled(float* o, float* lse, const float* q, const float* k, const float* v,
+                             const float* key_valid, int B, int S, int H, int dh, float scale,
+                             const float* rel_bias) {
+#if OBORO_ATTN_X86
+  if (attention_avx512_available() && !g_attn_force_generic.load()) {
+    attention_forward_avx512(o, lse, q, k, v, key_valid, B, S, H, dh, scale, rel_bias);
+    return;
+  }
+#endif
+  attention_forward_generic(o, lse, q, k, v, key_valid, B, S, H, dh, scale, rel_bias);
 }
 
 void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
