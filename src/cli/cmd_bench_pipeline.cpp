@@ -12,7 +12,9 @@
 #include "flow/memory_plan.h"
 #include "io/safetensors.h"
 #include "models/convert_weights.h"
+#include "core/rng.h"
 #include "models/dit.h"
+#include "models/params.h"
 #include "models/t5.h"
 #include "models/tokenizer.h"
 #include "models/vae.h"
@@ -20,6 +22,9 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 #include <chrono>
+#include <cmath>
+#include <cstring>
+#include <deque>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -48,6 +53,47 @@ void write_params(const std::string& path, const ParamLayout& layout, float* par
   SafetensorsWriter wr;
   for (const auto& v : layout.views()) wr.add(v.name, Tensor::borrow(params + v.offset, v.shape, DType::F32, nullptr));
   for (const auto& [k, val] : meta) wr.set_metadata(k, val);
+  wr.write(path);
+}
+
+// Random T5 weights written directly in `fmt` (the quantisable Linear weights; the rest F32), tensor by tensor,
+// with the same scales as T5Encoder::init_weights: norms 1, shared N(0,1), q N(0, 1/(D·d_kv)), o N(0, 1/inner),
+// wo N(0, 1/d_ff), others N(0, 1/D).
+void write_t5_quantized(const std::string& path, const T5Config& c, WFormat fmt,
+                        const std::map<std::string, std::string>& meta) {
+  const ParamLayout layout = t5_param_layout(c);
+  std::deque<Tensor> keep;
+  SafetensorsWriter wr;
+  std::vector<float> host;
+  uint64_t k = 0;
+  for (const auto& v : layout.views()) {
+    host.assign(v.numel(), 1.f);
+    auto ends = [&](const char* suf) { return v.name.size() >= std::strlen(suf) && v.name.ends_with(suf); };
+    double sd = 0;
+    if (v.shape.size() == 2) {
+      sd = v.name == "shared.weight" ? 1.0
+           : ends(".q.weight")       ? 1.0 / std::sqrt((double)c.d_model * c.d_kv)
+           : ends(".o.weight")       ? 1.0 / std::sqrt((double)c.inner())
+           : ends(".wo.weight")      ? 1.0 / std::sqrt((double)c.d_ff)
+                                     : 1.0 / std::sqrt((double)c.d_model);
+      fill_normal(host.data(), (int64_t)host.size(), 1, ++k);
+      for (float& x : host) x = (float)(x * sd);
+    }
+    if (v.shape.size() == 2 && t5_quantizable(v.name) && fmt != WFormat::F32) {
+      QuantizedWeight q = quantize_weight(host.data(), (int)v.shape[0], (int)v.shape[1], fmt, v.name);
+      keep.push_back(q.data);
+      wr.add(v.name, keep.back());
+      if (q.scale.defined() && q.scale.numel() && fmt != WFormat::BF16 && fmt != WFormat::F16) {
+        keep.push_back(q.scale);
+        wr.add(scale_companion(v.name), keep.back());
+      }
+    } else {
+      keep.push_back(Tensor::from_f32(host, v.shape));
+      wr.add(v.name, keep.back());
+    }
+  }
+  for (const auto& [key, val] : meta) wr.set_metadata(key, val);
+  wr.set_metadata(kWeightFormatKey, wformat_name(fmt));
   wr.write(path);
 }
 
@@ -104,11 +150,17 @@ void run(const PipeOpts& o) {
     train_vocab(lines, 120, prefix);
     std::ifstream f(prefix + ".model", std::ios::binary);
     const std::string proto((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    T5Encoder t5(t5_xxl(layers), be);
-    t5.init_weights(1);
-    write_params(t5_path, t5.layout(), t5.params(),
-                 {{"oboro.t5_config", t5.config().to_json().dump()}, {"oboro.tokenizer", base64_encode(proto)},
-                  {"modelspec.architecture", "t5-v1.1-encoder"}});
+    const std::map<std::string, std::string> t5_meta = {{"oboro.t5_config", t5_xxl(layers).to_json().dump()},
+                                                        {"oboro.tokenizer", base64_encode(proto)},
+                                                        {"modelspec.architecture", "t5-v1.1-encoder"}};
+    if (o.convert && !o.te_type.empty()) {
+      // Straight into the format, one tensor at a time: the F32 T5-XXL (19 GB) never exists, so all 24 layers fit.
+      write_t5_quantized(t5_path, t5_xxl(layers), parse_wformat(o.te_type, "--te-type"), t5_meta);
+    } else {
+      T5Encoder t5(t5_xxl(layers), be);
+      t5.init_weights(1);
+      write_params(t5_path, t5.layout(), t5.params(), t5_meta);
+    }
   }
   {
     DiTConfig cfg = DiTConfig::preset(o.config, 4096);
@@ -138,11 +190,7 @@ void run(const PipeOpts& o) {
   double convert_s = 0;
   if (o.convert) {
     const double c0 = now();
-    if (!o.te_type.empty()) {
-      t5_used = (dir / ("t5." + o.te_type + ".safetensors")).string();
-      convert_weights(t5_path, t5_used, parse_wformat(o.te_type, "--te-type"));
-      fs::remove(t5_path);
-    }
+    // (the T5 was written in its format directly)
     if (!o.type.empty()) {
       dit_used = (dir / ("dit." + o.type + ".safetensors")).string();
       convert_weights(dit_path, dit_used, parse_wformat(o.type, "--type"));
