@@ -1,5 +1,6 @@
 // Dataset: folder scanning (N_name repeats, sidecar captions), kohya TOML parsing (inheritance,
 // unknown keys, errors with line numbers), load() augmentations and determinism, corrupt images.
+#include "test_util.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/dataset.h"
@@ -44,14 +45,7 @@ void write_png(const fs::path& p, int w = 24, int h = 16) {
   save_png(p.string(), im);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
 std::vector<std::string> split_tags(const std::string& s) {
   std::vector<std::string> v;

@@ -2,6 +2,7 @@
 // corrupt and mismatched files, resume, shards, kohya TOML), dedup, scores and quality tags, buckets,
 // latent cache + reader, export → model → register → remove → audit, and the CLI contract with its
 // one-line errors.
+#include "test_util.h"
 #include "core/error.h"
 #include "core/sha256.h"
 #include "data/audit.h"
@@ -52,14 +53,7 @@ std::string read_text(const fs::path& p) {
   return std::string((std::istreambuf_iterator<char>(f)), {});
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
 std::string status_of(Manifest& m, const std::string& path_suffix, std::string* reason = nullptr) {
   sql::Stmt s(m.db(), "SELECT status, reason FROM images WHERE path LIKE ?");

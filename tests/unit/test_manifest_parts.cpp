@@ -1,6 +1,7 @@
 // Data pipeline building blocks: licence policy and SPDX, dataset digest, shards, embeddings,
 // neighbour search (exact vs LSH), DBSCAN, iterative dedup on planted near-duplicates, buckets,
 // quality thresholds.
+#include "test_util.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -23,14 +24,7 @@ using namespace oboro;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
 // A planted set: `originals` synthetic images, then `dups` near-duplicates of random originals,
 // each through one perturbation (cycling over all kinds). family[i] = the original of i.

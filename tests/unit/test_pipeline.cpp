@@ -2,6 +2,7 @@
 // the re-encoded init image, strength 1 equals txt2img), the refine pass (size, infotext), the memory plan (weight
 // bytes from the headers equal the files' tensor bytes, activation estimates equal what the models allocate, the
 // refusal), ComfyUI-style folders, and the schedule / resize helpers. No timing.
+#include "test_util.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "flow/flow.h"
@@ -29,24 +30,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
-fs::path root() {
-  static fs::path d = [] {
-    fs::path p = fs::temp_directory_path() / ("oboro_pipeline_" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p;
-  }();
-  return d;
-}
+fs::path root() { return oboro::test::process_tmpdir("oboro_pipeline"); }
 
 // A self-contained tiny text encoder (T5 v1.1 structure, tokenizer in the metadata).
 std::string write_text_encoder(const fs::path& path) {

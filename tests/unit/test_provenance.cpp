@@ -1,6 +1,7 @@
 // Provenance: manifest.jsonl parsing and its errors, the dataset digest (order independent), the
 // licence allow-list refusal, a 2-step training run on a 4-image folder with a manifest whose model
 // and checkpoint carry `oboro.dataset`, and `oboro info` showing it.
+#include "test_util.h"
 #include "core/error.h"
 #include "core/sha256.h"
 #include "data/provenance.h"
@@ -30,14 +31,7 @@ fs::path scratch(const std::string& name) {
 
 void write_text(const fs::path& p, const std::string& s) { std::ofstream(p.string(), std::ios::binary) << s; }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

@@ -1,5 +1,6 @@
 // T5 v1.1 encoder (spec §7): bucket function, config inference, loading rules and errors, hand-written
 // backward vs finite differences, padding invariance, thread-count determinism, debug CLI errors.
+#include "test_util.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -27,24 +28,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
-fs::path tmpdir() {
-  static fs::path d = [] {
-    fs::path p = fs::temp_directory_path() / ("oboro_t5_" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p;
-  }();
-  return d;
-}
+fs::path tmpdir() { return oboro::test::process_tmpdir("oboro_t5"); }
 
 T5Config tiny_cfg() {
   T5Config c;

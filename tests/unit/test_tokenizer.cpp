@@ -1,5 +1,6 @@
 // SentencePiece tokenizer with the T5 conventions (spec §1, §7) and `oboro data vocab`: training on a
 // generated caption corpus, T5 id layout, </s> appended, truncation keeps </s>, round trip, determinism.
+#include "test_util.h"
 #include "core/error.h"
 #include "models/tokenizer.h"
 
@@ -30,14 +31,7 @@ fs::path tmpdir() {
   return d;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

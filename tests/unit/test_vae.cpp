@@ -2,6 +2,7 @@
 // rules and errors (missing / unknown / wrong shape / mixed layouts / quant_conv), F16 and BF16 sources,
 // decoder-only files, thread-count determinism, the memory plan, and the tiled-vs-untiled bound.
 // (Numerical agreement with PyTorch is the twin test, tests/twin/test_vae_twin.py.)
+#include "test_util.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -26,24 +27,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using oboro::test::error_of;
 
-fs::path tmpdir() {
-  static fs::path d = [] {
-    fs::path p = fs::temp_directory_path() / ("oboro_vae_" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p;
-  }();
-  return d;
-}
+fs::path tmpdir() { return oboro::test::process_tmpdir("oboro_vae"); }
 
 // The smallest VAE with the real structure: GroupNorm(32) needs ≥ 32 channels.
 VaeConfig small_cfg(std::vector<int> mult = {1, 2}, int enc = 1, int dec = 2) {
