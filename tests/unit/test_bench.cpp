@@ -227,3 +227,27 @@ TEST(BenchCli, BadFlagsFailWithOneClearLine) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("xxl"), std::string::npos) << r.err;
 }
+
+// The quality guard on a trained model (the bundled default model): each format's generated images against the
+// F32 model's as PSNR, and the velocity error on the trained weights.
+TEST(BenchCli, FormatsGuardOnTheDefaultModel) {
+  const std::string model = std::string(OBORO_SOURCE_DIR) + "/models/default/oboro-default.safetensors";
+  ASSERT_TRUE(fs::exists(model)) << model;
+  auto r = run("bench formats --model " + model + " --types bf16,q8_0 --steps 4 --images 2 --threads 1 "
+               "--no-gemm --prompts 'a red apple|flag of japan' --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j;
+  ASSERT_NO_THROW(j = nlohmann::json::parse(r.out)) << r.out;
+  EXPECT_EQ(j["images"]["count"].get<int>(), 4);  // 2 prompts x 2 images
+  for (const char* f : {"bf16", "q8_0"}) {
+    ASSERT_TRUE(j["psnr"].contains(f)) << f;
+    const double p = j["psnr"][f]["psnr_db"].get<double>(), worst = j["psnr"][f]["worst_psnr_db"].get<double>();
+    EXPECT_LE(worst, p + 1e-9) << f;
+    EXPECT_GT(worst, 25.0) << f;  // a low-precision model draws the same picture, not just similar statistics
+    const double e = j["trained_quality"][f]["rel_err"].get<double>();
+    EXPECT_GT(e, 0.0) << f;  // the formats really round something
+    EXPECT_LT(e, 0.02) << f;
+  }
+  EXPECT_LT(j["trained_quality"]["bf16"]["rel_err"].get<double>(), j["trained_quality"]["q8_0"]["rel_err"].get<double>());
+  EXPECT_NE(r.err.find("PSNR"), std::string::npos);  // the table goes to stderr with --json
+}
