@@ -1,6 +1,7 @@
 #include "flow/generate.h"
 #include "core/error.h"
 #include "core/sha256.h"
+#include "io/file_hash.h"
 #include "flow/flow.h"
 #include "flow/infotext.h"
 #include "flow/model_paths.h"
@@ -305,7 +306,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
   };
 
   clock.begin("model hash");
-  const std::string model_hash = sha256_file(rq.model).substr(0, 10);
+  const std::string model_hash = sha256_file_cached(rq.model).substr(0, 10);
   const std::string model_name = fs::path(rq.model).stem().string();
   clock.end();
 
