@@ -1,7 +1,9 @@
 // Shared pieces of the `oboro bench ...` commands: clocks, memory readings, the machine's SGEMM peak through the
 // engine's own GEMM path, and running a PyTorch twin benchmark script that prints one JSON object.
 #pragma once
+#include "models/t5.h"
 #include "ops/backend.h"
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -26,5 +28,10 @@ double sgemm_peak_gflops(Backend& be, int n = 2048);
 void require_python_torch(const std::string& python);
 nlohmann::json run_twin_script(const std::string& python, const std::string& script, const std::string& args,
                                const char* what);
+
+// A random T5 (T5Encoder::init_weights' scales) written to `path` with its quantisable Linear weights in `fmt`, tensor
+// by tensor, so the F32 model never exists in memory (T5-XXL: 19 GB).
+void write_t5_quantized(const std::string& path, const T5Config& c, WFormat fmt,
+                        const std::map<std::string, std::string>& meta);
 
 }  // namespace oboro::cli

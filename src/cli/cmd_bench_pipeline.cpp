@@ -4,6 +4,7 @@
 // The T5-XXL in F32 (19 GB) does not fit next to anything on a 24 GB machine: --t5-layers N builds the first N of its
 // 24 layers (auto: as many as fit) and the 24-layer T5 numbers are extrapolated linearly (and labelled so). The DiT
 // may run a prefix of the schedule (--run-steps K): the full-schedule time is then projected (and labelled so).
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "core/base64.h"
 #include "core/error.h"
@@ -53,47 +54,6 @@ void write_params(const std::string& path, const ParamLayout& layout, float* par
   SafetensorsWriter wr;
   for (const auto& v : layout.views()) wr.add(v.name, Tensor::borrow(params + v.offset, v.shape, DType::F32, nullptr));
   for (const auto& [k, val] : meta) wr.set_metadata(k, val);
-  wr.write(path);
-}
-
-// Random T5 weights written directly in `fmt` (the quantisable Linear weights; the rest F32), tensor by tensor,
-// with the same scales as T5Encoder::init_weights: norms 1, shared N(0,1), q N(0, 1/(D·d_kv)), o N(0, 1/inner),
-// wo N(0, 1/d_ff), others N(0, 1/D).
-void write_t5_quantized(const std::string& path, const T5Config& c, WFormat fmt,
-                        const std::map<std::string, std::string>& meta) {
-  const ParamLayout layout = t5_param_layout(c);
-  std::deque<Tensor> keep;
-  SafetensorsWriter wr;
-  std::vector<float> host;
-  uint64_t k = 0;
-  for (const auto& v : layout.views()) {
-    host.assign(v.numel(), 1.f);
-    auto ends = [&](const char* suf) { return v.name.size() >= std::strlen(suf) && v.name.ends_with(suf); };
-    double sd = 0;
-    if (v.shape.size() == 2) {
-      sd = v.name == "shared.weight" ? 1.0
-           : ends(".q.weight")       ? 1.0 / std::sqrt((double)c.d_model * c.d_kv)
-           : ends(".o.weight")       ? 1.0 / std::sqrt((double)c.inner())
-           : ends(".wo.weight")      ? 1.0 / std::sqrt((double)c.d_ff)
-                                     : 1.0 / std::sqrt((double)c.d_model);
-      fill_normal(host.data(), (int64_t)host.size(), 1, ++k);
-      for (float& x : host) x = (float)(x * sd);
-    }
-    if (v.shape.size() == 2 && t5_quantizable(v.name) && fmt != WFormat::F32) {
-      QuantizedWeight q = quantize_weight(host.data(), (int)v.shape[0], (int)v.shape[1], fmt, v.name);
-      keep.push_back(q.data);
-      wr.add(v.name, keep.back());
-      if (q.scale.defined() && q.scale.numel() && fmt != WFormat::BF16 && fmt != WFormat::F16) {
-        keep.push_back(q.scale);
-        wr.add(scale_companion(v.name), keep.back());
-      }
-    } else {
-      keep.push_back(Tensor::from_f32(host, v.shape));
-      wr.add(v.name, keep.back());
-    }
-  }
-  for (const auto& [key, val] : meta) wr.set_metadata(key, val);
-  wr.set_metadata(kWeightFormatKey, wformat_name(fmt));
   wr.write(path);
 }
 

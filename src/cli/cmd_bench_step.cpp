@@ -11,6 +11,8 @@
 #include "ops/backend.h"
 #include "ops/profiling_backend.h"
 #include <malloc.h>
+#include <unistd.h>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <algorithm>
 #include <cmath>
@@ -151,6 +153,7 @@ void run_bench_step(StepOpts so) {
 struct T5BenchOpts {
   std::string config = "xxl", python = "/usr/bin/python3", twin_script = OBORO_SOURCE_DIR "/bench/twin_t5_bench.py";
   std::string twin_dtypes = "float32,bfloat16";
+  std::string type;  // weight format of the T5's Linear weights ("" = f32)
   int tokens = 77, layers = 0, batch = 1, repeats = 3, warmup = 1, threads = 0;
   bool compare_torch = false, json = false, profile = false;
 };
@@ -184,16 +187,37 @@ void run_bench_t5(const T5BenchOpts& o) {
   if (o.layers < 0 || o.layers > full.num_layers) fail("--layers must be between 1 and ", full.num_layers);
   if (o.layers > 0) c.num_layers = o.layers;
   const bool partial = c.num_layers != full.num_layers;
+  const WFormat fmt = o.type.empty() ? WFormat::F32 : parse_wformat(o.type, "--type");
+  const char* fmt_name = wformat_name(fmt);
   const std::string load0 = load_average();
   std::fprintf(stderr, "bench t5: T5 v1.1 %s (d_model %d, %d heads x %d, d_ff %d), %d of %d layers, %lld parameters "
-               "timed (%lld full), %d tokens, batch %d, %d threads, F32\n",
+               "timed (%lld full), %d tokens, batch %d, %d threads, %s weights\n",
                o.config.c_str(), c.d_model, c.num_heads, c.d_kv, c.d_ff, c.num_layers, full.num_layers,
-               (long long)c.param_count(), (long long)full.param_count(), o.tokens, o.batch, num_threads());
+               (long long)c.param_count(), (long long)full.param_count(), o.tokens, o.batch, num_threads(), fmt_name);
   std::unique_ptr<ProfilingBackend> prof;
   if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
   Backend& be = prof ? static_cast<Backend&>(*prof) : cpu_backend();
-  T5Encoder enc(c, be);
-  enc.init_weights(1);
+  std::unique_ptr<T5Encoder> encp;
+  if (fmt == WFormat::F32) {
+    encp = std::make_unique<T5Encoder>(c, be);
+    encp->init_weights(1);
+  } else {
+    // Random weights written straight into the format and loaded as a user's converted file would be (mapped), so
+    // the F32 model (T5-XXL: 19 GB) never exists.
+    const std::string path = (std::filesystem::temp_directory_path() /
+                              ("oboro-bench-t5-" + std::to_string(::getpid()) + ".safetensors")).string();
+    std::fprintf(stderr, "  writing the random %s T5 to %s\n", fmt_name, path.c_str());
+    write_t5_quantized(path, c, fmt, {{"oboro.t5_config", c.to_json().dump()},
+                                      {"modelspec.architecture", "t5-v1.1-encoder"}});
+    try {
+      encp = T5Encoder::load(path, be, fmt);
+    } catch (...) {
+      std::filesystem::remove(path);
+      throw;
+    }
+    std::filesystem::remove(path);  // the mapping keeps the pages
+  }
+  T5Encoder& enc = *encp;
   std::vector<int32_t> ids((size_t)o.batch * o.tokens);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = (int32_t)((i * 7919 + 13) % (size_t)c.vocab_size);
   std::vector<float> mask(ids.size(), 1.f), hidden((size_t)o.batch * o.tokens * c.d_model);
@@ -219,6 +243,7 @@ void run_bench_t5(const T5BenchOpts& o) {
   const double scale = (double)full.num_layers / c.num_layers;
   nlohmann::json j;
   j["config"] = o.config;
+  j["weight_format"] = fmt_name;
   j["layers_timed"] = c.num_layers;
   j["layers_full"] = full.num_layers;
   j["tokens"] = o.tokens;
@@ -259,8 +284,8 @@ void run_bench_t5(const T5BenchOpts& o) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("T5 v1.1 %s encode, %d tokens, batch %d, %d threads, F32\n", o.config.c_str(), o.tokens, o.batch,
-              num_threads());
+  std::printf("T5 v1.1 %s encode, %d tokens, batch %d, %d threads, %s weights\n", o.config.c_str(), o.tokens, o.batch,
+              num_threads(), fmt_name);
   std::printf("  oboro: %.3f s for %d layers (%.1f GFLOP -> %.1f GFLOP/s); full %d layers: %.3f s%s\n", best,
               c.num_layers, flops / 1e9, flops / best / 1e9, full.num_layers, best * scale,
               partial ? " (extrapolated)" : "");
@@ -432,10 +457,11 @@ void register_bench_step(CLI::App& app) {
   }
   {
     auto o = std::make_shared<T5BenchOpts>();
-    auto* d = bench->add_subcommand("t5", "T5 v1.1 encoder forward with random weights (F32), optionally vs the "
+    auto* d = bench->add_subcommand("t5", "T5 v1.1 encoder forward with random weights (F32 or --type), optionally vs the "
                                           "PyTorch twin");
     d->add_option("--config", o->config, "xxl, xl, large, base, small (T5 v1.1 shapes) or tiny")->capture_default_str();
     d->add_option("--tokens", o->tokens, "prompt tokens (all valid)")->capture_default_str();
+    d->add_option("--type", o->type, "Linear weight format: f32, bf16, f16, f8, q8_0 (docs/formats.md)");
     d->add_option("--layers", o->layers, "time only N layers and extrapolate the full model (0 = all)")
         ->capture_default_str();
     d->add_option("--batch", o->batch, "prompts")->capture_default_str();

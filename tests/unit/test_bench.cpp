@@ -200,6 +200,11 @@ TEST(BenchCli, T5AndAttentionJson) {
   r = run("bench t5 --config tiny --layers 1 --tokens 9 --repeats 1 --warmup 0 --threads 1 --json");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(nlohmann::json::parse(r.out)["full_model_extrapolated"].get<bool>());
+  r = run("bench t5 --config tiny --tokens 9 --repeats 1 --warmup 0 --threads 1 --type q8_0 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["weight_format"].get<std::string>(), "q8_0");
+  EXPECT_GT(j["oboro_s"].get<double>(), 0);
   r = run("bench attention --tokens 16,64 --heads 2 --head-dim 8 --threads 1 --backward --json");
   ASSERT_EQ(r.code, 0) << r.err;
   j = nlohmann::json::parse(r.out);
