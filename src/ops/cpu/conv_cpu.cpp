@@ -233,20 +233,6 @@ int conv2d_w_tile_rows(const Conv2dShape& s, size_t col_budget) {
   return (int)std::clamp<int64_t>((int64_t)col_budget / std::max<int64_t>(1, per_row), 1, std::max(1, s.out_h()));
 }
 
-size_t conv2d_w_scratch_bytes(const Conv2dShape& s, WFormat fmt, size_t col_budget) {
-  if (fmt == WFormat::F32) {  // conv2d_forward: im2col only (none for 1×1 stride-1 unpadded convs)
-    const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && !s.up2 && s.pad_t + s.pad_b + s.pad_l + s.pad_r == 0;
-    if (direct) return 0;
-    const size_t per_row = (size_t)s.Ci * s.kh * s.kw * s.out_w() * sizeof(float);
-    return std::min<size_t>(per_row * s.out_h(), std::max(per_row, col_budget * sizeof(float)));
-  }
-  const int64_t K = (int64_t)s.Ci * s.kh * s.kw, n = (int64_t)conv2d_w_tile_rows(s, col_budget) * s.out_w();
-  size_t b = (size_t)(n * (K + s.Co)) * sizeof(float);
-  if (fmt == WFormat::BF16 || fmt == WFormat::F8) b += (size_t)(n * ((K + 1) / 2 * 2)) * sizeof(uint16_t);
-  else if (fmt == WFormat::Q8_0) b += (size_t)(n * (K + K / kQ8Block * 4));
-  return b;
-}
-
 void conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b, const Conv2dShape& s,
                       bool accumulate, size_t col_budget) {
   check_shape(s);

@@ -19,10 +19,9 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
 // floats (or one output row when a row alone is larger); linear_w adds its BF16 copy of rows (bf16 weights).
 void conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b, const Conv2dShape& s,
                       bool accumulate, size_t col_budget = kConvColBudget);
-// Output rows per tile of conv2d_forward_w for this geometry and budget, and the scratch bytes it holds
-// (rows + ytile in F32, plus linear_w's BF16 copy of rows for bf16/f8 weights).
+// Output rows per tile of conv2d_forward_w for this geometry and budget (models/vae.cpp mirrors this to plan the
+// scratch: rows + ytile in F32, plus linear_w's BF16 copy of rows for bf16 weights).
 int conv2d_w_tile_rows(const Conv2dShape& s, size_t col_budget = kConvColBudget);
-size_t conv2d_w_scratch_bytes(const Conv2dShape& s, WFormat fmt, size_t col_budget = kConvColBudget);
 void groupnorm_forward(float* y, const float* x, const float* gamma, const float* beta, int B, int C, int HW, int G,
                        float eps, bool silu);
 void upsample_nearest2x_forward(float* y, const float* x, int B, int C, int H, int W);
