@@ -40,6 +40,7 @@ namespace fs = std::filesystem;
 struct PipeOpts {
   std::string config = "oboro-1b", size = "736x416", workdir, prompt;
   std::string type, te_type;  // weight formats the DiT / T5 are loaded in (docs/formats.md); "" = as written (F32)
+  std::string vae_type;       // VAE conv weight format (converted while loading); "" = f32
   int steps = 30, run_steps = 0, t5_layers = 0, threads = 0;
   float cfg = 5.f;
   bool json = false, keep = false, convert = false;
@@ -169,6 +170,7 @@ void run(const PipeOpts& o) {
   rq.seed = 1;
   rq.dit_type = o.convert ? "" : o.type;  // converted files are loaded as stored
   rq.te_type = o.convert ? "" : o.te_type;
+  rq.vae_type = o.vae_type;  // the VAE file is always F32; converted while loading
   GenerateStats st;
   st.max_dit_steps = run_steps;
   generate(rq, true, &st);  // the plan and progress go to stderr, the report (or JSON) to stdout
@@ -199,6 +201,7 @@ void run(const PipeOpts& o) {
   j["converted_offline"] = o.convert;
   j["convert_seconds"] = convert_s;
   j["t5_weight_format"] = o.te_type.empty() ? "f32" : o.te_type;
+  j["vae_weight_format"] = o.vae_type.empty() ? "f32" : o.vae_type;
   j["plan_peak_bytes"] = st.plan.peak();
   for (const auto& s : st.plan.stages) j["plan_stages"].push_back({{"name", s.name}, {"total_bytes", s.total()}});
   for (const auto& s : st.stages) {
@@ -271,6 +274,7 @@ void register_bench_pipeline(CLI::App& app) {
   c->add_flag("--json", o->json, "print JSON");
   c->add_option("--type", o->type, "hold the DiT's Linear weights in this format: f32, bf16, f16, f8, q8_0");
   c->add_option("--te-type", o->te_type, "hold the T5's Linear weights in this format: f32, bf16, f16, f8, q8_0");
+  c->add_option("--vae-type", o->vae_type, "hold the VAE's conv weights in this format: f32, bf16, f16 (converted while loading)");
   c->add_flag("--convert", o->convert, "store the files in the --type/--te-type formats first (oboro convert), so they "
                                        "are memory-mapped as stored instead of quantised while loading");
   c->callback([o] { run(*o); });

@@ -97,6 +97,7 @@ void register_generate(CLI::App& app) {
   c->add_flag("--no-memory-check", o->no_memory_check, "run even when the memory plan exceeds the budget");
   c->add_flag("--vae-tiling", o->rq.vae_tiling, "always decode/encode in tiles (default: only above 3 GiB of activations)");
   c->add_option("--vae-tile", o->rq.vae_tile, "VAE tile side in latent pixels (x8 image pixels)")->capture_default_str();
+  c->add_option("--vae-type", o->rq.vae_type, "VAE conv weight format: f32, bf16, f16 (default f32; converted while loading)");
   c->add_option("--type", o->rq.dit_type, "DiT weight format: f32, bf16, f16, f8, q8_0 (default: as the file stores it)");
   c->add_option("--te-type", o->rq.te_type, "text-encoder weight format: f32, bf16, f16, f8, q8_0 (default: as stored)");
   c->add_option("--width,-W", o->rq.width, "width in pixels");

@@ -23,6 +23,7 @@ namespace {
 
 struct VaeCliOpts {
   std::string model, encode_in, decode_in, output;
+  std::string type;  // bench vae: conv weight format (f32, bf16, f16)
   std::string python = "/usr/bin/python3", twin_script = OBORO_SOURCE_DIR "/bench/twin_vae_bench.py",
               twin_dtypes = "float32,bfloat16";
   bool tiled = false, no_tiling = false, encode = false, json = false, compare_torch = false, profile = false;
@@ -91,22 +92,26 @@ void run_bench_vae(const VaeCliOpts& o) {
   if (o.height <= 0 || o.width <= 0 || o.height % s || o.width % s)
     fail("--height and --width must be positive multiples of ", s, ", got ", o.height, "x", o.width);
   if (o.repeats < 1) fail("--repeats must be at least 1");
+  const WFormat fmt = parse_vae_wformat(o.type, "--type");
   if (o.compare_torch) require_python_torch(o.python);
   const std::string load0 = load_average();
   const int h = o.height / s, w = o.width / s;
   std::unique_ptr<ProfilingBackend> prof;
   if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
   Backend& be = prof ? static_cast<Backend&>(*prof) : cpu_backend();
-  Vae vae(cfg, be);
-  vae.init_random(1);
+  Vae vae(cfg, be, fmt);
+  vae.init_random(1);  // the same random values in every format (drawn in F32, then converted)
   std::fprintf(stderr,
-               "bench vae: FLUX.1 VAE (%s), %lld parameters, random weights; %dx%d px <-> latent %dx%d, %d threads\n",
-               cfg.describe().c_str(), (long long)cfg.param_count(), o.width, o.height, w, h, num_threads());
+               "bench vae: FLUX.1 VAE (%s), %lld parameters, random weights, conv weights %s; %dx%d px <-> latent "
+               "%dx%d, %d threads\n",
+               cfg.describe().c_str(), (long long)cfg.param_count(), wformat_name(fmt), o.width, o.height, w, h,
+               num_threads());
   nlohmann::json j;
   j["image"] = std::to_string(o.width) + "x" + std::to_string(o.height);
   j["threads"] = num_threads();
   j["parameters"] = cfg.param_count();
   j["weight_bytes"] = vae.weight_bytes();
+  j["weight_format"] = wformat_name(fmt);
   auto timed = [&](bool enc) {
     const bool tiles = vae.would_tile(enc, h, w, ro);
     vae.reset_peak_activation_bytes();
@@ -163,8 +168,8 @@ void run_bench_vae(const VaeCliOpts& o) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("FLUX.1 VAE, %s px, %d threads, weights %.1f MiB (F32)\n", j["image"].get<std::string>().c_str(),
-              num_threads(), vae.weight_bytes() / 1048576.0);
+  std::printf("FLUX.1 VAE, %s px, %d threads, weights %.1f MiB (conv weights %s, the rest F32)\n",
+              j["image"].get<std::string>().c_str(), num_threads(), vae.weight_bytes() / 1048576.0, wformat_name(fmt));
   for (const char* k : {"decode", "encode"}) {
     if (!j.contains(k)) continue;
     const auto& r = j[k];
@@ -201,6 +206,7 @@ void register_vae_commands(CLI::App& app) {
   d->add_option("--repeats", b->repeats, "timed runs (best reported)")->capture_default_str();
   d->add_option("--threads", b->threads, "threads (0 = all cores)")->capture_default_str();
   d->add_flag("--encode", b->encode, "also time the encoder");
+  d->add_option("--type", b->type, "conv weight format: f32, bf16, f16 (default f32)");
   d->add_flag("--json", b->json, "print JSON");
   d->add_flag("--profile", b->profile, "per-op table (op, calls, ms, % of the pass, GFLOP/s) of the fastest run");
   d->add_flag("--compare-torch", b->compare_torch, "also time the PyTorch twin (best of F32 and BF16 autocast)");

@@ -195,7 +195,8 @@ Prepared prepare(const GenerateRequest& in) {
   WeightInfo vae;
   VaeConfig vc;
   const bool has_vae = cfg.codec == "flux-vae";
-  if (has_vae) { vae = vae_weight_info(rq.vae); vc = vae_config_of(rq.vae); }
+  const WFormat vae_fmt = parse_vae_wformat(rq.vae_type, "--vae-type");
+  if (has_vae) { vae = vae_weight_info(rq.vae, vae_fmt); vc = vae_config_of(rq.vae); }
   pl.weights = {te, dit};
   WeightInfo hr;
   if (p.hires && !p.same_hr_model) { hr = dit_weight_info(p.hr_model, weight_format(rq.dit_type, "--type")); hr.component = "refine DiT"; pl.weights.push_back(hr); }
@@ -215,7 +216,7 @@ Prepared prepare(const GenerateRequest& in) {
                        te.resident_bytes, std::max(t5_activation_bytes(tc, 1, p.Lc), p.Lu ? t5_activation_bytes(tc, 1, p.Lu) : 0),
                        text * 2, te.load_copy_bytes});
   if (!p.init.empty())
-    vae_stage(str("VAE encode ", p.W, "x", p.H), has_vae ? vae_pass_bytes(vc, true, p.h, p.w, p.vae_opt) : 0,
+    vae_stage(str("VAE encode ", p.W, "x", p.H), has_vae ? vae_pass_bytes(vc, true, p.h, p.w, p.vae_opt, vae_fmt) : 0,
               (size_t)3 * p.W * p.H * f + lat1 * f + text);
   const int s1 = p.init.empty() ? rq.steps : img2img_steps(rq.steps, rq.strength);
   pl.stages.push_back({str("DiT ", s1, " steps at ", p.w, "x", p.h, " latent, batch ", B), "DiT", dit.resident_bytes,
@@ -225,7 +226,7 @@ Prepared prepare(const GenerateRequest& in) {
     const int s2 = img2img_steps(rq.hr_steps > 0 ? rq.hr_steps : rq.steps, rq.hr_strength);
     if (!p.hr_latent)
       vae_stage(str("refine upscale (VAE decode, ", p.hr_upscaler_name, ", encode)"),
-                has_vae ? std::max(vae_pass_bytes(vc, false, p.h, p.w, p.vae_opt), vae_pass_bytes(vc, true, p.h2, p.w2, p.vae_opt)) : 0,
+                has_vae ? std::max(vae_pass_bytes(vc, false, p.h, p.w, p.vae_opt, vae_fmt), vae_pass_bytes(vc, true, p.h2, p.w2, p.vae_opt, vae_fmt)) : 0,
                 ((size_t)3 * p.W * p.H + (size_t)3 * p.W2 * p.H2) * f + all_lat * 2 + text);
     const WeightInfo& hw = p.same_hr_model ? dit : hr;
     pl.stages.push_back({str("refine DiT ", s2, " steps at ", p.w2, "x", p.h2, " latent, batch ", B), "DiT",
@@ -233,7 +234,7 @@ Prepared prepare(const GenerateRequest& in) {
                          text + text_rows + 3 * (size_t)B * lat2 * f + all_lat * 2, hw.load_copy_bytes});
   }
   vae_stage(str("VAE decode ", p.W2, "x", p.H2),
-            has_vae ? vae_pass_bytes(vc, false, p.h2, p.w2, p.vae_opt) : 0,
+            has_vae ? vae_pass_bytes(vc, false, p.h2, p.w2, p.vae_opt, vae_fmt) : 0,
             all_lat + (size_t)3 * p.W2 * p.H2 * (f + 1) * rq.n_iter * n);
   pl.shape = str(p.W, "x", p.H, p.hires ? str(" -> ", p.W2, "x", p.H2) : "", ", ", rq.n_iter, "x", n, " image(s)",
                  guided ? str(", CFG (DiT batch ", B, ")") : "", ", ", rq.steps, " steps");
@@ -324,7 +325,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
   clock.end();
 
   auto open_codec = [&] {
-    LatentCodec c = LatentCodec::open(cfg.codec, p.stride, rq.vae, be, "--vae");
+    LatentCodec c = LatentCodec::open(cfg.codec, p.stride, rq.vae, be, "--vae", parse_vae_wformat(rq.vae_type, "--vae-type"));
     c.vae_options = p.vae_opt;
     return c;
   };

@@ -46,6 +46,7 @@ struct GenerateRequest {
   bool vae_tiling = false;           // always tile VAE passes (default: only when a pass would need > 3 GiB)
   int vae_tile = 64;                 // VAE tile side in latent pixels
   std::string dit_type, te_type;     // weight formats to load the DiT / text encoder in ("" = as stored; formats.md)
+  std::string vae_type;              // VAE conv weight format: "" / f32, bf16, f16 (formats.md)
 };
 
 struct GeneratedImage {

@@ -156,11 +156,15 @@ WeightInfo dit_weight_info(const std::string& path, std::optional<WFormat> fmt) 
   return a.done(layout.total());
 }
 
-WeightInfo vae_weight_info(const std::string& path) {
+WeightInfo vae_weight_info(const std::string& path, WFormat fmt) {
   TensorSource src = TensorSource::open(path);
   const VaeNames vn = vae_names(src);
   const ParamLayout layout = vae_param_layout(VaeConfig::infer(vn.shapes, src.path()));
   Acc a;
+  a.fmt = fmt;
+  if (a.fmt != WFormat::F32)
+    for (const auto& v : layout.views())
+      if (vae_quantizable(v.name, v.shape)) a.quantized_floats += (size_t)shape_numel(v.shape);
   a.w.component = "VAE";
   a.w.path = src.path();
   for (const auto& v : layout.views()) {
@@ -193,12 +197,12 @@ size_t dit_activation_bytes(const DiTConfig& c, int B, int L, int h, int w) {
   return f * sizeof(float);
 }
 
-size_t vae_pass_bytes(const VaeConfig& c, bool encoder, int h, int w, const VaeRunOptions& o) {
-  if (!Vae::would_tile(c, encoder, h, w, o)) return Vae::activation_bytes(c, encoder, h, w);
+size_t vae_pass_bytes(const VaeConfig& c, bool encoder, int h, int w, const VaeRunOptions& o, WFormat fmt) {
+  if (!Vae::would_tile(c, encoder, h, w, o, fmt)) return Vae::activation_bytes(c, encoder, h, w, fmt);
   const int s = c.stride(), th = std::min(o.tile, h), tw = std::min(o.tile, w);
   const int Cin = encoder ? c.in_channels : c.z_channels, Cout = encoder ? c.z_channels : c.out_channels;
   const int iu = encoder ? s : 1, ou = encoder ? 1 : s;
-  size_t b = Vae::activation_bytes(c, encoder, th, tw);
+  size_t b = Vae::activation_bytes(c, encoder, th, tw, fmt);
   b += ((size_t)Cin * th * iu * tw * iu + (size_t)Cout * th * ou * tw * ou) * sizeof(float);
   b += ((size_t)Cout * h * ou * w * ou + (size_t)h * ou + (size_t)w * ou) * sizeof(double);
   return b;
@@ -227,7 +231,7 @@ std::string fmt_bytes(size_t b) {
 }
 
 std::string MemoryPlan::format() const {
-  std::string o = "memory plan (" + shape + "; Linear weights held in the --type/--te-type format (else as stored), the rest as F32; each component loaded for its stage and "
+  std::string o = "memory plan (" + shape + "; Linear weights held in the --type/--te-type format (else as stored), VAE conv weights in --vae-type (else F32), the rest as F32; each component loaded for its stage and "
                   "released after it):\n";
   char line[512];
   for (const auto& w : weights) {
@@ -268,7 +272,8 @@ std::string MemoryPlan::refusal() const {
                     big->path, ")");
   std::string fix;
   if (s && s->component == "VAE")
-    fix = "tile the VAE (--vae-tiling, smaller --vae-tile) or generate fewer pixels (--size)";
+    fix = "tile the VAE (--vae-tiling, smaller --vae-tile), hold its conv weights as --vae-type bf16, or generate "
+          "fewer pixels (--size)";
   else if (s && s->component == "DiT")
     fix = "generate fewer pixels (--size, a smaller --hr-scale) or fewer images per batch (--batch-size 1), or store "
           "the DiT in a smaller weight format (--type bf16 halves it, --type q8_0 about a quarter; see docs/formats.md)";

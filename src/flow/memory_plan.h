@@ -29,7 +29,8 @@ struct WeightInfo {
 // records it (`oboro.weight_format`, else F32). Everything else is held as F32.
 WeightInfo t5_weight_info(const std::string& path, std::optional<WFormat> fmt = std::nullopt);   // file, sharded index or HF folder; decoder/lm_head ignored
 WeightInfo dit_weight_info(const std::string& path, std::optional<WFormat> fmt = std::nullopt);  // config from `oboro.config`
-WeightInfo vae_weight_info(const std::string& path);  // ae.safetensors or diffusers names
+// `fmt`: the format the VAE's conv / attention weights are held in (--vae-type; F32 by default).
+WeightInfo vae_weight_info(const std::string& path, WFormat fmt = WFormat::F32);  // ae.safetensors or diffusers names
 DiTConfig dit_config_of(const std::string& path);
 T5Config t5_config_of(const std::string& path);
 VaeConfig vae_config_of(const std::string& path);
@@ -40,7 +41,8 @@ size_t t5_activation_bytes(const T5Config& c, int B, int L);
 size_t dit_activation_bytes(const DiTConfig& c, int B, int L, int h, int w);
 // One VAE pass over an h×w latent with these options: the untiled plan, or one tile's plan plus the tiling
 // buffers (tile in/out and the double-precision blend accumulator).
-size_t vae_pass_bytes(const VaeConfig& c, bool encoder, int h, int w, const VaeRunOptions& o);
+size_t vae_pass_bytes(const VaeConfig& c, bool encoder, int h, int w, const VaeRunOptions& o,
+                      WFormat fmt = WFormat::F32);
 
 struct PlanStage {
   std::string name;          // "text encoder (T5, 23 tokens)"

@@ -35,7 +35,7 @@ int codec_stride(const std::string& codec, int latent_channels) {
 }
 
 LatentCodec LatentCodec::open(const std::string& codec, int pixels_stride, const std::string& vae_path, Backend& be,
-                              const std::string& what) {
+                              const std::string& what, WFormat vae_type) {
   LatentCodec c;
   if (codec == "pixels") {
     if (pixels_stride < 1 || pixels_stride > 8) fail("pixels codec: stride must be 1 to 8, got ", pixels_stride);
@@ -47,7 +47,7 @@ LatentCodec LatentCodec::open(const std::string& codec, int pixels_stride, const
     fail("the 'flux-vae' codec needs the FLUX.1 VAE: pass ", what, " ae.safetensors (FLUX.1's autoencoder, or a "
          "diffusers AutoencoderKL of the same structure)");
   if (!std::filesystem::exists(vae_path)) fail(what, " ", vae_path, ": no such file");
-  c.vae = Vae::load(vae_path, be);
+  c.vae = Vae::load(vae_path, be, vae_type);
   const VaeConfig& v = c.vae->config();
   if (!v.has_encoder && !v.has_decoder) fail(vae_path, ": the VAE has neither encoder nor decoder");
   if (v.in_channels != 3 || v.out_channels != 3)

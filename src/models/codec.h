@@ -29,8 +29,9 @@ struct LatentCodec {
 
   // "pixels" with `pixels_stride`, or "flux-vae" loading `vae_path` (required; errors say how to pass it,
   // `what` names the option, e.g. "--vae"). Unknown names fail.
+  // `vae_type`: the format the VAE's conv weights are held in (f32, bf16, f16; Vae::load).
   static LatentCodec open(const std::string& codec, int pixels_stride, const std::string& vae_path, Backend& be,
-                          const std::string& what);
+                          const std::string& what, WFormat vae_type = WFormat::F32);
   int channels() const;
   // One image (3, H, W) in [-1, 1] → latent (channels(), H/stride, W/stride); the VAE gives 0.3611·(mean − 0.1159).
   void encode(const float* image, int H, int W, float* latent) const;

@@ -23,6 +23,25 @@ namespace {
 
 constexpr size_t kIm2colBytes = size_t(16) << 20;  // the CPU backend's im2col budget per conv call
 
+// Scratch the CPU backend holds for one convolution (ops/cpu/conv_cpu.cpp, mirrored here: model code does not
+// include backend kernels). F32: the im2col tile (none for a 1×1 stride-1 unpadded conv); a low-precision weight:
+// the im2row tile rows(n, K) and output tile (n, Co) within the same budget, plus linear_w's BF16 copy of rows.
+size_t conv_scratch_bytes(const Conv2dShape& s, WFormat fmt) {
+  const size_t K = (size_t)s.Ci * s.kh * s.kw, Wo = (size_t)s.out_w(), Ho = (size_t)s.out_h();
+  if (fmt == WFormat::F32) {
+    if (s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && !s.up2 && s.pad_t + s.pad_b + s.pad_l + s.pad_r == 0)
+      return 0;
+    const size_t per_row = K * Wo * sizeof(float);
+    return std::min<size_t>(per_row * Ho, std::max(per_row, kIm2colBytes));
+  }
+  const size_t per_row = (K + s.Co) * Wo;
+  const size_t rt = std::clamp<size_t>(kIm2colBytes / sizeof(float) / std::max<size_t>(1, per_row), 1, std::max<size_t>(1, Ho));
+  const size_t n = rt * Wo;
+  size_t b = n * (K + s.Co) * sizeof(float);
+  if (fmt == WFormat::BF16 || fmt == WFormat::F8) b += n * ((K + 1) / 2 * 2) * sizeof(uint16_t);
+  return b;
+}
+
 std::string I(int i) { return std::to_string(i); }
 
 std::vector<std::string> split(const std::string& s) {
@@ -138,6 +157,27 @@ std::string vae_diffusers_name(const std::string& name, int levels) {
     }
   }
   return name;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight formats
+
+void check_vae_wformat(WFormat f, const std::string& what) {
+  if (f == WFormat::F32 || f == WFormat::BF16 || f == WFormat::F16) return;
+  fail(what, ": the VAE cannot hold its weights as ", wformat_name(f), " — its convolutions support f32, bf16 and "
+       "f16 (q8_0 needs Ci·kh·kw divisible by 32, which the RGB and 16-channel conv_in are not; one f8 scale per "
+       "tensor is too coarse for an image decoder); use bf16 to halve the VAE's weights");
+}
+
+WFormat parse_vae_wformat(const std::string& s, const std::string& what) {
+  if (s.empty()) return WFormat::F32;
+  const WFormat f = parse_wformat(s, what);
+  check_vae_wformat(f, what);
+  return f;
+}
+
+bool vae_quantizable(const std::string& name, const Shape& shape) {
+  return shape.size() == 4 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,8 +387,11 @@ struct Vae::Pass {
   const float* P;
   Plan& pl;
   bool dry;
+  WFormat fmt = WFormat::F32;                                   // conv / attention weight format
+  const std::map<std::string, QuantizedWeight>* qw = nullptr;  // their storage when fmt ≠ F32
 
   const float* W(const std::string& n) const { return dry ? nullptr : P + L.at(n).offset; }
+  WeightView WV(const std::string& n) const { return qw->at(n).view(); }
   float* buf(int slot) const { return dry ? nullptr : pl.buf[slot]; }
   static int next(int s) { return (s + 1) % 3; }
   void need(int slot, size_t n) { pl.slot_elems[slot] = std::max(pl.slot_elems[slot], n); }
@@ -364,12 +407,11 @@ struct Vae::Pass {
       const size_t K = (size_t)Ci * k * k;
       pl.flops += 2.0 * Co * (double)K * Ho * Wo;
       need(dst, (size_t)Co * Ho * Wo);
-      if (!(k == 1 && stride == 1 && !up2 && pt + pb + pl_ + pr == 0)) {
-        const size_t per_row = K * Wo * sizeof(float);
-        pl.col_bytes = std::max(pl.col_bytes, std::min<size_t>(per_row * Ho, std::max(per_row, kIm2colBytes)));
-      }
-    } else {
+      pl.col_bytes = std::max(pl.col_bytes, conv_scratch_bytes(s, fmt));
+    } else if (fmt == WFormat::F32) {
       be.conv2d_forward(buf(dst), buf(src), W(n + ".weight"), W(n + ".bias"), s, acc);
+    } else {  // the weight viewed as (Co_stored, Ci·k·k); the encoder's conv_out uses its first Co rows
+      be.conv2d_forward_w(buf(dst), buf(src), WV(n + ".weight").rows(0, Co), W(n + ".bias"), s, acc);
     }
     H = Ho;
     Wd = Wo;
@@ -412,14 +454,21 @@ struct Vae::Pass {
       pl.att_elems = std::max(pl.att_elems, SC);
       pl.att_rows = std::max(pl.att_rows, (size_t)S);
       pl.flops += 4.0 * (double)S * S * C + 4 * 2.0 * (double)S * C * C;
+      if (fmt == WFormat::BF16 || fmt == WFormat::F8)  // linear_w's BF16 copy of the (S, C) input
+        pl.col_bytes = std::max(pl.col_bytes, (size_t)S * ((C + 1) / 2 * 2) * sizeof(uint16_t));
       return sa;
     }
+    // The projections are (C, C, 1, 1) tensors: as Linear weights (N, K) = (C, C).
+    auto lin = [&](float* y, const float* x, const std::string& w) {
+      if (fmt == WFormat::F32) be.linear_forward(y, x, W(p + w + ".weight"), W(p + w + ".bias"), S, C, C);
+      else be.linear_forward_w(y, x, WV(p + w + ".weight"), W(p + w + ".bias"), S, C, C);
+    };
     be.transpose_forward(pl.t, buf(sa), 1, C, S);  // (C, S) → (S, C)
-    be.linear_forward(pl.q, pl.t, W(p + "q.weight"), W(p + "q.bias"), S, C, C);
-    be.linear_forward(pl.k, pl.t, W(p + "k.weight"), W(p + "k.bias"), S, C, C);
-    be.linear_forward(pl.v, pl.t, W(p + "v.weight"), W(p + "v.bias"), S, C, C);
+    lin(pl.q, pl.t, "q");
+    lin(pl.k, pl.t, "k");
+    lin(pl.v, pl.t, "v");
     be.attention_forward(pl.o, pl.lse, pl.q, pl.k, pl.v, nullptr, 1, S, 1, C, (float)(1.0 / std::sqrt((double)C)));
-    be.linear_forward(pl.q, pl.o, W(p + "proj_out.weight"), W(p + "proj_out.bias"), S, C, C);
+    lin(pl.q, pl.o, "proj_out");
     be.transpose_forward(buf(sa), pl.q, 1, S, C);  // (S, C) → (C, S)
     be.add_inplace(buf(sa), buf(sx), SC);
     return sa;
@@ -485,10 +534,38 @@ struct Vae::Pass {
 // ---------------------------------------------------------------------------------------------
 // Vae
 
-Vae::Vae(const VaeConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {
+Vae::Vae(const VaeConfig& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be), wfmt_(weights) {
   cfg_.validate("VAE config");
-  layout_ = vae_param_layout(cfg_);
+  check_vae_wformat(wfmt_, "VAE weight format");
+  full_layout_ = vae_param_layout(cfg_);
+  if (wfmt_ == WFormat::F32) {
+    layout_ = full_layout_;
+  } else {
+    for (const auto& v : full_layout_.views())
+      if (!vae_quantizable(v.name, v.shape)) layout_.add(v.name, v.shape);
+  }
   params_ = be_.alloc(layout_.total());
+}
+
+size_t Vae::weight_bytes() const {
+  size_t b = layout_.total() * sizeof(float);
+  for (const auto& [n, q] : qw_) b += q.bytes();
+  return b;
+}
+
+std::unique_ptr<Vae> Vae::converted(WFormat fmt) const {
+  auto m = std::make_unique<Vae>(cfg_, be_, fmt);
+  std::vector<float> host;
+  for (const auto& v : full_layout_.views()) {
+    host.resize(v.numel());
+    if (const ParamView* mine = layout_.find(v.name)) be_.download(host.data(), params_ + mine->offset, v.numel());
+    else dequantize_weight(qw_.at(v.name).view(), host.data());
+    if (const ParamView* theirs = m->layout_.find(v.name))
+      be_.upload(m->params_ + theirs->offset, host.data(), v.numel());
+    else
+      m->qw_[v.name] = quantize_weight(host.data(), (int)v.shape[0], (int)(v.numel() / v.shape[0]), fmt, v.name);
+  }
+  return m;
 }
 
 Vae::~Vae() {
@@ -498,7 +575,7 @@ Vae::~Vae() {
 
 void Vae::release_activations() { plan_.reset(); }
 
-std::unique_ptr<Vae> Vae::load(const std::string& path, Backend& be) {
+std::unique_ptr<Vae> Vae::load(const std::string& path, Backend& be, WFormat type) {
   TensorSource src = TensorSource::open(path);
   const std::vector<std::string> names = src.names();
   int levels = 0;  // diffusers decoder up_blocks (for their reversed order)
@@ -520,8 +597,8 @@ std::unique_ptr<Vae> Vae::load(const std::string& path, Backend& be) {
     shapes[canon] = s;
   }
   const VaeConfig cfg = VaeConfig::infer(shapes, src.path());
-  auto model = std::make_unique<Vae>(cfg, be);
-  const ParamLayout& layout = model->layout_;
+  auto model = std::make_unique<Vae>(cfg, be, type);
+  const ParamLayout& layout = model->full_layout_;
   const bool diffusers =
       levels > 0 || std::any_of(names.begin(), names.end(), [](const std::string& n) {
         return n.find("down_blocks.") != std::string::npos || n.find("mid_block.") != std::string::npos;
@@ -562,7 +639,10 @@ std::unique_ptr<Vae> Vae::load(const std::string& path, Backend& be) {
       fail(src.path(), ": tensor ", it->second, " has dtype ", dtype_name(info.dtype),
            "; VAE weights must be F32, F16 or BF16");
     Tensor t = src.tensor_f32(it->second);
-    be.upload(model->params_ + v.offset, t.f32(), v.numel());
+    if (const ParamView* mine = model->layout_.find(v.name))
+      be.upload(model->params_ + mine->offset, t.f32(), v.numel());
+    else
+      model->qw_[v.name] = quantize_weight(t.f32(), (int)v.shape[0], (int)(v.numel() / v.shape[0]), type, v.name);
   }
   return model;
 }
@@ -570,7 +650,7 @@ std::unique_ptr<Vae> Vae::load(const std::string& path, Backend& be) {
 void Vae::init_random(uint64_t seed) {
   std::vector<float> host;
   uint64_t stream = 0;
-  for (const auto& v : layout_.views()) {
+  for (const auto& v : full_layout_.views()) {
     host.assign(v.numel(), 0.f);
     const bool weight = v.name.size() > 7 && v.name.compare(v.name.size() - 7, 7, ".weight") == 0;
     if (v.shape.size() == 4) {  // conv weight (O, I, kh, kw)
@@ -582,11 +662,17 @@ void Vae::init_random(uint64_t seed) {
       fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, 0.1f);
     }
     ++stream;
-    be_.upload(params_ + v.offset, host.data(), host.size());
+    if (const ParamView* mine = layout_.find(v.name))
+      be_.upload(params_ + mine->offset, host.data(), host.size());
+    else
+      qw_[v.name] = quantize_weight(host.data(), (int)v.shape[0], (int)(v.numel() / v.shape[0]), wfmt_, v.name);
   }
 }
 
 void Vae::save(const std::string& path) const {
+  if (wfmt_ != WFormat::F32)
+    fail("saving a VAE held as ", wformat_name(wfmt_), " is not supported: the low-precision VAE is converted at "
+         "load time (--vae-type) from the F32/BF16 ae.safetensors");
   auto host = download_params(layout_, params_, be_);
   SafetensorsWriter wr;
   for (auto& [n, t] : host) wr.add(n, t);
@@ -600,7 +686,7 @@ Vae::Plan& Vae::plan(bool encoder, int h, int w) {
   p->encoder = encoder;
   p->h = h;
   p->w = w;
-  Pass dry{be_, cfg_, layout_, params_, *p, true};
+  Pass dry{be_, cfg_, layout_, params_, *p, true, wfmt_, &qw_};
   const int s = cfg_.stride();
   if (encoder) dry.encoder(h * s, w * s);
   else dry.decoder(h, w);
@@ -610,10 +696,10 @@ Vae::Plan& Vae::plan(bool encoder, int h, int w) {
   return *plan_;
 }
 
-size_t Vae::activation_bytes(const VaeConfig& cfg, bool encoder, int h, int w) {
+size_t Vae::activation_bytes(const VaeConfig& cfg, bool encoder, int h, int w, WFormat fmt) {
   Plan p(cpu_backend());  // dry: nothing is allocated
   ParamLayout none;
-  Pass dry{p.be, cfg, none, nullptr, p, true};
+  Pass dry{p.be, cfg, none, nullptr, p, true, fmt, nullptr};
   if (encoder) dry.encoder(h * cfg.stride(), w * cfg.stride());
   else dry.decoder(h, w);
   return p.bytes();
@@ -632,7 +718,7 @@ void Vae::run_encoder(float* mean, const float* image, int H, int W) {
   const int s = cfg_.stride(), h = H / s, w = W / s;
   Plan& p = plan(true, h, w);
   be_.upload(p.buf[0], image, (size_t)cfg_.in_channels * H * W);
-  Pass run{be_, cfg_, layout_, params_, p, false};
+  Pass run{be_, cfg_, layout_, params_, p, false, wfmt_, &qw_};
   const int slot = run.encoder(H, W);
   be_.download(mean, p.buf[slot], (size_t)cfg_.z_channels * h * w);
   flops_ += p.flops;
@@ -642,7 +728,7 @@ void Vae::run_decoder(float* image, const float* zin, int h, int w) {
   const int s = cfg_.stride();
   Plan& p = plan(false, h, w);
   be_.upload(p.buf[0], zin, (size_t)cfg_.z_channels * h * w);
-  Pass run{be_, cfg_, layout_, params_, p, false};
+  Pass run{be_, cfg_, layout_, params_, p, false, wfmt_, &qw_};
   const int slot = run.decoder(h, w);
   be_.download(image, p.buf[slot], (size_t)cfg_.out_channels * h * s * w * s);
   flops_ += p.flops;
@@ -678,11 +764,11 @@ std::vector<double> axis_weights(const std::vector<int>& pos, int k, int T, int 
 
 }  // namespace
 
-bool Vae::would_tile(const VaeConfig& cfg, bool encoder, int h, int w, const VaeRunOptions& o) {
+bool Vae::would_tile(const VaeConfig& cfg, bool encoder, int h, int w, const VaeRunOptions& o, WFormat fmt) {
   if (o.tiling == VaeRunOptions::Tiling::Off) return false;
   if (h <= o.tile && w <= o.tile) return false;  // one tile = the untiled pass
   if (o.tiling == VaeRunOptions::Tiling::On) return true;
-  return activation_bytes(cfg, encoder, h, w) > o.auto_tile_bytes;
+  return activation_bytes(cfg, encoder, h, w, fmt) > o.auto_tile_bytes;
 }
 
 // Encoder: in = image (Cin, h·s, w·s), out = mean (z, h, w); decoder: in = z (z, h, w), out = image.

@@ -1,5 +1,8 @@
 // The FLUX.1 16-channel autoencoder (spec §8): encoder (image → latent mean) and decoder, loaded from
 // `ae.safetensors` names or a diffusers AutoencoderKL layout mapped onto them, config inferred from shapes.
+// Weight formats (docs/formats.md): f32 (the default, the training/twin path), or bf16 / f16 — every convolution
+// weight and the mid attention's q/k/v/proj_out weights (the 4-D tensors) stored in that format and run through
+// Backend::conv2d_forward_w / linear_forward_w; biases and GroupNorm affine stay F32, GroupNorm/swish/softmax F32.
 // Forward only (frozen). Images are processed one at a time through three rotating activation buffers sized
 // by a dry run of the network at the requested size (plus the mid attention's token-major buffers), so the
 // activation memory is planned up front; large images are tiled (overlapping tiles, linear-ramp blending).
@@ -8,6 +11,7 @@
 #include "models/params.h"
 #include "ops/backend.h"
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +51,15 @@ std::string vae_canonical_name(const std::string& name, int levels);
 // The diffusers name of a §8 name (inverse of the above; §8 names without a diffusers form returned unchanged).
 std::string vae_diffusers_name(const std::string& name, int levels);
 
+// The formats a VAE may hold its conv weights in: f32, bf16, f16 (f8 / q8_0 are refused: q8_0 needs K = Ci·kh·kw
+// divisible by 32, which the 3-channel conv_in and the 16-channel decoder conv_in are not, and a per-tensor f8
+// scale is too coarse for an image decoder). Fails with one line naming `what` otherwise.
+void check_vae_wformat(WFormat f, const std::string& what);
+// "" → F32; else the format, checked as above (`what` names the option, e.g. "--vae-type").
+WFormat parse_vae_wformat(const std::string& s, const std::string& what);
+// Whether a tensor of the VAE layout is held in the low-precision format (conv and attention projection weights).
+bool vae_quantizable(const std::string& name, const Shape& shape);
+
 struct VaeRunOptions {
   enum class Tiling { Auto, Off, On };
   Tiling tiling = Tiling::Auto;
@@ -57,16 +70,23 @@ struct VaeRunOptions {
 
 class Vae {
  public:
-  Vae(const VaeConfig& cfg, Backend& be);
+  // `weights`: storage of the conv / attention weights (F32 = the full-precision model; bf16 / f16 for inference:
+  // layout()/params() then hold the F32 tensors alone and save() refuses).
+  Vae(const VaeConfig& cfg, Backend& be, WFormat weights = WFormat::F32);
   ~Vae();
   Vae(const Vae&) = delete;
   Vae& operator=(const Vae&) = delete;
 
-  // ae.safetensors or a diffusers-layout file (F32/F16/BF16, converted to F32). Errors name the tensor and the fix.
-  static std::unique_ptr<Vae> load(const std::string& path, Backend& be);
+  // ae.safetensors or a diffusers-layout file (F32/F16/BF16 tensors). Conv weights are converted to `type` while
+  // loading (one tensor at a time), everything else to F32. Errors name the tensor and the fix.
+  static std::unique_ptr<Vae> load(const std::string& path, Backend& be, WFormat type = WFormat::F32);
+  // An independent copy with its conv weights in `fmt` (converted from this model's weights).
+  std::unique_ptr<Vae> converted(WFormat fmt) const;
+  WFormat weight_format() const { return wfmt_; }
   // Random weights (conv N(0, 1/fan_in), biases and GroupNorm affine slightly perturbed): for tests and benches.
+  // The same values for every format (drawn in F32, then converted).
   void init_random(uint64_t seed);
-  void save(const std::string& path) const;  // §8 names
+  void save(const std::string& path) const;  // §8 names; F32 models only
   const VaeConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
   float* params() { return params_; }
@@ -80,16 +100,18 @@ class Vae {
 
   // Bytes of activations one untiled pass over an h×w latent needs (buffers + attention + im2col), weights excluded,
   // and its FLOPs (convolutions, attention and its projections): a dry run of the pass, no weights needed.
-  static size_t activation_bytes(const VaeConfig& cfg, bool encoder, int h, int w);
+  // `fmt`: the conv weight format (its convolutions hold a different scratch: im2row + output tile + BF16 copy).
+  static size_t activation_bytes(const VaeConfig& cfg, bool encoder, int h, int w, WFormat fmt = WFormat::F32);
   static double pass_flops(const VaeConfig& cfg, bool encoder, int h, int w);
-  static bool would_tile(const VaeConfig& cfg, bool encoder, int h, int w, const VaeRunOptions& opt);
-  size_t activation_bytes(bool encoder, int h, int w) const { return activation_bytes(cfg_, encoder, h, w); }
+  static bool would_tile(const VaeConfig& cfg, bool encoder, int h, int w, const VaeRunOptions& opt,
+                         WFormat fmt = WFormat::F32);
+  size_t activation_bytes(bool encoder, int h, int w) const { return activation_bytes(cfg_, encoder, h, w, wfmt_); }
   double pass_flops(bool encoder, int h, int w) const { return pass_flops(cfg_, encoder, h, w); }
   bool would_tile(bool encoder, int h, int w, const VaeRunOptions& o) const {
-    return would_tile(cfg_, encoder, h, w, o);
+    return would_tile(cfg_, encoder, h, w, o, wfmt_);
   }
   double flops_done() const { return flops_; }  // FLOPs of every pass run so far (tiles included)
-  size_t weight_bytes() const { return layout_.total() * sizeof(float); }
+  size_t weight_bytes() const;  // F32 parameters + the stored low-precision weights
   size_t peak_activation_bytes() const { return peak_act_bytes_; }  // largest plan allocated so far
   void reset_peak_activation_bytes() { peak_act_bytes_ = 0; }
   void release_activations();  // free the planned buffers (weights stay)
@@ -103,7 +125,10 @@ class Vae {
   void tiled(bool encoder, float* out, const float* in, int h, int w, const VaeRunOptions& opt);
   VaeConfig cfg_;
   Backend& be_;
-  ParamLayout layout_;
+  ParamLayout layout_;       // the tensors held as F32 (all of them for an F32 model)
+  ParamLayout full_layout_;  // every tensor
+  WFormat wfmt_ = WFormat::F32;
+  std::map<std::string, QuantizedWeight> qw_;  // the low-precision weights (host memory)
   float* params_ = nullptr;
   std::unique_ptr<Plan> plan_;
   double flops_ = 0;

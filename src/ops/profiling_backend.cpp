@@ -253,6 +253,20 @@ void ProfilingBackend::conv2d_forward(float* y, const float* x, const float* w, 
                                       bool accumulate) {
   timed("conv2d_forward", conv2d_flops(s), [&] { in_.conv2d_forward(y, x, w, b, s, accumulate); });
 }
+void ProfilingBackend::conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b,
+                                        const Conv2dShape& s, bool accumulate) {
+  // An F32 view is the plain conv2d_forward path (as the base class does), counted as such.
+  if (w.fmt == WFormat::F32) return conv2d_forward(y, x, w.f32(), b, s, accumulate);
+  const char* name = "conv2d_forward_w";  // string literals only (record() keeps the pointer)
+  switch (w.fmt) {
+    case WFormat::F32: break;
+    case WFormat::BF16: name = "conv2d_forward_w.bf16"; break;
+    case WFormat::F16: name = "conv2d_forward_w.f16"; break;
+    case WFormat::F8: name = "conv2d_forward_w.f8"; break;
+    case WFormat::Q8_0: name = "conv2d_forward_w.q8_0"; break;
+  }
+  timed(name, conv2d_flops(s), [&] { in_.conv2d_forward_w(y, x, w, b, s, accumulate); });
+}
 void ProfilingBackend::groupnorm_forward(float* y, const float* x, const float* gamma, const float* beta, int B, int C,
                                          int HW, int G, float eps, bool silu) {
   timed("groupnorm_forward", 0, [&] { in_.groupnorm_forward(y, x, gamma, beta, B, C, HW, G, eps, silu); });

@@ -118,6 +118,8 @@ class ProfilingBackend final : public Backend {
 
   void conv2d_forward(float* y, const float* x, const float* w, const float* b, const Conv2dShape& s,
                       bool accumulate) override;
+  void conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b, const Conv2dShape& s,
+                        bool accumulate) override;
   void groupnorm_forward(float* y, const float* x, const float* gamma, const float* beta, int B, int C, int HW, int G,
                          float eps, bool silu) override;
   void upsample_nearest2x_forward(float* y, const float* x, int B, int C, int H, int W) override;

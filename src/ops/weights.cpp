@@ -161,4 +161,12 @@ void Backend::linear_forward_w(float* y, const float* x, const WeightView& w, co
   linear_forward(y, x, w.f32(), b, M, K, N);
 }
 
+void Backend::conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b, const Conv2dShape& s,
+                               bool accumulate) {
+  if (w.fmt != WFormat::F32)
+    fail("the ", name(), " backend has no convolution kernel for ", wformat_name(w.fmt),
+         " weights: load the VAE with --vae-type f32");
+  conv2d_forward(y, x, w.f32(), b, s, accumulate);
+}
+
 }  // namespace oboro

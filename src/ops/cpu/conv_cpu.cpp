@@ -8,6 +8,7 @@
 // on the thread count — it does not, and outputs are bitwise identical for any thread count. (They do depend,
 // by rounding only, on the im2col budget, which is a constant.)
 #include "ops/cpu/conv_cpu.h"
+#include "ops/cpu/qgemm_cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include <cblas.h>
@@ -131,6 +132,129 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
       float* yt = yb + (int64_t)oy0 * Wo;
       const float beta = init_rows(yt, b, s.Co, P, n, accumulate);
       gemm_blocks(yt, P, w, col.get(), n, s.Co, n, K, beta);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Low-precision weights: im2row + the Linear kernels.
+
+namespace {
+
+constexpr int kRowChannels = 4;  // input channels per im2row work unit (kRowChannels·kh·kw contiguous values)
+
+// rows(nr·Wo, K) for output rows [oy0, oy0 + nr) of image xb (Ci, H, W): row p = r·Wo + ox holds the receptive
+// field of output (oy0 + r, ox) in the weight's K order (ci, i, j), with exactly im2col's reads: input row
+// iy = oy·sh − pad_t + i, column ix = ox·sw − pad_l + j, zero outside [0, in_h) × [0, in_w), and with up2 the
+// pixel (iy/2, ix/2) of x. Pure copies: the values are those im2col puts in col (transposed).
+void im2row(float* rows, const float* xb, const Conv2dShape& s, int oy0, int nr) {
+  const int Wo = s.out_w(), ih = s.in_h(), iw = s.in_w(), kk = s.kh * s.kw;
+  const int64_t K = (int64_t)s.Ci * kk;
+  const int cb = (s.Ci + kRowChannels - 1) / kRowChannels;
+  // Output columns whose taps are all inside [0, iw) (no per-tap test): ox·sw − pad_l ≥ 0 and
+  // ox·sw − pad_l + kw − 1 < iw.
+  int lo = (s.pad_l + s.sw - 1) / s.sw;
+  int hi = iw - s.kw + s.pad_l < 0 ? 0 : (iw - s.kw + s.pad_l) / s.sw + 1;
+  lo = std::min(lo, Wo);
+  hi = std::clamp(hi, lo, Wo);
+  parallel_for((int64_t)nr * cb, [&](int64_t u0, int64_t u1) {
+    const float* src[64];  // kRowChannels·kh input rows of the unit (null: a padding row)
+    std::unique_ptr<const float*[]> big;
+    const float** sr = src;
+    if ((int64_t)kRowChannels * s.kh > 64) {
+      big.reset(new const float*[(size_t)kRowChannels * s.kh]);
+      sr = big.get();
+    }
+    for (int64_t u = u0; u < u1; ++u) {
+      const int r = (int)(u / cb), c0 = (int)(u % cb) * kRowChannels, c1 = std::min(s.Ci, c0 + kRowChannels);
+      const int nc = c1 - c0;
+      for (int c = 0; c < nc; ++c)
+        for (int i = 0; i < s.kh; ++i) {
+          const int iy = (oy0 + r) * s.sh - s.pad_t + i;
+          sr[c * s.kh + i] = iy < 0 || iy >= ih ? nullptr
+                                                : xb + ((size_t)(c0 + c) * s.H + (s.up2 ? iy / 2 : iy)) * s.W;
+        }
+      float* base = rows + ((int64_t)r * Wo) * K + (int64_t)c0 * kk;
+      auto edge = [&](int ox) {  // any column: a bounds test per tap
+        float* d = base + (int64_t)ox * K;
+        for (int c = 0; c < nc; ++c)
+          for (int i = 0; i < s.kh; ++i) {
+            const float* sp = sr[c * s.kh + i];
+            for (int j = 0; j < s.kw; ++j, ++d) {
+              const int ix = ox * s.sw - s.pad_l + j;
+              *d = sp && ix >= 0 && ix < iw ? sp[s.up2 ? ix / 2 : ix] : 0.f;
+            }
+          }
+      };
+      for (int ox = 0; ox < lo; ++ox) edge(ox);
+      for (int ox = lo; ox < hi; ++ox) {  // interior columns: 0 ≤ x0 + j < iw for every tap j
+        float* d = base + (int64_t)ox * K;
+        const int x0 = ox * s.sw - s.pad_l;
+        for (int c = 0; c < nc; ++c)
+          for (int i = 0; i < s.kh; ++i, d += s.kw) {
+            const float* sp = sr[c * s.kh + i];
+            if (!sp) {
+              for (int j = 0; j < s.kw; ++j) d[j] = 0.f;
+            } else if (s.up2) {
+              for (int j = 0; j < s.kw; ++j) d[j] = sp[(x0 + j) / 2];
+            } else {
+              for (int j = 0; j < s.kw; ++j) d[j] = sp[x0 + j];
+            }
+          }
+      }
+      for (int ox = hi; ox < Wo; ++ox) edge(ox);
+    }
+  }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, (int64_t)Wo * kRowChannels * kk)));
+}
+
+// y rows c (stride ld) at columns [0, n) from yt(n, Co): y = yt (or y += yt when accumulating), blocked transpose.
+void scatter_rows(float* y, int64_t ld, const float* yt, int Co, int64_t n, bool accumulate) {
+  constexpr int T = 32;
+  const int64_t cb = (Co + T - 1) / T, pb = (n + T - 1) / T;
+  parallel_for(cb * pb, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int c0 = (int)(u / pb) * T, c1 = std::min(Co, c0 + T);
+      const int64_t p0 = (u % pb) * T, p1 = std::min<int64_t>(n, p0 + T);
+      for (int c = c0; c < c1; ++c) {
+        float* yr = y + (int64_t)c * ld;
+        if (accumulate)
+          for (int64_t p = p0; p < p1; ++p) yr[p] += yt[p * Co + c];
+        else
+          for (int64_t p = p0; p < p1; ++p) yr[p] = yt[p * Co + c];
+      }
+    }
+  }, 4);
+}
+
+}  // namespace
+
+int conv2d_w_tile_rows(const Conv2dShape& s, size_t col_budget) {
+  const int64_t per_row = ((int64_t)s.Ci * s.kh * s.kw + s.Co) * s.out_w();
+  return (int)std::clamp<int64_t>((int64_t)col_budget / std::max<int64_t>(1, per_row), 1, std::max(1, s.out_h()));
+}
+
+void conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b, const Conv2dShape& s,
+                      bool accumulate, size_t col_budget) {
+  check_shape(s);
+  const int K = s.Ci * s.kh * s.kw;
+  if (w.N != s.Co || w.K != K)
+    fail("internal error: conv2d_forward_w weight is ", w.N, "x", w.K, " but the convolution needs ", s.Co, "x", K,
+         " (Co x Ci·kh·kw)");
+  if (w.fmt == WFormat::F32) return conv2d_forward(y, x, w.f32(), b, s, accumulate, col_budget);
+  const int Ho = s.out_h(), Wo = s.out_w();
+  const int64_t P = (int64_t)Ho * Wo, in_plane = (int64_t)s.H * s.W;
+  const int rt = conv2d_w_tile_rows(s, col_budget);
+  const size_t tile_n = (size_t)rt * Wo;
+  std::unique_ptr<float[]> rows(new float[tile_n * K]), yt(new float[tile_n * s.Co]);
+  for (int bi = 0; bi < s.B; ++bi) {
+    float* yb = y + (int64_t)bi * s.Co * P;
+    const float* xb = x + (int64_t)bi * s.Ci * in_plane;
+    for (int oy0 = 0; oy0 < Ho; oy0 += rt) {
+      const int nr = std::min(rt, Ho - oy0);
+      const int64_t n = (int64_t)nr * Wo;
+      im2row(rows.get(), xb, s, oy0, nr);
+      linear_w(yt.get(), rows.get(), w, b, (int)n, K, s.Co);  // yt = rows·Wᵀ + b
+      scatter_rows(yb + (int64_t)oy0 * Wo, P, yt.get(), s.Co, n, accumulate);
     }
   }
 }

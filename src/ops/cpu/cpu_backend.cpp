@@ -424,6 +424,8 @@ class CpuBackend final : public Backend {
   // VAE image ops (src/ops/cpu/conv_cpu.cpp).
   void conv2d_forward(float* y, const float* x, const float* w, const float* b, const Conv2dShape& s,
                       bool accumulate) override { cpu::conv2d_forward(y, x, w, b, s, accumulate); }
+  void conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b, const Conv2dShape& s,
+                        bool accumulate) override { cpu::conv2d_forward_w(y, x, w, b, s, accumulate); }
   void groupnorm_forward(float* y, const float* x, const float* gamma, const float* beta, int B, int C, int HW, int G,
                          float eps, bool silu) override { cpu::groupnorm_forward(y, x, gamma, beta, B, C, HW, G, eps, silu); }
   void upsample_nearest2x_forward(float* y, const float* x, int B, int C, int H, int W) override {
