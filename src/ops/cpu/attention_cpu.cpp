@@ -406,9 +406,10 @@ void attention_forward_avx512(float* o, float* lse, const float* q, const float*
 //     even count (pairs) and, for V, to a multiple of 16 columns; any dh works.
 //   - scores: s_ij = Σ over pairs p of (q[2p+1]·k[2p+1], then q[2p]·k[2p]) accumulated in F32 — the order of
 //     vdpbf16ps (each BF16×BF16 product is exact in F32, so each step is one rounding); the relative bias and the
-//     key mask (−inf) are added in F32, then the running max, P = exp(s − max) (exp16's arithmetic), P rounded
-//     to BF16, the row sum over the rounded P (so o is an exactly normalised average of the rounded V rows), and
-//     acc = acc·corr + P̃·Ṽ in F32, pairs of keys in the same odd-then-even order.
+//     key mask (−inf) are added in F32, then the running max, P = exp(s − max) (exp16's scheme with a degree-5
+//     polynomial, exp_bf16path), P rounded to BF16, the row sum over the rounded P (so o is an exactly normalised
+//     average of the rounded V rows; the AVX-512 kernel keeps 16-lane partial sums per row and reduces them once
+//     per query tile), and acc = acc·corr + P̃·Ṽ in F32, pairs of keys in the same odd-then-even order.
 //   - lse = max + log(Σ P̃) (F32).
 // Panels per (batch, head) unit: Q (Sq, dhe) BF16 row-major, dhe = dh rounded up to even; K per 64-key block
 // [dhe/2][64][2]; V [Sk/2][dhp][2] (key pairs interleaved per column); the P tile (32, 64) BF16 row-major.
@@ -424,15 +425,15 @@ inline uint16_t round_bf16(float x) {
 }
 inline float bf16_value(float x) { return bf16_to_f32(round_bf16(x)); }
 
-// exp16's arithmetic on one value (fused steps written as std::fma): bitwise equal to exp16's lane.
+// e^x for the BF16 path: exp16's scheme (x = n·ln2 + r, |r| ≤ ln2/2, 2^n exactly) with a degree-5 Taylor polynomial
+// (relative error < 3e-6, far below the 2^-9 of the BF16 rounding that follows); x < −87 (−inf included) gives 0.
+// Written with std::fma, step for step as exp16_bf, so the two paths agree bit for bit.
 inline float exp_bf16path(float x) {
   const float v = std::max(x, -87.0f);
   const float kf = std::nearbyint(v * 1.44269504088896341f);
   float r = std::fma(-kf, 0.693145751953125f, v);
   r = std::fma(-kf, 1.42860682030941723e-6f, r);
-  float p = 1.f / 5040;
-  p = std::fma(p, r, 1.f / 720);
-  p = std::fma(p, r, 1.f / 120);
+  float p = 1.f / 120;
   p = std::fma(p, r, 1.f / 24);
   p = std::fma(p, r, 1.f / 6);
   p = std::fma(p, r, 0.5f);
@@ -547,7 +548,7 @@ inline uint32_t load_pair(const uint16_t* p) {
   return x;
 }
 
-// exp16 compiled for this target (a function with another target attribute cannot be inlined here).
+// exp_bf16path on 16 lanes (2^n by vscalefps: exact, like the exponent-bits multiply of exp16).
 OBORO_ATTN_BF16 inline __m512 exp16_bf(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.0f);
   __m512 v = _mm512_max_ps(x, lo);
@@ -555,16 +556,13 @@ OBORO_ATTN_BF16 inline __m512 exp16_bf(__m512 x) {
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(0.693145751953125f), v);
   r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(1.42860682030941723e-6f), r);
-  __m512 p = _mm512_set1_ps(1.f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  __m512 p = _mm512_set1_ps(1.f / 120);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kf), _mm512_set1_epi32(127)), 23);
-  __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+  __m512 y = _mm512_scalef_ps(p, kf);
   __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
   return _mm512_mask_blend_ps(under, y, _mm512_setzero_ps());
 }
@@ -619,6 +617,7 @@ OBORO_ATTN_BF16 void attention_forward_bf16_units(int64_t u0, int64_t u1, float*
   const int Sk = (S + kHk - 1) / kHk * kHk;
   std::vector<uint16_t> qp((size_t)Sq * dhe), kp((size_t)Sk * dhe), vp((size_t)Sk * dhp), pb(kHq * kHk);
   std::vector<float> kb(Sk), sc(kHq * kHk), acc((size_t)kHq * dhp), m(kHq), l(kHq), corr(kHq);
+  std::vector<float> lv(kHq * 16);  // per-row sums of the rounded P, 16 lanes (reduced once per query tile)
   for (int64_t u = u0; u < u1; ++u) {
     const int b = (int)(u / H), h = (int)(u % H);
     const size_t bo = (size_t)b * S * D;
@@ -644,7 +643,7 @@ OBORO_ATTN_BF16 void attention_forward_bf16_units(int64_t u0, int64_t u1, float*
       const int nq = std::min(kHq, S - i0);
       const int nq4 = (nq + 3) / 4 * 4, nq8 = (nq + 7) / 8 * 8;  // within Sq
       std::fill(m.begin(), m.end(), kNegInf);
-      std::fill(l.begin(), l.end(), 0.f);
+      std::fill(lv.begin(), lv.end(), 0.f);
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int j0 = 0; j0 < Sk; j0 += kHk) {
         const int nk = std::min(kHk, S - j0);
@@ -694,10 +693,10 @@ OBORO_ATTN_BF16 void attention_forward_bf16_units(int64_t u0, int64_t u1, float*
                        o01 = _mm512_castsi512_ps(_mm512_and_si512(p01, hi)),
                        e23 = _mm512_castsi512_ps(_mm512_slli_epi32(p23, 16)),
                        o23 = _mm512_castsi512_ps(_mm512_and_si512(p23, hi));
-          const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(e01, o01), _mm512_add_ps(e23, o23)));
+          const __m512 part = _mm512_add_ps(_mm512_add_ps(e01, o01), _mm512_add_ps(e23, o23));
           const float cr = rescale(m[i], mx);
           corr[i] = cr;
-          l[i] = l[i] * cr + sum;
+          _mm512_storeu_ps(lv.data() + i * 16, _mm512_fmadd_ps(_mm512_loadu_ps(lv.data() + i * 16), _mm512_set1_ps(cr), part));
           m[i] = mx;
         }
         const uint16_t* vblk = vp.data() + (size_t)j0 * dhp;  // (j0/2) pairs × dhp × 2
@@ -722,6 +721,7 @@ OBORO_ATTN_BF16 void attention_forward_bf16_units(int64_t u0, int64_t u1, float*
           }
         }
       }
+      for (int i = 0; i < nq; ++i) l[i] = _mm512_reduce_add_ps(_mm512_loadu_ps(lv.data() + i * 16));
       for (int i = 0; i < nq; ++i) {
         const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
         float* orow = o + bo + (size_t)(i0 + i) * D + (size_t)h * dh;
