@@ -448,6 +448,7 @@ inline float exp_bf16path(float x) {
 inline float rescale(float m_old, float m_new) { return m_old == m_new ? 1.f : std::exp(m_old - m_new); }
 
 constexpr int kHq = 32;  // query rows per tile
+constexpr int kPrefetchRows = 6;  // rows ahead prefetched while packing a unit
 constexpr int kHk = 64;  // keys per block
 
 }  // namespace
@@ -567,6 +568,24 @@ OBORO_ATTN_BF16 inline __m512 exp16_bf(__m512 x) {
   return _mm512_mask_blend_ps(under, y, _mm512_setzero_ps());
 }
 
+// dst[0, n) = round_bf16(src[d]·mul) — 32 values per vcvtne2ps2bf16 (nearest even, like f32_to_bf16), subnormal
+// products flushed to zero first as round_bf16 does; x·mul is the same IEEE product as the scalar path's.
+OBORO_ATTN_BF16 inline void row_to_bf16(uint16_t* dst, const float* src, int n, float mul) {
+  const __m512 vm = _mm512_set1_ps(mul), tiny = _mm512_set1_ps(std::numeric_limits<float>::min());
+  auto prep = [&](__m512 x) OBORO_ATTN_BF16 {
+    x = _mm512_mul_ps(x, vm);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(x), tiny, _CMP_LT_OQ), x, _mm512_setzero_ps());
+  };
+  for (int d = 0; d < n; d += 32) {
+    const int rem = n - d;
+    const __mmask16 m0 = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
+    const __mmask16 m1 = rem >= 32 ? (__mmask16)0xFFFF : rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : (__mmask16)0;
+    const __m512 x0 = prep(_mm512_maskz_loadu_ps(m0, src + d)), x1 = prep(_mm512_maskz_loadu_ps(m1, src + d + 16));
+    const __m512i b = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+    _mm512_mask_storeu_epi16(dst + d, rem >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << rem) - 1), b);
+  }
+}
+
 // sc(4, 64) = q(4 rows, stride ldq, dh2 pairs) · kblk [dh2][64][2]
 OBORO_ATTN_BF16 inline void score16_4x64(float* sc, const uint16_t* q, int ldq, const uint16_t* kblk, int dh2) {
   __m512 c[4][4];
@@ -618,6 +637,7 @@ OBORO_ATTN_BF16 void attention_forward_bf16_units(int64_t u0, int64_t u1, float*
   std::vector<uint16_t> qp((size_t)Sq * dhe), kp((size_t)Sk * dhe), vp((size_t)Sk * dhp), pb(kHq * kHk);
   std::vector<float> kb(Sk), sc(kHq * kHk), acc((size_t)kHq * dhp), m(kHq), l(kHq), corr(kHq);
   std::vector<float> lv(kHq * 16);  // per-row sums of the rounded P, 16 lanes (reduced once per query tile)
+  std::vector<uint16_t> krow(dhe), vrow(dhe);
   for (int64_t u = u0; u < u1; ++u) {
     const int b = (int)(u / H), h = (int)(u % H);
     const size_t bo = (size_t)b * S * D;
@@ -632,10 +652,20 @@ OBORO_ATTN_BF16 void attention_forward_bf16_units(int64_t u0, int64_t u1, float*
       uint16_t* qd = qp.data() + (size_t)s * dhe;
       uint16_t* kd = kp.data() + (size_t)(s / kHk) * kHk * dhe + (size_t)(s % kHk) * 2;
       uint16_t* vd = vp.data() + (size_t)(s / 2) * dhp * 2 + (s & 1);
+      if (s + kPrefetchRows < S) {  // the rows are D floats apart: fetch a few ahead (the gather is latency-bound)
+        const size_t pf = off + (size_t)kPrefetchRows * D;
+        for (int d = 0; d < dh; d += 16) {
+          _mm_prefetch((const char*)(q + pf + d), _MM_HINT_T0);
+          _mm_prefetch((const char*)(k + pf + d), _MM_HINT_T0);
+          _mm_prefetch((const char*)(v + pf + d), _MM_HINT_T0);
+        }
+      }
+      row_to_bf16(qd, q + off, dh, scale);
+      row_to_bf16(krow.data(), k + off, dh, 1.f);
+      row_to_bf16(vrow.data(), v + off, dh, 1.f);
       for (int d = 0; d < dh; ++d) {
-        qd[d] = round_bf16(q[off + d] * scale);
-        kd[(size_t)(d / 2) * 2 * kHk + (d & 1)] = round_bf16(k[off + d]);
-        vd[(size_t)d * 2] = round_bf16(v[off + d]);
+        kd[(size_t)(d / 2) * 2 * kHk + (d & 1)] = krow[d];
+        vd[(size_t)d * 2] = vrow[d];
       }
     }
     for (int j = 0; j < Sk; ++j) kb[j] = (j < S && (!valid || valid[j] != 0.f)) ? 0.f : kNegInf;
