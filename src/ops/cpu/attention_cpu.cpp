@@ -401,8 +401,9 @@ void attention_forward_avx512(float* o, float* lse, const float* q, const float*
 // BF16 forward (AttnPrecision::BF16, ops/backend.h). Same tiling and online softmax as the F32 kernel above, with
 // both products through BF16 pairs:
 //   - Q is scaled in F32 (q·scale) and then rounded; K and V are rounded as they are. Rounding is nearest-even
-//     (f32_to_bf16, the helper the qgemm code uses) after flushing subnormal inputs to zero — vdpbf16ps treats
-//     subnormal BF16 inputs as zero, so both paths see the same values. Head dims are padded with zeros to an
+//     (f32_to_bf16 in the portable path; vcvtne2ps2bf16, as in the qgemm code's rows_to_bf16, in the AVX-512 one:
+//     the same rounding) after flushing subnormal inputs to zero — vdpbf16ps treats subnormal BF16 inputs as
+//     zero, so both paths see the same values. Head dims are padded with zeros to an
 //     even count (pairs) and, for V, to a multiple of 16 columns; any dh works.
 //   - scores: s_ij = Σ over pairs p of (q[2p+1]·k[2p+1], then q[2p]·k[2p]) accumulated in F32 — the order of
 //     vdpbf16ps (each BF16×BF16 product is exact in F32, so each step is one rounding); the relative bias and the
