@@ -301,7 +301,8 @@ void run_bench_t5(const T5BenchOpts& o) {
 struct AttnOpts {
   std::string tokens = "256,1024,4096", python = "/usr/bin/python3",
               twin_script = OBORO_SOURCE_DIR "/bench/twin_attention_mem.py";
-  int heads = 24, head_dim = 64, batch = 1, threads = 0;
+  std::string precision = "f32";
+  int heads = 24, head_dim = 64, batch = 1, threads = 0, repeats = 1;
   bool compare_torch = false, json = false, backward = false;
 };
 
@@ -325,7 +326,12 @@ std::vector<int> parse_int_list(const std::string& s, const char* flag) {
 
 void run_bench_attention(const AttnOpts& o) {
   if (o.threads > 0) set_num_threads(o.threads);
-  if (o.heads < 1 || o.head_dim < 1 || o.batch < 1) fail("--heads, --head-dim and --batch must be at least 1");
+  if (o.heads < 1 || o.head_dim < 1 || o.batch < 1 || o.repeats < 1)
+    fail("--heads, --head-dim, --batch and --repeats must be at least 1");
+  if (o.precision != "f32" && o.precision != "bf16") fail("--precision must be f32 or bf16, got '", o.precision, "'");
+  const AttnPrecision prec = o.precision == "bf16" ? AttnPrecision::BF16 : AttnPrecision::F32;
+  if (o.backward && prec != AttnPrecision::F32)
+    fail("--backward needs --precision f32 (the BF16 forward is for inference; its lse is not for the backward)");
   if (o.compare_torch) require_python_torch(o.python);
   const std::vector<int> tokens = parse_int_list(o.tokens, "--tokens");
   // Every large block mmapped and unmapped on free: a call's peak-RSS increase is its working memory, not what
@@ -358,9 +364,14 @@ void run_bench_attention(const AttnOpts& o) {
     reset_ok = reset_peak_rss() && reset_ok;
     const size_t base = current_rss_bytes();
     double t0 = bench_now();
-    be.attention_forward(out, lse, q, k, v, nullptr, B, S, H, dh, scale);
-    const double tf = bench_now() - t0;
-    const size_t peak_f = peak_rss_bytes();
+    be.attention_forward(out, lse, q, k, v, nullptr, B, S, H, dh, scale, nullptr, prec);
+    double tf = bench_now() - t0;
+    const size_t peak_f = peak_rss_bytes();  // the first call's working memory
+    for (int rep = 1; rep < o.repeats; ++rep) {  // best time of --repeats calls
+      t0 = bench_now();
+      be.attention_forward(out, lse, q, k, v, nullptr, B, S, H, dh, scale, nullptr, prec);
+      tf = std::min(tf, bench_now() - t0);
+    }
     nlohmann::json r;
     r["tokens"] = S;
     r["forward_extra_bytes"] = reset_ok ? nlohmann::json(peak_f > base ? peak_f - base : 0) : nlohmann::json(nullptr);
@@ -379,7 +390,8 @@ void run_bench_attention(const AttnOpts& o) {
       for (float* p : {dq, dk, dv, dout}) be.free(p);
     }
     for (float* p : {q, k, v, out, lse}) be.free(p);
-    std::fprintf(stderr, "  %d tokens: forward %.3f s, extra %.2f MiB (load %s)\n", S, tf,
+    std::fprintf(stderr, "  %d tokens: forward %.3f s (%.1f GFLOP/s, %s), extra %.2f MiB (load %s)\n", S, tf,
+                 r["forward_gflops"].get<double>(), o.precision.c_str(),
                  reset_ok ? (peak_f - std::min(peak_f, base)) / 1048576.0 : -1.0, load_average().c_str());
     rows.push_back(r);
   }
@@ -388,6 +400,8 @@ void run_bench_attention(const AttnOpts& o) {
   j["heads"] = H;
   j["head_dim"] = dh;
   j["threads"] = num_threads();
+  j["precision"] = o.precision;
+  j["repeats"] = o.repeats;
   j["method"] = "peak RSS (VmHWM, reset through /proc/self/clear_refs) minus RSS before the call, inputs resident, "
                 "glibc mmap threshold fixed at 64 KiB";
   j["oboro"] = rows;
@@ -403,8 +417,9 @@ void run_bench_attention(const AttnOpts& o) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("attention working memory, batch %d, %d heads x %d, %d threads (F32)\n", B, H, dh, num_threads());
-  std::printf("  %7s %14s %14s %12s", "tokens", "oboro extra", "per token", "fwd s");
+  std::printf("attention working memory, batch %d, %d heads x %d, %d threads (%s)\n", B, H, dh, num_threads(),
+              prec == AttnPrecision::BF16 ? "BF16 products, F32 softmax" : "F32");
+  std::printf("  %7s %14s %14s %12s %10s", "tokens", "oboro extra", "per token", "fwd s", "GFLOP/s");
   if (o.backward) std::printf(" %14s", "oboro bwd");
   std::printf(" %14s", "S^2 scores");
   if (o.compare_torch) std::printf(" %14s %14s %14s", "torch naive", "torch fast", "torch sdpa");
@@ -412,8 +427,9 @@ void run_bench_attention(const AttnOpts& o) {
   auto mib = [](const nlohmann::json& x) { return x.is_null() ? -1.0 : x.get<double>() / 1048576.0; };
   for (size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
-    std::printf("  %7d %11.2f MiB %10.1f KiB %12.3f", r["tokens"].get<int>(), mib(r["forward_extra_bytes"]),
-                mib(r["forward_extra_bytes"]) * 1024.0 / r["tokens"].get<int>(), r["forward_seconds"].get<double>());
+    std::printf("  %7d %11.2f MiB %10.1f KiB %12.3f %10.1f", r["tokens"].get<int>(), mib(r["forward_extra_bytes"]),
+                mib(r["forward_extra_bytes"]) * 1024.0 / r["tokens"].get<int>(), r["forward_seconds"].get<double>(),
+                r["forward_gflops"].get<double>());
     if (o.backward) std::printf(" %10.2f MiB", mib(r["backward_extra_bytes"]));
     std::printf(" %10.2f MiB", mib(r["scores_matrix_bytes"]));
     if (o.compare_torch) {
@@ -485,6 +501,12 @@ void register_bench_step(CLI::App& app) {
     d->add_option("--head-dim", o->head_dim, "head width")->capture_default_str();
     d->add_option("--batch", o->batch, "batch")->capture_default_str();
     d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+    d->add_option("--precision", o->precision,
+                  "forward arithmetic: f32, or bf16 (BF16 Q·Kᵀ and P·V with F32 softmax, the low-precision DiT's "
+                  "inference attention)")
+        ->capture_default_str();
+    d->add_option("--repeats", o->repeats, "timed forward calls per length (best time reported; memory from the first)")
+        ->capture_default_str();
     d->add_flag("--backward", o->backward, "also measure attention_backward");
     d->add_flag("--compare-torch", o->compare_torch, "also measure the twin (naive, baddbmm+softmax, SDPA)");
     d->add_option("--twin-script", o->twin_script, "path of bench/twin_attention_mem.py")->capture_default_str();

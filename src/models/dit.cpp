@@ -343,6 +343,7 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
   const int D = cfg_.hidden_size, C = cfg_.cond(), T = cfg_.text_dim, F = cfg_.ffn_hidden_size, P = cfg_.features();
   const int S = a.S, N = a.N, M = B * S, p = cfg_.patch_size, Cl = cfg_.latent_channels;
   const float eps = cfg_.norm_eps;
+  const AttnPrecision attn_prec = attention_precision(training);  // BF16 only for low-precision inference
 
   {  // key mask: text keys from txt_mask, image keys always valid
     std::vector<float> m((size_t)B * L), kv((size_t)B * S, 1.f);
@@ -402,7 +403,7 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     be.rope_forward(la.q, rope.first, rope.second, B, S, H, dh);
     be.rope_forward(la.k, rope.first, rope.second, B, S, H, dh);
     be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, S, H, dh, 1.f / std::sqrt((float)dh),
-                         nullptr);
+                         nullptr, attn_prec);
     be.linear_forward_w(la.ao, la.o, V.out, nullptr, M, D, D);
     be.rmsnorm_forward(la.an2, la.ao_rstd, la.ao, Wl.an2, M, D, eps);
     be.gate_residual_forward(a.h_stream, la.an2, mod + D, 4 * D, B, S, D);

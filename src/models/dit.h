@@ -34,6 +34,10 @@ class DiT {
   // An independent copy with its quantisable weights in `fmt` (quantised from this model's weights).
   std::unique_ptr<DiT> converted(WFormat fmt) const;
   WFormat weight_format() const { return wfmt_; }
+  // The attention arithmetic forward() asks for: BF16 for inference with low-precision weights, else F32.
+  AttnPrecision attention_precision(bool training) const {
+    return !training && wfmt_ != WFormat::F32 ? AttnPrecision::BF16 : AttnPrecision::F32;
+  }
   size_t weight_bytes() const;  // F32 parameters + stored low-precision weights and scales
   // Spec initialisation: Linear weights N(0, 1/fan_in)·… (xavier-uniform-like normal), biases 0,
   // norm weights 1, adaLN and final layer zero. Deterministic in `seed`.
@@ -56,6 +60,9 @@ class DiT {
 
   // x (B,C,h,w), t (B), txt (B,L,text_dim), txt_mask (B,L) 1 = valid; v (B,C,h,w) out.
   // All pointers are backend buffers. Position 0 of every text row must be valid (BOS).
+  // Attention precision: inference (training = false) with low-precision weights (weight_format() != F32) asks the
+  // backend for AttnPrecision::BF16 attention (BF16 Q·Kᵀ and P·V, F32 softmax statistics); an F32 model and every
+  // training forward use F32 attention (attention_precision()).
   void forward(float* v, const float* x, const float* t, const float* txt, const float* txt_mask, int B, int L, int h,
                int w, bool training);
   // After forward(training=true): accumulate parameter gradients for dL/dv; optional dtxt (B,L,text_dim) +=.

@@ -15,6 +15,18 @@
 
 namespace oboro {
 
+// Arithmetic of attention_forward's two products (scores Q·Kᵀ and P·V).
+//   F32  — F32 throughout (the default: training, the PyTorch-twin tests, every non-low-precision caller).
+//   BF16 — inference only: Q·scale (scaled in F32, then rounded), K, V and the softmax probabilities P (after the
+//          exp, in [0, 1]) are rounded to BF16 (nearest even) and multiplied with F32 accumulation; the mask, the
+//          relative bias and the softmax statistics (running max, sum, lse) stay F32. The sum and lse are those of
+//          the rounded P, so each output row is an exactly normalised average of the rounded V rows. The lse it
+//          returns is not meant for attention_backward. Results are identical for any thread count; a CPU without
+//          avx512_bf16 runs a scalar path with the same arithmetic (agreeing to float rounding).
+// The DiT asks for BF16 when it runs inference with low-precision weights (docs/formats.md); a backend without a
+// BF16 kernel may compute BF16 requests in F32.
+enum class AttnPrecision : uint8_t { F32, BF16 };
+
 // NCHW 2D convolution geometry (the VAE, spec §8). Input x(B, Ci, H, W); with up2 the convolution reads the
 // nearest-×2 upsampling of x, (B, Ci, 2H, 2W), on the fly (Upsample = nearest ×2 + conv3 without storing the
 // 4× larger tensor). Weight w(Co, Ci, kh, kw) (OIHW), zero padding top/bottom/left/right (asymmetric allowed:
@@ -95,11 +107,12 @@ class Backend {
   // lse (B,H,S) = logsumexp of the biased, masked scores, saved for backward.
   // rel_bias (H, 2S−1) or null: an additive relative-position bias shared by the batch,
   // score_ij = scale·q_i·k_j + rel_bias[h][j − i + S − 1] (T5). Backward accumulates d_rel_bias (H, 2S−1)
-  // (summed over the batch, deterministic for any thread count); d_rel_bias may be null. (The defaults keep
-  // older no-bias call sites compiling; overrides must not declare their own defaults.)
+  // (summed over the batch, deterministic for any thread count); d_rel_bias may be null. `prec` selects the
+  // arithmetic of the forward (AttnPrecision above; F32 unless asked). (The defaults keep older call sites
+  // compiling; overrides must not declare their own defaults.)
   virtual void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
                                  const float* key_valid, int B, int S, int H, int dh, float scale,
-                                 const float* rel_bias = nullptr) = 0;
+                                 const float* rel_bias = nullptr, AttnPrecision prec = AttnPrecision::F32) = 0;
   virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                   const float* k, const float* v, const float* o, const float* lse,
                                   const float* key_valid, int B, int S, int H, int dh, float scale,

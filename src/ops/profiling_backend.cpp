@@ -190,9 +190,9 @@ void ProfilingBackend::rope_backward(float* dx, const float* cos, const float* s
 }
 void ProfilingBackend::attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
                                          const float* key_valid, int B, int S, int H, int dh, float scale,
-                                         const float* rel_bias) {
+                                         const float* rel_bias, AttnPrecision prec) {
   timed("attention_forward", attention_flops(B, S, H, dh),
-        [&] { in_.attention_forward(o, lse, q, k, v, key_valid, B, S, H, dh, scale, rel_bias); });
+        [&] { in_.attention_forward(o, lse, q, k, v, key_valid, B, S, H, dh, scale, rel_bias, prec); });
 }
 void ProfilingBackend::attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                           const float* k, const float* v, const float* o, const float* lse,

@@ -94,7 +94,8 @@ class ProfilingBackend final : public Backend {
   void rope_backward(float* dx, const float* cos, const float* sin, int B, int S, int H, int dh) override;
 
   void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v, const float* key_valid,
-                         int B, int S, int H, int dh, float scale, const float* rel_bias) override;
+                         int B, int S, int H, int dh, float scale, const float* rel_bias,
+                         AttnPrecision prec) override;
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                           const float* v, const float* o, const float* lse, const float* key_valid, int B, int S,
                           int H, int dh, float scale, const float* rel_bias, float* d_rel_bias) override;

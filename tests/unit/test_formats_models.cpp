@@ -59,9 +59,11 @@ TEST(FormatModels, DiTVelocityErrorPerFormat) {
     std::printf("  %-5s rel err %.3e, weights %zu bytes\n", wformat_name(r.fmt), r.rel_err, r.weight_bytes);
     switch (r.fmt) {
       case WFormat::F32: EXPECT_EQ(r.rel_err, 0.0); break;
-      case WFormat::F16: EXPECT_LT(r.rel_err, 2e-3); break;
+      // Every low format also runs the attention in BF16 (AttnPrecision::BF16), which dominates f16's error:
+      // f16 measured 4.8e-4 with F32 attention, 1.98e-3 with BF16 attention; bf16 5.2e-3 → 5.4e-3.
+      case WFormat::F16: EXPECT_LT(r.rel_err, 3e-3); break;
       case WFormat::BF16: EXPECT_LT(r.rel_err, 2e-2); break;
-      case WFormat::Q8_0: EXPECT_LT(r.rel_err, 2.5e-2); break;  // measured 1.98e-2
+      case WFormat::Q8_0: EXPECT_LT(r.rel_err, 2.5e-2); break;  // measured 2.03e-2 (1.98e-2 with F32 attention)
       case WFormat::F8: EXPECT_LT(r.rel_err, 8e-2); break;      // measured 6.3e-2
     }
     EXPECT_GT(r.rel_err, r.fmt == WFormat::F32 ? -1.0 : 0.0) << "a format identical to F32 hides a bug";

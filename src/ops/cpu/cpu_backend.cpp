@@ -310,8 +310,12 @@ class CpuBackend final : public Backend {
   }
 
   void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v, const float* kv,
-                         int B, int S, int H, int dh, float scale, const float* rel_bias) override {
-    cpu::attention_forward_tiled(o, lse, q, k, v, kv, B, S, H, dh, scale, rel_bias);
+                         int B, int S, int H, int dh, float scale, const float* rel_bias,
+                         AttnPrecision prec) override {
+    if (prec == AttnPrecision::BF16)
+      cpu::attention_forward_bf16(o, lse, q, k, v, kv, B, S, H, dh, scale, rel_bias);
+    else
+      cpu::attention_forward_tiled(o, lse, q, k, v, kv, B, S, H, dh, scale, rel_bias);
   }
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                           const float* v, const float* o, const float* lse, const float* kv, int B, int S, int H,
