@@ -50,6 +50,12 @@ std::string sha256_file_cached(const std::string& path) {
   }
   const std::string h = sha256_file(path);
   try {
+    // Forget files that are gone (temporary benchmark files, deleted checkpoints) so the cache does not grow.
+    for (auto it = j.begin(); it != j.end();) {
+      std::error_code e2;
+      if (!fs::exists(it.key(), e2)) it = j.erase(it);
+      else ++it;
+    }
     j[key] = {{"size", (long long)size}, {"mtime", stamp}, {"sha256", h}};
     fs::create_directories(fs::path(cache).parent_path());
     write_file_atomic(cache, j.dump(1));

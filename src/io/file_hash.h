@@ -2,7 +2,7 @@
 // re-read a multi-GB checkpoint every run just to print "Model hash" in the infotext (A1111 caches the same way).
 // The cache is a JSON file in $OBORO_CACHE_DIR, else $XDG_CACHE_HOME/oboro, else ~/.cache/oboro
 // (`file-hashes.json`); it is only an optimisation: when it cannot be read or written the hash is computed and
-// nothing fails. A file replaced in place keeps its path but changes size or mtime, so its entry is not reused.
+// nothing fails. Entries of files that no longer exist are dropped whenever the cache is written. A file replaced in place keeps its path but changes size or mtime, so its entry is not reused.
 #pragma once
 #include <string>
 

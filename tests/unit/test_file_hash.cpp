@@ -59,6 +59,16 @@ TEST(FileHash, CachedByPathSizeAndMtime) {
   ASSERT_NE(truth2, truth);
   EXPECT_EQ(sha256_file_cached(f.string()), truth2);
   EXPECT_EQ(nlohmann::json::parse(slurp(cache))[key]["sha256"].get<std::string>(), truth2);
+  // Entries of deleted files are dropped at the next write.
+  const fs::path g = dir / "other.safetensors";
+  write(g, "other");
+  (void)sha256_file_cached(g.string());
+  fs::remove(f);
+  write(g, "other, changed");
+  (void)sha256_file_cached(g.string());
+  j = nlohmann::json::parse(slurp(cache));
+  EXPECT_FALSE(j.contains(key)) << j.dump();
+  EXPECT_TRUE(j.contains(fs::absolute(g).lexically_normal().string())) << j.dump();
 }
 
 TEST(FileHash, DamagedOrUnwritableCacheStillHashes) {

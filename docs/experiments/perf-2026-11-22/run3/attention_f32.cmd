@@ -1,0 +1,1 @@
+/work/main/build/oboro bench attention --tokens 1260 --batch 2 --heads 24 --head-dim 64 --precision f32 --repeats 3 --json

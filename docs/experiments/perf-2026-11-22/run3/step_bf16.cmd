@@ -1,0 +1,1 @@
+/work/main/build/oboro bench step --config oboro-1b --size 416x736 --type bf16 --json --profile --repeats 1 --sgemm-size 0
