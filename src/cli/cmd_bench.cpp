@@ -2,6 +2,7 @@
 // machine's measured SGEMM peak and (optionally) the PyTorch twin timed in the same run. The timing code is
 // shared with `oboro bench step` (cmd_bench_step.cpp) through cli/bench_dit.h.
 #include "cli/bench_dit.h"
+#include "cli/bench_util.h"
 #include "flow/memory_plan.h"
 #include "ops/weights.h"
 #include "cli/commands.h"
@@ -45,6 +46,9 @@ DitTiming time_dit(const BenchOpts& o, Backend& be, ProfilingBackend* prof) {
     const WFormat fmt = parse_wformat(o.type, "--type");
     owned = owned->converted(fmt);
     trim_heap();
+    // The reported peak RSS is the converted model's run, not the moment the F32 model and its copy coexisted
+    // (a converted file loaded by `generate` never holds the F32 model).
+    reset_peak_rss();
   }
   DiT& model = *owned;
   std::vector<float> x((size_t)B * cfg.latent_channels * h * w), t(B), txt((size_t)B * L * cfg.text_dim),
