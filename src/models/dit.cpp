@@ -155,16 +155,7 @@ size_t DiT::weight_bytes() const {
 
 std::unique_ptr<DiT> DiT::converted(WFormat fmt) const {
   auto m = std::make_unique<DiT>(cfg_, be_, fmt);
-  std::vector<float> host;
-  for (const auto& v : full_layout_.views()) {
-    host.resize(v.numel());
-    if (const ParamView* mine = layout_.find(v.name)) be_.download(host.data(), params_ + mine->offset, v.numel());
-    else dequantize_weight(qw_.at(v.name).view(), host.data());
-    if (const ParamView* theirs = m->layout_.find(v.name))
-      be_.upload(m->params_ + theirs->offset, host.data(), v.numel());
-    else
-      m->qw_[v.name] = quantize_weight(host.data(), (int)v.shape[0], (int)v.shape[1], fmt, v.name);
-  }
+  convert_weights_to(be_, full_layout_, layout_, params_, qw_, m->layout_, m->params_, m->qw_, fmt);
   m->bind_linear_views();
   return m;
 }

@@ -148,4 +148,19 @@ std::vector<std::pair<std::string, Tensor>> download_params(const ParamLayout& l
   return out;
 }
 
+void convert_weights_to(Backend& be, const ParamLayout& full, const ParamLayout& src_layout, const float* src_params,
+                        const std::map<std::string, QuantizedWeight>& src_qw, const ParamLayout& dst_layout,
+                        float* dst_params, std::map<std::string, QuantizedWeight>& dst_qw, WFormat fmt) {
+  std::vector<float> host;
+  for (const auto& v : full.views()) {
+    host.resize(v.numel());
+    if (const ParamView* mine = src_layout.find(v.name)) be.download(host.data(), src_params + mine->offset, v.numel());
+    else dequantize_weight(src_qw.at(v.name).view(), host.data());
+    if (const ParamView* theirs = dst_layout.find(v.name))
+      be.upload(dst_params + theirs->offset, host.data(), v.numel());
+    else
+      dst_qw[v.name] = quantize_weight(host.data(), (int)v.shape[0], (int)(v.numel() / v.shape[0]), fmt, v.name);
+  }
+}
+
 }  // namespace oboro

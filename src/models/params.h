@@ -59,6 +59,14 @@ Tensor read_weight_f32(const TensorSource& src, const std::string& name, const S
 QuantizedWeight load_weight(const TensorSource& src, const std::string& name, const Shape& shape, WFormat fmt,
                             const std::string& what);
 
+// Models hold their weights split into F32 parameters (a layout + a buffer) and quantised weights (by name), as
+// the DiT, T5 and VAE do. Copies every tensor of `full` from the source split into the destination split, which was
+// built for `fmt`: tensors in the destination's F32 layout are copied (dequantised when the source holds them
+// quantised), the others are quantised to `fmt` as (shape[0], numel / shape[0]) matrices. Each converted() uses it.
+void convert_weights_to(Backend& be, const ParamLayout& full, const ParamLayout& src_layout, const float* src_params,
+                        const std::map<std::string, QuantizedWeight>& src_qw, const ParamLayout& dst_layout,
+                        float* dst_params, std::map<std::string, QuantizedWeight>& dst_qw, WFormat fmt);
+
 // Host copies of each view (for saving), in layout order.
 std::vector<std::pair<std::string, Tensor>> download_params(const ParamLayout& layout, const float* src, Backend& be);
 
