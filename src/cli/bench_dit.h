@@ -15,8 +15,9 @@ struct BenchOpts {
   std::string python = "/usr/bin/python3", twin_dtypes = "float32,bfloat16";
   int text_dim = 4096, height = 416, width = 736, batch = 2, text_len = 64, repeats = 2, warmup = 1, threads = 0;
   int latent_channels = 16, latent_stride = 8;
-  bool twin = false, json = false, train = false;
+  bool twin = false, json = false, train = false, profile = false;
   std::string type;  // weight format of the quantisable Linear weights (forward only; "" = f32)
+  std::string mixed_precision = "no";  // training step: "no" (F32 GEMMs) or "bf16" (MatmulPrecision::BF16)
 };
 
 struct DitTiming {

@@ -65,6 +65,10 @@ DitTiming time_dit(const BenchOpts& o, Backend& be, ProfilingBackend* prof) {
   fill_normal(target.data(), (int64_t)target.size(), 9);
   AdamW opt;
   if (o.train) opt.init(model.layout(), AdamWConfig{});
+  if (o.mixed_precision != "no" && o.mixed_precision != "bf16")
+    fail("--mixed-precision ", o.mixed_precision, " is unknown: use no or bf16");
+  if (o.mixed_precision == "bf16" && !o.train) fail("--mixed-precision is for bench train (inference uses --type bf16)");
+  MatmulPrecisionScope precision(be, o.mixed_precision == "bf16" ? MatmulPrecision::BF16 : MatmulPrecision::F32);
   double best = 1e30;
   for (int i = 0; i < o.warmup + o.repeats; ++i) {
     if (prof) prof->reset();
@@ -114,12 +118,18 @@ nlohmann::json run_dit_twin(const BenchOpts& o) {
 namespace {
 
 void bench_dit(const BenchOpts& o) {
-  DitTiming r = time_dit(o, cpu_backend());
+  std::unique_ptr<ProfilingBackend> prof;
+  if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
+  DitTiming r = prof ? time_dit(o, *prof, prof.get()) : time_dit(o, cpu_backend());
+  if (prof)
+    std::fprintf(stderr, "per-op profile of the fastest step (%.3f s, through ProfilingBackend):\n%s",
+                 r.profile_step_seconds, ProfilingBackend::format_table(r.profile, r.profile_step_seconds).c_str());
   const double best = r.best, flops = r.flops;
   const int B = o.batch, L = o.text_len;
   double peak = sgemm_peak_gflops(cpu_backend(), 2048);
   nlohmann::json j;
   j["mode"] = o.train ? "train" : "forward";
+  if (o.train) j["mixed_precision"] = o.mixed_precision;
   j["model"] = o.preset;
   j["schedule"] = o.schedule;
   j["parameters"] = r.cfg.param_count();
@@ -150,8 +160,9 @@ void bench_dit(const BenchOpts& o) {
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("model %s (%s), %s px, batch %d, text %d, %d threads\n", o.preset.c_str(), o.schedule.c_str(),
-                j["image"].get<std::string>().c_str(), B, L, num_threads());
+    std::printf("model %s (%s), %s px, batch %d, text %d, %d threads%s\n", o.preset.c_str(), o.schedule.c_str(),
+                j["image"].get<std::string>().c_str(), B, L, num_threads(),
+                o.train && o.mixed_precision == "bf16" ? ", mixed precision bf16" : "");
     std::printf("  %s: %.3f s best, %.3f s mean over %d runs, %.1f GFLOP -> %.1f GFLOP/s\n",
                 o.train ? "train step" : "forward", best, r.mean, (int)r.times.size(), flops / 1e9, flops / best / 1e9);
     std::printf("  SGEMM peak (2048^3): %.1f GFLOP/s -> %.0f%% of peak\n", peak, 100.0 * flops / best / 1e9 / peak);
@@ -197,6 +208,11 @@ void register_bench(CLI::App& app) {
     d->add_option("--twin-script", o->twin_script, "path of bench/twin_dit_bench.py")->capture_default_str();
     d->add_option("--python", o->python, "python with torch")->capture_default_str();
     d->add_flag("--json", o->json, "print JSON");
+    d->add_flag("--profile", o->profile, "per-op table (op, calls, ms, % of step, GFLOP/s) of the fastest step, on stderr");
+    if (train)
+      d->add_option("--mixed-precision", o->mixed_precision,
+                    "no (F32 GEMMs) or bf16 (BF16 GEMM operands, F32 accumulation and master weights)")
+          ->capture_default_str();
     d->callback([o] { bench_dit(*o); });
   }
 }

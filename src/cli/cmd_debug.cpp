@@ -133,8 +133,17 @@ void run_t5(const std::string& model_path, const std::string& in_path, const std
 void register_debug(CLI::App& app) {
   auto* dbg = app.add_subcommand("debug", "Debug contracts: run one model on tensors from a file (spec §7–§9)");
   dbg->require_subcommand(1);
-  struct Opts { std::string model, inputs, output; };
+  struct Opts { std::string model, inputs, output, matmul = "f32"; };
   auto opts = std::make_shared<Opts>();
+  // The Linear GEMMs' arithmetic (ops/backend.h MatmulPrecision): bf16 is what `mixed_precision = "bf16"` trains with.
+  auto precision = [](const std::string& m) {
+    if (m != "f32" && m != "bf16") fail("--matmul-precision ", m, " is unknown: use f32 or bf16");
+    return m == "bf16" ? MatmulPrecision::BF16 : MatmulPrecision::F32;
+  };
+  auto add_precision = [&](CLI::App* c) {
+    c->add_option("--matmul-precision", opts->matmul, "Linear GEMMs in f32 or bf16 (mixed-precision training)")
+        ->capture_default_str();
+  };
   for (const char* name : {"dit", "dit-grad"}) {
     bool grad = std::string(name) == "dit-grad";
     auto* c = dbg->add_subcommand(name, grad ? "DiT forward + MSE loss against `target` + parameter gradients"
@@ -142,7 +151,11 @@ void register_debug(CLI::App& app) {
     c->add_option("--model", opts->model, "DiT model file (.safetensors with oboro.config)")->required();
     c->add_option("--inputs", opts->inputs, "inputs .safetensors (x, t, txt, txt_mask[, target])")->required();
     c->add_option("--output", opts->output, "output .safetensors")->required();
-    c->callback([opts, grad] { run_dit(opts->model, opts->inputs, opts->output, grad); });
+    add_precision(c);
+    c->callback([opts, grad, precision] {
+      MatmulPrecisionScope scope(cpu_backend(), precision(opts->matmul));
+      run_dit(opts->model, opts->inputs, opts->output, grad);
+    });
   }
   for (const char* name : {"t5", "t5-grad"}) {
     bool grad = std::string(name) == "t5-grad";
@@ -151,7 +164,11 @@ void register_debug(CLI::App& app) {
     c->add_option("--model", opts->model, "T5 checkpoint: .safetensors file, *.index.json or directory")->required();
     c->add_option("--inputs", opts->inputs, "inputs .safetensors (ids, mask[, target])")->required();
     c->add_option("--output", opts->output, "output .safetensors")->required();
-    c->callback([opts, grad] { run_t5(opts->model, opts->inputs, opts->output, grad); });
+    add_precision(c);
+    c->callback([opts, grad, precision] {
+      MatmulPrecisionScope scope(cpu_backend(), precision(opts->matmul));
+      run_t5(opts->model, opts->inputs, opts->output, grad);
+    });
   }
 }
 

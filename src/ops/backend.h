@@ -27,6 +27,15 @@ namespace oboro {
 // BF16 kernel may compute BF16 requests in F32.
 enum class AttnPrecision : uint8_t { F32, BF16 };
 
+// Arithmetic of the F32-weight Linear GEMMs (linear_forward and linear_backward's dx and dw), the backend's
+// setting for every call until changed (like torch's float32 matmul precision):
+//   F32  — the default; the PyTorch-twin tolerances (1e-5 / 1e-4) hold.
+//   BF16 — mixed-precision training (`mixed_precision = "bf16"`): both operands of each of the three GEMMs are
+//          rounded to BF16 (nearest even) and multiplied with F32 accumulation; outputs, biases, the bias gradient,
+//          master weights, norms, softmax and attention stay F32. Deterministic for any thread count.
+// A backend without BF16 GEMMs may ignore it (computing in F32). Use MatmulPrecisionScope to set it.
+enum class MatmulPrecision : uint8_t { F32, BF16 };
+
 // NCHW 2D convolution geometry (the VAE, spec §8). Input x(B, Ci, H, W); with up2 the convolution reads the
 // nearest-×2 upsampling of x, (B, Ci, 2H, 2W), on the fly (Upsample = nearest ×2 + conv3 without storing the
 // 4× larger tensor). Weight w(Co, Ci, kh, kw) (OIHW), zero padding top/bottom/left/right (asymmetric allowed:
@@ -55,6 +64,10 @@ class Backend {
   virtual void upload(float* dst, const float* host, size_t n) = 0;
   virtual void download(float* host, const float* src, size_t n) = 0;
   virtual void add_inplace(float* y, const float* x, size_t n) = 0;  // y += x
+
+  // See MatmulPrecision. The default implementation has only F32.
+  virtual void set_matmul_precision(MatmulPrecision p) { (void)p; }
+  virtual MatmulPrecision matmul_precision() const { return MatmulPrecision::F32; }
 
   // Linear: y(M,N) = x(M,K) · w(N,K)ᵀ + b(N); b may be null.
   virtual void linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) = 0;
@@ -166,6 +179,21 @@ class Backend {
   virtual void upsample_nearest2x_forward(float* y, const float* x, int B, int C, int H, int W) = 0;
   // Batched transpose: y(B, C, R)[b][c][r] = x(B, R, C)[b][r][c] (NCHW ↔ token-major for attention).
   virtual void transpose_forward(float* y, const float* x, int B, int R, int C) = 0;
+};
+
+// Sets a backend's matmul precision for a scope and restores the previous one.
+class MatmulPrecisionScope {
+ public:
+  MatmulPrecisionScope(Backend& be, MatmulPrecision p) : be_(be), prev_(be.matmul_precision()) {
+    be.set_matmul_precision(p);
+  }
+  ~MatmulPrecisionScope() { be_.set_matmul_precision(prev_); }
+  MatmulPrecisionScope(const MatmulPrecisionScope&) = delete;
+  MatmulPrecisionScope& operator=(const MatmulPrecisionScope&) = delete;
+
+ private:
+  Backend& be_;
+  MatmulPrecision prev_;
 };
 
 // Integer indices live in ordinary backend buffers: alloc(n) floats hold n int32 values bit for bit.

@@ -53,6 +53,8 @@ class ProfilingBackend final : public Backend {
   static std::string format_table(const std::vector<OpStat>& stats, double step_seconds = 0);
 
   const char* name() const override { return in_.name(); }
+  void set_matmul_precision(MatmulPrecision p) override { in_.set_matmul_precision(p); }
+  MatmulPrecision matmul_precision() const override { return in_.matmul_precision(); }
 
   float* alloc(size_t n) override;
   void free(float* p) override;

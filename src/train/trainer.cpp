@@ -137,6 +137,7 @@ TrainConfig TrainConfig::from_toml(const std::string& path) {
   get_num("seed", c.seed);
   get_num("caption_dropout_rate", c.caption_dropout_rate);
   get_str("timestep_sampling", c.timestep_sampling);
+  get_str("mixed_precision", c.mixed_precision);
   get_num("save_every_n_steps", c.save_every_n_steps);
   get_num("save_last_n_steps", c.save_last_n_steps);
   get_str("sample_prompts", c.sample_prompts);
@@ -171,7 +172,7 @@ std::string TrainConfig::to_json() const {
             {"lr_warmup_steps", lr_warmup_steps}, {"min_lr_ratio", min_lr_ratio}, {"optimizer_type", optimizer_type},
             {"adam_beta1", adam_beta1}, {"adam_beta2", adam_beta2}, {"adam_epsilon", adam_epsilon},
             {"weight_decay", weight_decay}, {"max_grad_norm", max_grad_norm}, {"ema_decay", ema_decay}, {"seed", seed},
-            {"caption_dropout_rate", caption_dropout_rate}, {"timestep_sampling", timestep_sampling}};
+            {"caption_dropout_rate", caption_dropout_rate}, {"timestep_sampling", timestep_sampling}, {"mixed_precision", mixed_precision}};
   return j.dump();
 }
 
@@ -251,6 +252,11 @@ struct Trainer {
       fail("optimizer_type '", cfg.optimizer_type, "' is not supported: use AdamW");
     LrSchedule::validate_kind(cfg.lr_scheduler);
     timestep_sampling_from_name(cfg.timestep_sampling);
+    if (cfg.mixed_precision == "fp16")
+      fail("mixed_precision = \"fp16\" is not supported (the CPU has no F16 GEMM, and F16's range needs loss "
+           "scaling): use \"bf16\" (F32's range, BF16 GEMMs) or \"no\" (F32)");
+    if (cfg.mixed_precision != "no" && cfg.mixed_precision != "bf16")
+      fail("mixed_precision = \"", cfg.mixed_precision, "\" is unknown: use \"no\" (F32) or \"bf16\"");
     if (cfg.codec != "pixels" && cfg.codec != "flux-vae")
       fail("codec '", cfg.codec, "' is unknown: use pixels or flux-vae");
     if (cfg.codec == "flux-vae" && cfg.vae.empty())
@@ -799,7 +805,12 @@ TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64
                tr.train_te ? "trained jointly" : "frozen");
   if (tr.cached && !tr.train_te && !cfg.text_encoder.empty())
     tr.text_cache_id = text_encoder_identity(cfg.text_encoder, tr.te->dim());
-  TrainResult res = tr.run(stop_after);
+  if (cfg.mixed_precision == "bf16") std::fprintf(stderr, "mixed precision: bf16 GEMMs, F32 master weights\n");
+  TrainResult res;
+  {
+    MatmulPrecisionScope precision(tr.be, cfg.mixed_precision == "bf16" ? MatmulPrecision::BF16 : MatmulPrecision::F32);
+    res = tr.run(stop_after);
+  }
   res.text_cache_hits = tr.text_hits;
   res.text_cache_misses = tr.text_misses;
   if (tr.cached && !tr.text_cache_id.empty())

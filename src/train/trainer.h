@@ -47,6 +47,10 @@ struct TrainConfig {
   uint64_t seed = 42;
   float caption_dropout_rate = 0.1f;
   std::string timestep_sampling = "uniform";
+  // "no" (F32) or "bf16": the Linear GEMMs (forward, dx, dw) of the DiT and the jointly trained T5 take BF16
+  // operands with F32 accumulation; master weights, optimizer, norms, softmax and attention stay F32
+  // (ops/backend.h, MatmulPrecision). kohya's name; "fp16" is refused (no F16 GEMM on the CPU).
+  std::string mixed_precision = "no";
   int64_t save_every_n_steps = 0;        // 0 = only at the end
   int64_t save_last_n_steps = 0;         // keep checkpoints of the last N steps (0 = keep all)
   std::string sample_prompts;            // file, one kohya prompt line per line

@@ -32,8 +32,16 @@ TOL_LOSS = 1e-5
 TOL_GRAD = 1e-4
 TOL_PAD = 1e-5
 TOL_TWIN_F32 = 1e-4
+# mixed_precision = "bf16" (MatmulPrecision::BF16) against the twin with the same BF16-rounded GEMM operands
+# (twin_common.bf16_linear). BF16 rounding is discontinuous: activations that differ by one F32 ulp round to
+# neighbouring BF16 values now and then, and the difference cascades through the layers, so two correct BF16
+# implementations agree only to a few 1e-3 (the twin in float32 vs float64 shows that spread itself). The check:
+# C++ vs the float64 BF16 twin within BF16_SPREAD x the twin's own float32-vs-float64 spread, over all outputs and
+# over all gradients, and within BF16_VS_F32 of the F32 twin.
+BF16_SPREAD = 3.0
+BF16_VS_F32 = 3e-2
 
-from twin_common import FAILS, BinaryError, check, get_out, rel, run_oboro  # noqa: E402
+from twin_common import FAILS, BinaryError, bf16_linear, check, get_out, rel, run_oboro  # noqa: E402
 
 
 # ----------------------------------------------------------------------------
@@ -44,12 +52,12 @@ def cases():
     return [
         dict(name="a-tiny-mmh",
              cfg=tw.make_config("tiny", text_dim=64, latent_channels=16, patch_size=2),
-             B=2, latent=(16, 8, 8), L=5, pads=[0, 2], t=[0.25, 0.8], seed=101),
+             B=2, latent=(16, 8, 8), L=5, pads=[0, 2], t=[0.25, 0.8], seed=101, bf16=True),
         dict(name="b-nonsquare-8layer-mmh-cond128",
              cfg=tw.normalize_config(dict(hidden_size=192, heads=[8, 8, 16, 16, 24, 24, 48, 48],
                                           ffn_hidden_size=320, text_dim=48, latent_channels=4,
                                           patch_size=2, cond_size=128)),
-             B=2, latent=(4, 6, 10), L=6, pads=[3, 0], t=[0.6, 0.05], seed=202),
+             B=2, latent=(4, 6, 10), L=6, pads=[3, 0], t=[0.6, 0.05], seed=202, bf16=True),
         dict(name="c-uniform-patch1-theta1000",
              cfg=tw.normalize_config(dict(hidden_size=64, heads=[4, 4, 4, 4], ffn_hidden_size=96,
                                           text_dim=40, latent_channels=3, patch_size=1,
@@ -202,7 +210,42 @@ def run_case(case, args, workdir):
               f"worst rel {worst:.2e} (tol {TOL_GRAD:g}); {len(bad)} over tolerance")
         for eg, n, info in errs[:max(5, min(len(bad), 20))]:
             print(f"         {eg:.2e}  grad.{n}  {info}")
+        if case.get("bf16"):
+            check_bf16(case, args, d, model_path, in_grad_path, inp, v_ref, grads_ref, names)
     print(f"  case time {time.time() - t_case:.1f} s")
+
+
+def check_bf16(case, args, d, model_path, in_grad_path, inp, v_ref, grads_ref, names):
+    """dit-grad with --matmul-precision bf16 against the twin whose Linear GEMMs round their operands."""
+    B, (C, h, w) = case["B"], case["latent"]
+
+    def flat(gs):
+        return torch.cat([gs[n].double().reshape(-1) for n in names])
+
+    twin = {}
+    for dtype in (torch.float64, torch.float32):
+        m, _ = tw.load_model(model_path, dtype=dtype)
+        x = {k: (v.to(dtype) if k != "t" else v) for k, v in inp.items()}
+        with bf16_linear():
+            v = twin_forward(m, x)
+            loss = ((v - x["target"]) ** 2).mean()
+            g = dict(zip(names, torch.autograd.grad(loss, list(m.parameters()))))
+        twin[dtype] = (v.detach().double(), flat(g))
+    (v64, g64), (v32, g32) = twin[torch.float64], twin[torch.float32]
+    out, dt = run_oboro(args.oboro, "dit-grad", model_path, in_grad_path,
+                        os.path.join(d, "out_grad_bf16.safetensors"), args.timeout,
+                        extra=["--matmul-precision", "bf16"])
+    vg = get_out(out, "v", (B, C, h, w), "debug dit-grad --matmul-precision bf16")
+    missing = [n for n in names if "grad." + n not in out or tuple(out["grad." + n].shape) != tuple(grads_ref[n].shape)]
+    check("C++ bf16 gradient tensor set", not missing, f"missing or misshapen: {missing[:6]}")
+    if missing:
+        return
+    gc = flat({n: out["grad." + n] for n in names})
+    for what, c, t64, t32, f32 in (("v", vg, v64, v32, v_ref), ("all gradients", gc, g64, g32, flat(grads_ref))):
+        e, spread, e_f32 = rel(c, t64), rel(t32, t64), rel(c, f32)
+        check(f"C++ bf16 {what} vs bf16 twin", e <= BF16_SPREAD * spread and e_f32 <= BF16_VS_F32,
+              f"rel {e:.2e} (tol {BF16_SPREAD:g} x the twin's float32-vs-float64 spread {spread:.2e}); "
+              f"vs the F32 twin rel {e_f32:.2e} (tol {BF16_VS_F32:g})")
 
 
 def padding_inputs(case, inp, gen):

@@ -34,8 +34,8 @@ class BinaryError(Exception):
     pass
 
 
-def run_oboro(binary, sub, model, inputs, output, timeout):
-    cmd = [binary, "debug", sub, "--model", model, "--inputs", inputs, "--output", output]
+def run_oboro(binary, sub, model, inputs, output, timeout, extra=()):
+    cmd = [binary, "debug", sub, "--model", model, "--inputs", inputs, "--output", output] + list(extra)
     if os.path.exists(output):
         os.remove(output)
     t0 = time.time()
@@ -62,3 +62,44 @@ def get_out(tensors, name, shape, what):
     if t.dtype != torch.float32:
         raise BinaryError(f"{what}: `{name}` is {t.dtype}, expected F32")
     return t
+
+
+def _bf16(t):
+    """Round to BF16 (nearest even) as the C++ code does: from the float32 value."""
+    return t.float().bfloat16().to(t.dtype)
+
+
+class _Bf16Linear(torch.autograd.Function):
+    """nn.Linear with the arithmetic of MatmulPrecision::BF16 (ops/backend.h): both operands of each of the three
+    GEMMs rounded to BF16, the products summed in the tensor's own precision; bias and bias gradient unrounded."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        y = torch.matmul(_bf16(x), _bf16(w).t())
+        return y + b if b is not None else y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        dx = torch.matmul(_bf16(dy), _bf16(w))
+        dw = torch.matmul(_bf16(dy2).t(), _bf16(x2))
+        db = dy2.sum(0) if ctx.has_bias else None
+        return dx, dw, db
+
+
+class bf16_linear:
+    """Context manager: every F.linear (so every nn.Linear) runs as _Bf16Linear inside it."""
+
+    def __enter__(self):
+        import torch.nn.functional as F
+        self._orig = F.linear
+        F.linear = lambda x, w, b=None: _Bf16Linear.apply(x, w, b)
+        return self
+
+    def __exit__(self, *exc):
+        import torch.nn.functional as F
+        F.linear = self._orig
+        return False

@@ -3,6 +3,7 @@
 // touching checkpoints, and generated images depend on their seed only (not on batch size).
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/threads.h"
 #include "flow/generate.h"
 #include "flow/infotext.h"
 #include "io/image.h"
@@ -10,6 +11,7 @@
 #include "train/trainer.h"
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -209,6 +211,59 @@ TEST(Train, BadConfigsAreClearErrors) {
   TrainConfig c = tiny_config(d / "out");
   c.lr_scheduler = "exponential";
   EXPECT_THROW(train(c), Error);
+  for (const char* mp : {"fp16", "bf17"}) {
+    TrainConfig m = tiny_config(d / "out");
+    m.mixed_precision = mp;
+    try {
+      train(m);
+      FAIL() << "no error for mixed_precision " << mp;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();  // names the fix
+    }
+  }
+}
+
+// mixed_precision = "bf16": the run resumes bit-identically, gives the same bits for 1 and 2 threads, and its
+// weights stay within BF16 rounding distance of the F32 run's (not equal to them: the GEMMs really ran in BF16).
+TEST(Train, MixedPrecisionBf16IsExactOnResumeAndCloseToF32) {
+  auto cfg = [](const fs::path& out, const char* mp, int threads) {
+    TrainConfig c = tiny_config(out);
+    c.mixed_precision = mp;
+    c.threads = threads;
+    return c;
+  };
+  fs::path a = scratch("bf16_straight"), b = scratch("bf16_resumed"), t1 = scratch("bf16_1thread"),
+           f = scratch("f32_ref");
+  const int saved_threads = num_threads();
+  TrainResult ra = train(cfg(a, "bf16", 2));
+  train(cfg(b, "bf16", 2), "", 3);
+  TrainResult rb = train(cfg(b, "bf16", 2), "latest");
+  TrainResult r1 = train(cfg(t1, "bf16", 1));
+  TrainResult rf = train(cfg(f, "no", 2));
+  set_num_threads(saved_threads);
+  ASSERT_EQ(rb.steps, 6);
+  auto fa = SafetensorsFile::open(ra.state_path), fb = SafetensorsFile::open(rb.state_path),
+       f1 = SafetensorsFile::open(r1.state_path), ff = SafetensorsFile::open(rf.state_path);
+  for (const auto& n : state_tensors()) {
+    Tensor ta = fa->tensor(n), tb = fb->tensor(n), t1t = f1->tensor(n);
+    ASSERT_EQ(ta.nbytes(), tb.nbytes()) << n;
+    EXPECT_EQ(0, std::memcmp(ta.raw(), tb.raw(), ta.nbytes())) << n << " differs after resume (bf16)";
+    EXPECT_EQ(0, std::memcmp(ta.raw(), t1t.raw(), ta.nbytes())) << n << " differs between 1 and 2 threads (bf16)";
+  }
+  for (const char* n : {"dit.params", "t5.params"}) {
+    Tensor ta = fa->tensor(n), tf = ff->tensor(n);
+    const float *x = ta.data<float>(), *y = tf.data<float>();
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < ta.numel(); ++i) {
+      num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+      den += (double)y[i] * y[i];
+    }
+    const double rel = std::sqrt(num / den);
+    EXPECT_GT(rel, 0.0) << n << ": the bf16 run is bitwise the F32 run";
+    EXPECT_LT(rel, 1e-2) << n;
+  }
+  auto sa = nlohmann::json::parse(fa->metadata().at("oboro.train_state"));
+  EXPECT_EQ(sa["config"]["mixed_precision"], "bf16");
 }
 
 TEST(Train, NanLossStopsWithoutCorruptingCheckpoints) {

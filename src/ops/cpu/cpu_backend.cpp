@@ -4,6 +4,7 @@
 #include "ops/backend.h"
 #include "ops/cpu/attention_cpu.h"
 #include "ops/cpu/conv_cpu.h"
+#include "ops/cpu/gemm_bf16_cpu.h"
 #include "ops/cpu/qgemm_cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
@@ -84,6 +85,9 @@ class CpuBackend final : public Backend {
     parallel_for((int64_t)n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) y[i] += x[i]; }, kElemGrain);
   }
 
+  void set_matmul_precision(MatmulPrecision p) override { mp_ = p; }
+  MatmulPrecision matmul_precision() const override { return mp_; }
+
   void linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) override {
     float beta = 0.f;
     if (b) {
@@ -92,6 +96,7 @@ class CpuBackend final : public Backend {
       }, 64);
       beta = 1.f;
     }
+    if (mp_ == MatmulPrecision::BF16) return cpu::gemm_bf16(false, true, M, N, K, x, K, w, K, beta, y, N);
     gemm(false, true, M, N, K, 1.f, x, K, w, K, beta, y, N);
   }
 
@@ -102,8 +107,13 @@ class CpuBackend final : public Backend {
 
   void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int M, int K,
                        int N) override {
-    if (dx) gemm(false, false, M, K, N, 1.f, dy, N, w, K, 1.f, dx, K);
-    if (dw) gemm(true, false, N, K, M, 1.f, dy, N, x, K, 1.f, dw, K);
+    if (mp_ == MatmulPrecision::BF16) {
+      if (dx) cpu::gemm_bf16(false, false, M, K, N, dy, N, w, K, 1.f, dx, K);
+      if (dw) cpu::gemm_bf16(true, false, N, K, M, dy, N, x, K, 1.f, dw, K);
+    } else {
+      if (dx) gemm(false, false, M, K, N, 1.f, dy, N, w, K, 1.f, dx, K);
+      if (dw) gemm(true, false, N, K, M, 1.f, dy, N, x, K, 1.f, dw, K);
+    }
     if (db) column_reduce(db, M, N, [&](int r, int c) { return (double)dy[(size_t)r * N + c]; });
   }
 
@@ -438,6 +448,8 @@ class CpuBackend final : public Backend {
   void transpose_forward(float* y, const float* x, int B, int R, int C) override { cpu::transpose_forward(y, x, B, R, C); }
 
  private:
+  MatmulPrecision mp_ = MatmulPrecision::F32;
+
   static void rope_apply(float* x, const float* cs, const float* sn, int B, int S, int H, int dh, float sign) {
     int half = dh / 2, D = H * dh;
     parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {

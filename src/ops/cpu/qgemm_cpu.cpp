@@ -403,6 +403,7 @@ bool qgemm_avx512_available() {
 }
 
 bool qgemm_force_portable(bool on) { return g_force_portable.exchange(on); }
+bool qgemm_portable_forced() { return g_force_portable.load(); }
 
 void linear_w(float* y, const float* x, const WeightView& w, const float* b, int M, int K, int N) {
   if (w.N != N || w.K != K)

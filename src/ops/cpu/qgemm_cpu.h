@@ -20,5 +20,7 @@ void linear_w(float* y, const float* x, const WeightView& w, const float* b, int
 bool qgemm_avx512_available();
 // Force the portable path (tests, comparisons); returns the previous setting.
 bool qgemm_force_portable(bool on);
+// Whether the portable path is forced (the BF16 training GEMM follows the same switch).
+bool qgemm_portable_forced();
 
 }  // namespace oboro::cpu
