@@ -4,6 +4,7 @@
 // Memory per thread: a few S×dh panels plus one kBq×kBk score tile. An optional relative-position
 // bias (H, 2S−1) is added to each score tile; its gradient is gathered per unit and reduced in order.
 #include "ops/cpu/attention_cpu.h"
+#include "ops/cpu/vec_math.h"
 #include "core/dtype.h"
 #include "core/threads.h"
 #include <algorithm>
@@ -27,22 +28,6 @@ namespace {
 constexpr int kBq = 32;
 constexpr int kBk = 64;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// e^x for a whole row, branch-free so it vectorises: x = n·ln2 + r, |r| ≤ ln2/2, e^r by its
-// degree-7 Taylor polynomial (relative error < 2e-8 before rounding), 2^n through the exponent
-// bits. Inputs below −87 (including −inf from masked keys) give exactly 0.
-inline void exp_row(float* x, int n) {
-  for (int j = 0; j < n; ++j) {
-    float v = std::max(x[j], -87.0f);
-    float t = v * 1.44269504088896341f;
-    float k = (t + 12582912.0f) - 12582912.0f;  // round to nearest integer
-    float r = v - k * 0.693145751953125f - k * 1.42860682030941723e-6f;
-    float p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720 + r * (1.f / 5040)))))));
-    int32_t e = ((int32_t)k + 127) << 23;
-    float y = p * std::bit_cast<float>(e);
-    x[j] = x[j] < -87.0f ? 0.f : y;
-  }
-}
 
 // Σ_j a[j]·b[j] with 16 independent partial sums (vectorises without -ffast-math), then a fixed-order
 // sum: deterministic, and fast for the short rows of small-head-dim layers.

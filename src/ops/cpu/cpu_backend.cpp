@@ -6,6 +6,7 @@
 #include "ops/cpu/conv_cpu.h"
 #include "ops/cpu/gemm_bf16_cpu.h"
 #include "ops/cpu/qgemm_cpu.h"
+#include "ops/cpu/vec_math.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include <cblas.h>
@@ -202,13 +203,13 @@ class CpuBackend final : public Backend {
 
   void silu_forward(float* y, const float* x, size_t n) override {
     parallel_for((int64_t)n, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) y[i] = x[i] / (1.f + std::exp(-x[i]));
+      for (int64_t i = b; i < e; ++i) y[i] = x[i] * cpu::sigmoid_approx(x[i]);
     }, kElemGrain);
   }
   void silu_backward(float* dx, const float* dy, const float* x, size_t n) override {
     parallel_for((int64_t)n, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        float s = 1.f / (1.f + std::exp(-x[i]));
+        const float s = cpu::sigmoid_approx(x[i]);
         dx[i] += dy[i] * s * (1.f + x[i] * (1.f - s));
       }
     }, kElemGrain);
@@ -236,17 +237,19 @@ class CpuBackend final : public Backend {
 
   void swiglu_forward(float* y, const float* a, const float* b, size_t n) override {
     parallel_for((int64_t)n, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) y[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
+      for (int64_t i = s; i < e; ++i) y[i] = a[i] * cpu::sigmoid_approx(a[i]) * b[i];
     }, kElemGrain);
   }
   void swiglu_backward(float* da, float* db, const float* dy, const float* a, const float* b, size_t n) override {
     parallel_for((int64_t)n, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) {
-        float sg = 1.f / (1.f + std::exp(-a[i]));
-        float sl = a[i] * sg;
-        if (da) da[i] += dy[i] * b[i] * sg * (1.f + a[i] * (1.f - sg));
-        if (db) db[i] += dy[i] * sl;
-      }
+      // Separate loops so each vectorises (no per-element null test).
+      if (da)
+        for (int64_t i = s; i < e; ++i) {
+          const float sg = cpu::sigmoid_approx(a[i]);
+          da[i] += dy[i] * b[i] * sg * (1.f + a[i] * (1.f - sg));
+        }
+      if (db)
+        for (int64_t i = s; i < e; ++i) db[i] += dy[i] * a[i] * cpu::sigmoid_approx(a[i]);
     }, kElemGrain);
   }
   void tanh_forward(float* y, const float* x, size_t n) override {
