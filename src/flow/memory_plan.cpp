@@ -190,7 +190,7 @@ size_t dit_activation_bytes(const DiTConfig& c, int B, int L, int h, int w) {
   f += (size_t)B * L + (size_t)B * L * T + (size_t)B * L * D + B * N * P + B * N * D + M * D;
   f += (size_t)c.layers() * B * 4 * D;
   f += B * N * D + 2 * B * N + B * N * D + B * D + B * N * D + B * N * P;
-  f += 14 * M * D + 8 * M + 3 * M * F + (size_t)B * maxH * S;  // one layer's set (reused in inference)
+  f += 10 * M * D + 8 * M + 3 * M * F + (size_t)B * maxH * S;  // one layer's set (reused; no un-modulated norms)
   std::set<int> dhs;
   for (int hh : c.heads) dhs.insert((int)D / hh);
   for (int dh : dhs) f += S * (size_t)dh;  // RoPE cos + sin tables (S, dh/2) each

@@ -296,15 +296,16 @@ void DiT::plan(int B, int L, int h, int w, bool training) {
   a->layers.resize(training ? cfg_.layers() : 1);
   for (auto& la : a->layers) {
     if (training) { la.x_in = a->take(M * D); la.x_mid = a->take(M * D); }
-    la.a_rstd = a->take(M); la.a_n = a->take(M * D); la.a_m = a->take(M * D);
+    // The un-modulated norms (a_n, an2, f_n, fn2) exist for the backward only: inference runs fused norm ops.
+    la.a_rstd = a->take(M); la.a_n = training ? a->take(M * D) : nullptr; la.a_m = a->take(M * D);
     la.q_pre = a->take(M * D); la.k_pre = a->take(M * D); la.v = a->take(M * D);
     la.q_mean = a->take(M); la.q_rstd = a->take(M); la.k_mean = a->take(M); la.k_rstd = a->take(M);
     la.q = a->take(M * D); la.k = a->take(M * D);
     la.o = a->take(M * D); la.lse = a->take((size_t)B * maxH * S);
-    la.ao = a->take(M * D); la.ao_rstd = a->take(M); la.an2 = a->take(M * D);
-    la.f_rstd = a->take(M); la.f_n = a->take(M * D); la.f_m = a->take(M * D);
+    la.ao = a->take(M * D); la.ao_rstd = a->take(M); la.an2 = training ? a->take(M * D) : nullptr;
+    la.f_rstd = a->take(M); la.f_n = training ? a->take(M * D) : nullptr; la.f_m = a->take(M * D);
     la.h1 = a->take(M * F); la.h3 = a->take(M * F); la.g = a->take(M * F);
-    la.f = a->take(M * D); la.f2_rstd = a->take(M); la.fn2 = a->take(M * D);
+    la.f = a->take(M * D); la.f2_rstd = a->take(M); la.fn2 = training ? a->take(M * D) : nullptr;
   }
   // RoPE tables: text rows at (0,0), image token n at (n / (w/p), n % (w/p)).
   std::vector<int> rows(S, 0), cols(S, 0);
@@ -384,31 +385,54 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
 
     // x = x + tanh(g_a) ⊙ attention_norm2(Attn(attention_norm1(x) ⊙ (1 + s_a)))
     if (training) be.copy(la.x_in, a.h_stream, (size_t)M * D);
-    be.rmsnorm_forward(la.a_n, la.a_rstd, a.h_stream, Wl.an1, M, D, eps);
-    be.modulate_forward(la.a_m, la.a_n, mod, 4 * D, B, S, D);
+    if (training) {  // the backward needs the unmodulated norm
+      be.rmsnorm_forward(la.a_n, la.a_rstd, a.h_stream, Wl.an1, M, D, eps);
+      be.modulate_forward(la.a_m, la.a_n, mod, 4 * D, B, S, D);
+    } else {
+      be.rmsnorm_modulate_forward(la.a_m, la.a_rstd, a.h_stream, Wl.an1, mod, 4 * D, B, S, D, eps);
+    }
     be.linear_forward_w(la.q_pre, la.a_m, V.qkv.rows(0, D), nullptr, M, D, D);
     be.linear_forward_w(la.k_pre, la.a_m, V.qkv.rows(D, D), nullptr, M, D, D);
     be.linear_forward_w(la.v, la.a_m, V.qkv.rows(2 * D, D), nullptr, M, D, D);
-    be.layernorm_forward(la.q, la.q_mean, la.q_rstd, la.q_pre, Wl.qn_w, Wl.qn_b, M, D, eps);
-    be.layernorm_forward(la.k, la.k_mean, la.k_rstd, la.k_pre, Wl.kn_w, Wl.kn_b, M, D, eps);
-    be.rope_forward(la.q, rope.first, rope.second, B, S, H, dh);
-    be.rope_forward(la.k, rope.first, rope.second, B, S, H, dh);
+    if (training) {
+      be.layernorm_forward(la.q, la.q_mean, la.q_rstd, la.q_pre, Wl.qn_w, Wl.qn_b, M, D, eps);
+      be.layernorm_forward(la.k, la.k_mean, la.k_rstd, la.k_pre, Wl.kn_w, Wl.kn_b, M, D, eps);
+      be.rope_forward(la.q, rope.first, rope.second, B, S, H, dh);
+      be.rope_forward(la.k, rope.first, rope.second, B, S, H, dh);
+    } else {  // QK norm and RoPE in one pass
+      be.layernorm_rope_forward(la.q, la.q_mean, la.q_rstd, la.q_pre, Wl.qn_w, Wl.qn_b, rope.first, rope.second, B,
+                                S, H, dh, eps);
+      be.layernorm_rope_forward(la.k, la.k_mean, la.k_rstd, la.k_pre, Wl.kn_w, Wl.kn_b, rope.first, rope.second, B,
+                                S, H, dh, eps);
+    }
     be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, S, H, dh, 1.f / std::sqrt((float)dh),
                          nullptr, attn_prec);
     be.linear_forward_w(la.ao, la.o, V.out, nullptr, M, D, D);
-    be.rmsnorm_forward(la.an2, la.ao_rstd, la.ao, Wl.an2, M, D, eps);
-    be.gate_residual_forward(a.h_stream, la.an2, mod + D, 4 * D, B, S, D);
+    if (training) {
+      be.rmsnorm_forward(la.an2, la.ao_rstd, la.ao, Wl.an2, M, D, eps);
+      be.gate_residual_forward(a.h_stream, la.an2, mod + D, 4 * D, B, S, D);
+    } else {
+      be.rmsnorm_gate_residual_forward(a.h_stream, la.ao, Wl.an2, mod + D, 4 * D, B, S, D, eps);
+    }
 
     // x = x + tanh(g_f) ⊙ ffn_norm2(FFN(ffn_norm1(x) ⊙ (1 + s_f)))
     if (training) be.copy(la.x_mid, a.h_stream, (size_t)M * D);
-    be.rmsnorm_forward(la.f_n, la.f_rstd, a.h_stream, Wl.fn1, M, D, eps);
-    be.modulate_forward(la.f_m, la.f_n, mod + 2 * D, 4 * D, B, S, D);
+    if (training) {
+      be.rmsnorm_forward(la.f_n, la.f_rstd, a.h_stream, Wl.fn1, M, D, eps);
+      be.modulate_forward(la.f_m, la.f_n, mod + 2 * D, 4 * D, B, S, D);
+    } else {
+      be.rmsnorm_modulate_forward(la.f_m, la.f_rstd, a.h_stream, Wl.fn1, mod + 2 * D, 4 * D, B, S, D, eps);
+    }
     be.linear_forward_w(la.h1, la.f_m, V.w1, nullptr, M, D, F);
     be.linear_forward_w(la.h3, la.f_m, V.w3, nullptr, M, D, F);
     be.swiglu_forward(la.g, la.h1, la.h3, (size_t)M * F);
     be.linear_forward_w(la.f, la.g, V.w2, nullptr, M, F, D);
-    be.rmsnorm_forward(la.fn2, la.f2_rstd, la.f, Wl.fn2, M, D, eps);
-    be.gate_residual_forward(a.h_stream, la.fn2, mod + 3 * D, 4 * D, B, S, D);
+    if (training) {
+      be.rmsnorm_forward(la.fn2, la.f2_rstd, la.f, Wl.fn2, M, D, eps);
+      be.gate_residual_forward(a.h_stream, la.fn2, mod + 3 * D, 4 * D, B, S, D);
+    } else {
+      be.rmsnorm_gate_residual_forward(a.h_stream, la.f, Wl.fn2, mod + 3 * D, 4 * D, B, S, D, eps);
+    }
   }
 
   // Final layer on the image rows: LayerNorm (no affine, eps 1e-6) ⊙ (1 + scale), Linear, pixel_shuffle.

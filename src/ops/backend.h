@@ -110,6 +110,23 @@ class Backend {
   virtual void gate_residual_backward(float* dy, float* dg, const float* dh, const float* y, const float* g, int ld_g,
                                       int B, int S, int D) = 0;
 
+  // Fused inference forms (forward only: no intermediate a backward would need is kept). Each equals the
+  // composition of the separate ops named below; the defaults compose them, the CPU backend runs one pass per row
+  // with the same float expressions, so its results are bitwise those of the composition.
+  //   rmsnorm_modulate_forward: y(B,S,D) = rmsnorm(x; γ, eps) ⊙ (1 + s(B,·)) (rmsnorm_forward + modulate_forward);
+  //                             rstd (B·S) is written when not null.
+  //   rmsnorm_gate_residual_forward: h(B,S,D) += tanh(g(B,·)) ⊙ rmsnorm(y; γ, eps) (rmsnorm_forward +
+  //                             gate_residual_forward; the sandwich norm's second half).
+  //   layernorm_rope_forward: y(B,S,H·dh) = rope(layernorm(x; γ, β, eps)) (layernorm_forward + rope_forward;
+  //                             QK norm then RoPE, one pass); mean, rstd (B·S) are written when not null.
+  virtual void rmsnorm_modulate_forward(float* y, float* rstd, const float* x, const float* gamma, const float* s,
+                                        int ld_s, int B, int S, int D, float eps);
+  virtual void rmsnorm_gate_residual_forward(float* h, const float* y, const float* gamma, const float* g, int ld_g,
+                                             int B, int S, int D, float eps);
+  virtual void layernorm_rope_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                                      const float* beta, const float* cos, const float* sin, int B, int S, int H,
+                                      int dh, float eps);
+
   // 2D RoPE on x(B,S,D) viewed as (B,S,H,dh), in place. cos/sin tables (S, dh/2): pair p of every head rotates
   // by angle[s][p]. Backward applies the inverse rotation to the gradient (in place on dx).
   virtual void rope_forward(float* x, const float* cos, const float* sin, int B, int S, int H, int dh) = 0;

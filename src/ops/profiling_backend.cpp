@@ -185,6 +185,21 @@ void ProfilingBackend::gate_residual_backward(float* dy, float* dg, const float*
 void ProfilingBackend::rope_forward(float* x, const float* cos, const float* sin, int B, int S, int H, int dh) {
   timed("rope_forward", 0, [&] { in_.rope_forward(x, cos, sin, B, S, H, dh); });
 }
+void ProfilingBackend::rmsnorm_modulate_forward(float* y, float* rstd, const float* x, const float* gamma,
+                                                const float* s, int ld_s, int B, int S, int D, float eps) {
+  timed("rmsnorm_modulate_forward", 0, [&] { in_.rmsnorm_modulate_forward(y, rstd, x, gamma, s, ld_s, B, S, D, eps); });
+}
+void ProfilingBackend::rmsnorm_gate_residual_forward(float* h, const float* y, const float* gamma, const float* g,
+                                                     int ld_g, int B, int S, int D, float eps) {
+  timed("rmsnorm_gate_residual_forward", 0,
+        [&] { in_.rmsnorm_gate_residual_forward(h, y, gamma, g, ld_g, B, S, D, eps); });
+}
+void ProfilingBackend::layernorm_rope_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                                              const float* beta, const float* cos, const float* sin, int B, int S,
+                                              int H, int dh, float eps) {
+  timed("layernorm_rope_forward", 0,
+        [&] { in_.layernorm_rope_forward(y, mean, rstd, x, gamma, beta, cos, sin, B, S, H, dh, eps); });
+}
 void ProfilingBackend::rope_backward(float* dx, const float* cos, const float* sin, int B, int S, int H, int dh) {
   timed("rope_backward", 0, [&] { in_.rope_backward(dx, cos, sin, B, S, H, dh); });
 }

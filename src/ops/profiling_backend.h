@@ -93,6 +93,13 @@ class ProfilingBackend final : public Backend {
                               int S, int D) override;
 
   void rope_forward(float* x, const float* cos, const float* sin, int B, int S, int H, int dh) override;
+  void rmsnorm_modulate_forward(float* y, float* rstd, const float* x, const float* gamma, const float* s, int ld_s,
+                                int B, int S, int D, float eps) override;
+  void rmsnorm_gate_residual_forward(float* h, const float* y, const float* gamma, const float* g, int ld_g, int B,
+                                     int S, int D, float eps) override;
+  void layernorm_rope_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                              const float* beta, const float* cos, const float* sin, int B, int S, int H, int dh,
+                              float eps) override;
   void rope_backward(float* dx, const float* cos, const float* sin, int B, int S, int H, int dh) override;
 
   void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v, const float* key_valid,

@@ -272,28 +272,9 @@ void groupnorm_forward(float* y, const float* x, const float* gamma, const float
       const int64_t b = u / G, g = u % G;
       const int64_t base = (b * C + g * cpg) * (int64_t)HW;
       const float* xs = x + base;
-      // Two passes (mean, then Σ(x − μ)²) in double, each with 8 independent partial sums in a fixed order:
-      // vectorised, and the same result for any thread count.
-      double part[8] = {};
-      int64_t k = 0;
-      for (; k + 8 <= n; k += 8)
-        for (int l = 0; l < 8; ++l) part[l] += xs[k + l];
-      for (int l = 0; k < n; ++k, ++l) part[l] += xs[k];
-      double sum = 0;
-      for (double p : part) sum += p;
-      const double mu = sum / (double)n;
-      double sq[8] = {};
-      for (k = 0; k + 8 <= n; k += 8)
-        for (int l = 0; l < 8; ++l) {
-          const double d = xs[k + l] - mu;
-          sq[l] += d * d;
-        }
-      for (int l = 0; k < n; ++k, ++l) {
-        const double d = xs[k] - mu;
-        sq[l] += d * d;
-      }
-      double ss = 0;
-      for (double p : sq) ss += p;
+      // Two passes (mean, then Σ(x − μ)²) in double, vectorised with fixed-order partial sums (vec_math.h).
+      const double mu = sum_f64(xs, n) / (double)n;
+      const double ss = sum_sq_dev_f64(xs, n, mu);
       const double rstd = 1.0 / std::sqrt(ss / (double)n + eps);
       for (int c = 0; c < cpg; ++c) {
         const int ch = (int)g * cpg + c;

@@ -64,6 +64,28 @@ void column_reduce(float* out, int rows, int cols, F f) {
   }, 64);
 }
 
+// Row kernels shared by a separate op and its fused form. Not inlined on purpose: the compiler may contract a·b ± c
+// into an FMA differently in different inlining contexts, and the fused inference ops must give bitwise the
+// results of the separate ones (the DiT's inference forward equals its training forward, tested).
+__attribute__((noinline)) void layernorm_row(float* yr, const float* xr, const float* g, const float* bta, float m,
+                                             float rs, int D) {
+  for (int i = 0; i < D; ++i) {
+    float n = (xr[i] - m) * rs;
+    yr[i] = (g ? n * g[i] : n) + (bta ? bta[i] : 0.f);
+  }
+}
+// Rotate the dh/2 pairs of each of H heads of one row by the angles (c, sg) (sign −1: the inverse rotation).
+__attribute__((noinline)) void rope_row(float* xr, const float* c, const float* sg, int H, int dh, float sign) {
+  const int half = dh / 2;
+  for (int h = 0; h < H; ++h)
+    for (int p = 0; p < half; ++p) {
+      float a = xr[h * dh + 2 * p], b = xr[h * dh + 2 * p + 1];
+      float sp = sign * sg[p];
+      xr[h * dh + 2 * p] = a * c[p] - b * sp;
+      xr[h * dh + 2 * p + 1] = a * sp + b * c[p];
+    }
+}
+
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
@@ -122,8 +144,7 @@ class CpuBackend final : public Backend {
     parallel_for(M, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const float* xr = x + r * D;
-        double ss = 0;
-        for (int i = 0; i < D; ++i) ss += (double)xr[i] * xr[i];
+        const double ss = cpu::sum_sq_f64(xr, D);
         float rs = (float)(1.0 / std::sqrt(ss / D + eps));
         rstd[r] = rs;
         float* yr = y + r * D;
@@ -137,8 +158,7 @@ class CpuBackend final : public Backend {
     if (dx) parallel_for(M, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const float *xr = x + r * D, *dyr = dy + r * D;
-        double dot = 0;
-        for (int i = 0; i < D; ++i) dot += (double)dyr[i] * g[i] * xr[i];
+        const double dot = cpu::sum8_f64(D, [&](int64_t i) { return (double)dyr[i] * g[i] * xr[i]; });
         float rs = rstd[r];
         float c = (float)(dot * rs * rs * rs / D);
         float* dxr = dx + r * D;
@@ -156,19 +176,12 @@ class CpuBackend final : public Backend {
     parallel_for(M, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const float* xr = x + r * D;
-        double s = 0;
-        for (int i = 0; i < D; ++i) s += xr[i];
-        double mu = s / D, v = 0;
-        for (int i = 0; i < D; ++i) { double d = xr[i] - mu; v += d * d; }
+        const double mu = cpu::sum_f64(xr, D) / D, v = cpu::sum_sq_dev_f64(xr, D, mu);
         float rs = (float)(1.0 / std::sqrt(v / D + eps));
         float m = (float)mu;
         mean[r] = m;
         rstd[r] = rs;
-        float* yr = y + r * D;
-        for (int i = 0; i < D; ++i) {
-          float n = (xr[i] - m) * rs;
-          yr[i] = (g ? n * g[i] : n) + (bta ? bta[i] : 0.f);
-        }
+        layernorm_row(y + r * D, xr, g, bta, m, rs, D);
       }
     }, 16);
   }
@@ -179,12 +192,10 @@ class CpuBackend final : public Backend {
       for (int64_t r = r0; r < r1; ++r) {
         const float *xr = x + r * D, *dyr = dy + r * D;
         float m = mean[r], rs = rstd[r];
-        double s1 = 0, s2 = 0;  // Σ dn, Σ dn·n  with dn = dy·γ
-        for (int i = 0; i < D; ++i) {
-          double dn = g ? (double)dyr[i] * g[i] : dyr[i];
-          s1 += dn;
-          s2 += dn * (xr[i] - m) * rs;
-        }
+        // Σ dn, Σ dn·n  with dn = dy·γ
+        auto dn_at = [&](int64_t i) { return g ? (double)dyr[i] * g[i] : (double)dyr[i]; };
+        const double s1 = cpu::sum8_f64(D, dn_at);
+        const double s2 = cpu::sum8_f64(D, [&](int64_t i) { return dn_at(i) * (xr[i] - m) * rs; });
         float a = (float)(s1 / D), b = (float)(s2 / D);
         float* dxr = dx + r * D;
         for (int i = 0; i < D; ++i) {
@@ -313,6 +324,51 @@ class CpuBackend final : public Backend {
         dg[(size_t)b * ld_g + i] += tmp[i] * (1.f - t * t);
       }
     }
+  }
+
+  // Fused inference ops: one pass per row, the same float expressions as the separate ops (bitwise equal).
+  void rmsnorm_modulate_forward(float* y, float* rstd, const float* x, const float* g, const float* s, int ld_s, int B,
+                                int S, int D, float eps) override {
+    parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * D;
+        const float* sb = s + (r / S) * ld_s;
+        const float rs = (float)(1.0 / std::sqrt(cpu::sum_sq_f64(xr, D) / D + eps));
+        if (rstd) rstd[r] = rs;
+        float* yr = y + r * D;
+        for (int i = 0; i < D; ++i) yr[i] = (xr[i] * rs * g[i]) * (1.f + sb[i]);
+      }
+    }, 16);
+  }
+  void rmsnorm_gate_residual_forward(float* h, const float* y, const float* gamma, const float* g, int ld_g, int B,
+                                     int S, int D, float eps) override {
+    parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      std::vector<float> tg(D);
+      int64_t cur = -1;
+      for (int64_t r = r0; r < r1; ++r) {
+        if (r / S != cur) { cur = r / S; for (int i = 0; i < D; ++i) tg[i] = std::tanh(g[cur * ld_g + i]); }
+        const float* yr = y + r * D;
+        const float rs = (float)(1.0 / std::sqrt(cpu::sum_sq_f64(yr, D) / D + eps));
+        float* hr = h + r * D;
+        for (int i = 0; i < D; ++i) hr[i] += tg[i] * (yr[i] * rs * gamma[i]);
+      }
+    }, 16);
+  }
+  void layernorm_rope_forward(float* y, float* mean, float* rstd, const float* x, const float* g, const float* bta,
+                              const float* cs, const float* sn, int B, int S, int H, int dh, float eps) override {
+    const int D = H * dh, half = dh / 2;
+    parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * D;
+        const double mu = cpu::sum_f64(xr, D) / D, v = cpu::sum_sq_dev_f64(xr, D, mu);
+        const float rs = (float)(1.0 / std::sqrt(v / D + eps)), m = (float)mu;
+        if (mean) mean[r] = m;
+        if (rstd) rstd[r] = rs;
+        float* yr = y + r * D;
+        layernorm_row(yr, xr, g, bta, m, rs, D);  // the row stays in L1 for the rotation
+        rope_row(yr, cs + (size_t)(r % S) * half, sn + (size_t)(r % S) * half, H, dh, 1.f);
+      }
+    }, 16);
   }
 
   void rope_forward(float* x, const float* cs, const float* sn, int B, int S, int H, int dh) override {
@@ -458,15 +514,7 @@ class CpuBackend final : public Backend {
     parallel_for((int64_t)B * S, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         int s = (int)(r % S);
-        const float *c = cs + (size_t)s * half, *sg = sn + (size_t)s * half;
-        float* xr = x + r * D;
-        for (int h = 0; h < H; ++h)
-          for (int p = 0; p < half; ++p) {
-            float a = xr[h * dh + 2 * p], b = xr[h * dh + 2 * p + 1];
-            float sp = sign * sg[p];
-            xr[h * dh + 2 * p] = a * c[p] - b * sp;
-            xr[h * dh + 2 * p + 1] = a * sp + b * c[p];
-          }
+        rope_row(x + r * D, cs + (size_t)s * half, sn + (size_t)s * half, H, dh, sign);
       }
     }, 16);
   }

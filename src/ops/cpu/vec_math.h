@@ -30,4 +30,29 @@ inline void exp_row(float* x, int n) {
 // σ(x) = 1 / (1 + e^−x).
 inline float sigmoid_approx(float x) { return 1.f / (1.f + exp_approx(-x)); }
 
+// Row reductions in double with 8 independent partial sums combined in a fixed order: they vectorise (each lane's
+// sum is its own chain, no reassociation needed) and give the same result on any thread count.
+template <class F>
+inline double sum8_f64(int64_t n, F term) {
+  double part[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) part[l] += term(i + l);
+  for (int l = 0; i < n; ++i, ++l) part[l] += term(i);
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+// Σ x
+inline double sum_f64(const float* x, int64_t n) { return sum8_f64(n, [x](int64_t i) { return (double)x[i]; }); }
+// Σ x²
+inline double sum_sq_f64(const float* x, int64_t n) {
+  return sum8_f64(n, [x](int64_t i) { return (double)x[i] * (double)x[i]; });
+}
+// Σ (x − μ)²
+inline double sum_sq_dev_f64(const float* x, int64_t n, double mu) {
+  return sum8_f64(n, [x, mu](int64_t i) {
+    const double d = (double)x[i] - mu;
+    return d * d;
+  });
+}
+
 }  // namespace oboro::cpu
