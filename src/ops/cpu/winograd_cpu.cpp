@@ -223,9 +223,9 @@ OBORO_AVX512 void transform_input_units(uint16_t* V, const float* xb, const Conv
   alignas(64) static const uint16_t pair_idx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i ie = _mm512_load_si512(even_idx), io = _mm512_load_si512(odd_idx), ip = _mm512_load_si512(pair_idx);
-  for (int64_t u = u0; u < u1; ++u) {
-    const int k2 = (int)(u / nb), r = (int)(u % nb), ty = ty0 + r;
-    const float* rows[2][4];
+  // x rows of unit u (null: outside the image or past Ci).
+  auto unit_rows = [&](int64_t u, const float* rows[2][4]) {
+    const int k2 = (int)(u / nb), ty = ty0 + (int)(u % nb);
     for (int c = 0; c < 2; ++c) {
       const int ci = 2 * k2 + c;
       for (int i = 0; i < 4; ++i) {
@@ -234,7 +234,31 @@ OBORO_AVX512 void transform_input_units(uint16_t* V, const float* xb, const Conv
                                                     : xb + ((size_t)ci * s.H + (UP2 ? iy / 2 : iy)) * W;
       }
     }
+  };
+  // The rows are short streams (W floats): software prefetch kAhead floats ahead within a row, and the next
+  // unit's first kAhead floats while this one runs, so DRAM latency overlaps the work.
+  constexpr int kAhead = 256;
+  const float* rows[2][4];
+  unit_rows(u0, rows);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int k2 = (int)(u / nb), r = (int)(u % nb);
+    const float* next[2][4] = {};
+    if (u + 1 < u1) {
+      unit_rows(u + 1, next);
+      for (int c = 0; c < 2; ++c)
+        for (int i = 0; i < 4; ++i)
+          if (next[c][i] && (i != 2 || !UP2))
+            for (int o = 0; o < std::min(W, kAhead); o += 16) _mm_prefetch((const char*)(next[c][i] + o), _MM_HINT_T0);
+    }
     for (int tx0 = 0; tx0 < ntxp; tx0 += kGroup) {
+      const int ahead = (UP2 ? tx0 : 2 * tx0) + kAhead;
+      if (ahead < W)
+        for (int c = 0; c < 2; ++c)
+          for (int i = 0; i < 4; ++i)
+            if (rows[c][i] && (i != 2 || !UP2)) {
+              _mm_prefetch((const char*)(rows[c][i] + ahead), _MM_HINT_T0);
+              if (!UP2) _mm_prefetch((const char*)(rows[c][i] + ahead + 16), _MM_HINT_T0);
+            }
       __m512 d[16], v0[16], v1[16];
       load_tiles<UP2>(rows[0], W, tx0, ie, io, d);
       input_tile(d, v0);
@@ -250,6 +274,7 @@ OBORO_AVX512 void transform_input_units(uint16_t* V, const float* xb, const Conv
                               _mm512_permutexvar_epi16(ip, (__m512i)_mm512_cvtne2ps_pbh(v1[p], v0[p])));
       }
     }
+    std::memcpy(rows, next, sizeof(rows));
   }
 }
 void transform_input(uint16_t* V, const float* xb, const Conv2dShape& s, const Geo& g, int ty0, int nb) {
