@@ -10,8 +10,9 @@
 // BF16 (nearest even) and multiplied with F32 accumulation (the gemm_bf16 micro-kernel), the output transform,
 // bias and accumulation are F32. The error is therefore that of rounding U and V (not g and d) to BF16, a small
 // multiple of the direct bf16 path's (tests/unit/test_winograd.cpp measures it).
-// Memory: U (positions × Co × Ci BF16) per call, plus V and M for a band of tile rows within `budget` floats
-// (at least one tile row). Results are bitwise identical for any thread count and any band size.
+// Memory: U (positions × Co × Ci BF16) per call, plus V and M for a band of tile rows within `budget` floats (at
+// least one tile row; fewer rows when ~4 MiB still gives the GEMM ≥ 256 tiles, so V and M stay in cache). Results are
+// bitwise identical for any thread count and any band size.
 #pragma once
 #include "ops/backend.h"
 #include <cstddef>
