@@ -8,6 +8,7 @@
 #include "io/safetensors.h"
 #include "models/vae.h"
 #include "ops/backend.h"
+#include "ops/cpu/conv_cpu.h"
 #include "ops/profiling_backend.h"
 #include <nlohmann/json.hpp>
 #include <algorithm>
@@ -27,6 +28,7 @@ struct VaeCliOpts {
   std::string python = "/usr/bin/python3", twin_script = OBORO_SOURCE_DIR "/bench/twin_vae_bench.py",
               twin_dtypes = "float32,bfloat16";
   bool tiled = false, no_tiling = false, encode = false, json = false, compare_torch = false, profile = false;
+  bool conv_direct = false;  // bench vae: no Winograd for the bf16 3×3 convs (A/B timing)
   int tile = 64, overlap = 16, height = 416, width = 736, repeats = 1, threads = 0;
 };
 
@@ -94,6 +96,7 @@ void run_bench_vae(const VaeCliOpts& o) {
   if (o.repeats < 1) fail("--repeats must be at least 1");
   const WFormat fmt = parse_vae_wformat(o.type, "--type");
   if (o.compare_torch) require_python_torch(o.python);
+  cpu::conv_force_direct(o.conv_direct);
   const std::string load0 = load_average();
   const int h = o.height / s, w = o.width / s;
   std::unique_ptr<ProfilingBackend> prof;
@@ -106,12 +109,14 @@ void run_bench_vae(const VaeCliOpts& o) {
                "%dx%d, %d threads\n",
                cfg.describe().c_str(), (long long)cfg.param_count(), wformat_name(fmt), o.width, o.height, w, h,
                num_threads());
+  if (o.conv_direct) std::fprintf(stderr, "  --conv-direct: bf16 3x3 convs through im2row (no Winograd)\n");
   nlohmann::json j;
   j["image"] = std::to_string(o.width) + "x" + std::to_string(o.height);
   j["threads"] = num_threads();
   j["parameters"] = cfg.param_count();
   j["weight_bytes"] = vae.weight_bytes();
   j["weight_format"] = wformat_name(fmt);
+  j["conv3x3_bf16"] = o.conv_direct ? "direct" : "winograd";  // when the CPU has AVX-512 BF16
   auto timed = [&](bool enc) {
     const bool tiles = vae.would_tile(enc, h, w, ro);
     vae.reset_peak_activation_bytes();
@@ -207,6 +212,8 @@ void register_vae_commands(CLI::App& app) {
   d->add_option("--threads", b->threads, "threads (0 = all cores)")->capture_default_str();
   d->add_flag("--encode", b->encode, "also time the encoder");
   d->add_option("--type", b->type, "conv weight format: f32, bf16, f16 (default f32)");
+  d->add_flag("--conv-direct", b->conv_direct,
+              "bf16: run the 3x3 stride-1 convs through im2row instead of Winograd F(2x2,3x3) (A/B timing)");
   d->add_flag("--json", b->json, "print JSON");
   d->add_flag("--profile", b->profile, "per-op table (op, calls, ms, % of the pass, GFLOP/s) of the fastest run");
   d->add_flag("--compare-torch", b->compare_torch, "also time the PyTorch twin (best of F32 and BF16 autocast)");

@@ -23,9 +23,26 @@ namespace {
 
 constexpr size_t kIm2colBytes = size_t(16) << 20;  // the CPU backend's im2col budget per conv call
 
+// Winograd's scratch for a BF16 3×3 stride-1 pad-1 conv (ops/cpu/winograd_cpu.cpp, winograd_scratch_bytes): U
+// (positions × Co × Ci rounded up to even, BF16; 9 positions with up2, else 16) for the call, plus V (BF16, panels of
+// 32 tiles) and M (F32) for a band of tile rows: within the budget, and within 2²⁰ floats unless that leaves fewer
+// than 256 tiles; tile columns are padded to a multiple of 16.
+size_t winograd_scratch_bytes(const Conv2dShape& s) {
+  const size_t np = s.up2 ? 9 : 16, Kp = (size_t)(s.Ci + 1) / 2 * 2, K2 = Kp / 2, Co = (size_t)s.Co;
+  const size_t nty = ((size_t)s.out_h() + 1) / 2, ntxp = ((size_t)(s.out_w() + 1) / 2 + 15) / 16 * 16;
+  auto v = [&](size_t nb) { return np * ((nb * ntxp + 31) / 32) * K2 * 64; };  // BF16 values
+  auto m = [&](size_t nb) { return np * Co * nb * ntxp; };                     // floats
+  const size_t per_row = v(1) / 2 + m(1);
+  const size_t cached = std::max<size_t>((size_t(1) << 20) / per_row, (256 + ntxp - 1) / ntxp);
+  const size_t nb = std::clamp<size_t>(std::min(kIm2colBytes / sizeof(float) / per_row, cached), 1,
+                                       std::max<size_t>(1, nty));
+  return np * Co * Kp * sizeof(uint16_t) + v(nb) * sizeof(uint16_t) + m(nb) * sizeof(float);
+}
+
 // Scratch the CPU backend holds for one convolution (ops/cpu/conv_cpu.cpp, mirrored here: model code does not
 // include backend kernels). F32: the im2col tile (none for a 1×1 stride-1 unpadded conv); a low-precision weight:
-// the im2row tile rows(n, K) and output tile (n, Co) within the same budget, plus linear_w's BF16 copy of rows.
+// the im2row tile rows(n, K) and output tile (n, Co) within the same budget, plus linear_w's BF16 copy of rows; a
+// BF16 3×3 stride-1 pad-1 conv may run Winograd instead (on AVX-512 BF16 CPUs): the larger of the two.
 size_t conv_scratch_bytes(const Conv2dShape& s, WFormat fmt) {
   const size_t K = (size_t)s.Ci * s.kh * s.kw, Wo = (size_t)s.out_w(), Ho = (size_t)s.out_h();
   if (fmt == WFormat::F32) {
@@ -39,6 +56,9 @@ size_t conv_scratch_bytes(const Conv2dShape& s, WFormat fmt) {
   const size_t n = rt * Wo;
   size_t b = n * (K + s.Co) * sizeof(float);
   if (fmt == WFormat::BF16 || fmt == WFormat::F8) b += n * ((K + 1) / 2 * 2) * sizeof(uint16_t);
+  if (fmt == WFormat::BF16 && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.pad_t == 1 && s.pad_b == 1 &&
+      s.pad_l == 1 && s.pad_r == 1)
+    b = std::max(b, winograd_scratch_bytes(s));
   return b;
 }
 

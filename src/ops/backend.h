@@ -183,8 +183,9 @@ class Backend {
   // The same convolution with the weight in any storage format (ops/weights.h): w is the weight viewed as the
   // matrix (Co, K = Ci·kh·kw) (OIHW rows), w.N == Co, w.K == K. An F32 view goes through conv2d_forward unchanged
   // (bitwise the same result); the default implementation refuses the other formats with one error. The CPU backend
-  // runs them through the low-precision Linear kernels (bf16: inputs rounded to BF16, F32 accumulation), same
-  // bias / accumulate semantics and bounded scratch memory, results independent of the thread count.
+  // runs them through the low-precision Linear kernels (bf16: inputs rounded to BF16, F32 accumulation) — bf16
+  // 3×3 stride-1 pad-1 convs through Winograd F(2×2, 3×3) instead (the transformed weight and input rounded to
+  // BF16) — same bias / accumulate semantics and bounded scratch memory, results independent of the thread count.
   virtual void conv2d_forward_w(float* y, const float* x, const WeightView& w, const float* b, const Conv2dShape& s,
                                 bool accumulate);
   // GroupNorm over x(B, C, HW): G groups of C/G consecutive channels, statistics (fp32 or better) over the

@@ -126,7 +126,16 @@ double tight_bound(int K) {
 }
 constexpr double kLooseBound = 2 * 0.00390625 + 0.00390625 * 0.00390625 + 1e-4;
 
+// These bounds are the direct (im2row) path's: the 3×3 stride-1 pad-1 cases would otherwise go through Winograd,
+// which rounds transformed values instead (tests/unit/test_winograd.cpp).
+struct ForceDirect {
+  bool was;
+  ForceDirect() : was(cpu::conv_force_direct(true)) {}
+  ~ForceDirect() { cpu::conv_force_direct(was); }
+};
+
 TEST(VaeBf16, ConvMatchesRoundedReferenceTightly) {
+  ForceDirect direct;
   for (const auto& c : cases())
     for (bool acc : {false, true}) {
       const Conv2dShape& s = c.s;
@@ -171,6 +180,7 @@ TEST(VaeBf16, F32ViewIsConv2dForward) {
 }
 
 TEST(VaeBf16, ThreadCountTileSizeAndKernelIndependence) {
+  ForceDirect direct;  // the im2row path's tiles (Winograd's bands: test_winograd.cpp)
   const Conv2dShape s = shape(1, 32, 20, 36, 48, 3, 3, 1, 1, 1, 1, 1, 1, true);
   const Data d = data_for(s, 41);
   const QuantizedWeight q = quantize_weight(d.w.data(), s.Co, k_of(s), WFormat::BF16);

@@ -10,10 +10,12 @@
 #include "ops/cpu/conv_cpu.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/cpu/qgemm_cpu.h"
+#include "ops/cpu/winograd_cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include <cblas.h>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -229,6 +231,16 @@ void scatter_rows(float* y, int64_t ld, const float* yt, int Co, int64_t n, bool
 
 }  // namespace
 
+namespace {
+std::atomic<bool> g_force_direct{false};
+}  // namespace
+
+bool conv_force_direct(bool on) { return g_force_direct.exchange(on); }
+
+bool conv_w_uses_winograd(const Conv2dShape& s, const WeightView& w) {
+  return !g_force_direct.load() && winograd_eligible(s, w) && winograd_available();
+}
+
 int conv2d_w_tile_rows(const Conv2dShape& s, size_t col_budget) {
   const int64_t per_row = ((int64_t)s.Ci * s.kh * s.kw + s.Co) * s.out_w();
   return (int)std::clamp<int64_t>((int64_t)col_budget / std::max<int64_t>(1, per_row), 1, std::max(1, s.out_h()));
@@ -242,6 +254,7 @@ void conv2d_forward_w(float* y, const float* x, const WeightView& w, const float
     fail("internal error: conv2d_forward_w weight is ", w.N, "x", w.K, " but the convolution needs ", s.Co, "x", K,
          " (Co x Ci·kh·kw)");
   if (w.fmt == WFormat::F32) return conv2d_forward(y, x, w.f32(), b, s, accumulate, col_budget);
+  if (conv_w_uses_winograd(s, w)) return conv2d_winograd_bf16(y, x, w, b, s, accumulate, col_budget);
   const int Ho = s.out_h(), Wo = s.out_w();
   const int64_t P = (int64_t)Ho * Wo, in_plane = (int64_t)s.H * s.W;
   const int rt = conv2d_w_tile_rows(s, col_budget);

@@ -249,6 +249,36 @@ void gemm_bf16(bool ta, bool tb, int M, int N, int K, const float* A, int lda, c
   gemm_portable(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
+bool gemm_bf16_packed_available() {
+#if OBORO_GEMM_BF16_X86
+  return qgemm_avx512_available();
+#else
+  return false;
+#endif
+}
+
+void gemm_bf16_packed(int M, int N, int K2, const uint16_t* A, size_t lda, const uint16_t* B, float* C, size_t ldc,
+                      bool add) {
+#if OBORO_GEMM_BF16_X86
+  if (!gemm_bf16_packed_available()) fail("internal error: gemm_bf16_packed needs an AVX-512 BF16 CPU");
+  const int n_panels = (N + NR - 1) / NR;
+  for (int kb = 0; kb < K2; kb += kKC2) {  // gemm_fast's order: K blocks outermost, panels, rows of MR
+    const int kc2 = std::min(kKC2, K2 - kb);
+    const bool a = kb > 0 || add;
+    for (int p = 0; p < n_panels; ++p) {
+      const int n0 = p * NR, nc = std::min(NR, N - n0);
+      const uint16_t* bpanel = B + (size_t)p * K2 * 64 + (size_t)kb * 64;
+      for (int m = 0; m < M; m += MR)
+        ukr_rows<MR>(std::min(MR, M - m), A + (size_t)m * lda + 2 * (size_t)kb, lda, bpanel, kc2, C + (size_t)m * ldc + n0,
+                     ldc, nc, a);
+    }
+  }
+#else
+  (void)M, (void)N, (void)K2, (void)A, (void)lda, (void)B, (void)C, (void)ldc, (void)add;
+  fail("internal error: gemm_bf16_packed needs an AVX-512 BF16 CPU");
+#endif
+}
+
 void gemm_bf16_reference(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                          float beta, float* C, int ldc) {
   for (int m = 0; m < M; ++m)

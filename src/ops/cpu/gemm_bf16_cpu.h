@@ -7,6 +7,8 @@
 // are identical for any thread count. The master weights, biases and every statistic stay F32: only the three
 // GEMMs of a Linear layer (forward, dx, dw) use this.
 #pragma once
+#include <cstddef>
+#include <cstdint>
 
 namespace oboro::cpu {
 
@@ -16,5 +18,17 @@ void gemm_bf16(bool ta, bool tb, int M, int N, int K, const float* A, int lda, c
 // The naive reference: the same rounding, F64 sums (tests).
 void gemm_bf16_reference(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                          float beta, float* C, int ldc);
+
+// Pre-packed operands, for callers that produce BF16 in the packed layouts themselves (the Winograd convolution).
+// Single-threaded; the caller spreads disjoint C blocks over its threads. Needs gemm_bf16_packed_available().
+//   A: M rows of K2 BF16 pairs (2·K2 values, K zero-padded to even), row stride lda values — gemm_bf16's packing
+//      of op(A);
+//   B: ⌈N/32⌉ panels of [K2][32][2] BF16 (pair (2k, 2k+1) of column j at [k][j][0..1]), panel stride 64·K2 values;
+//   C(M, N) (row stride ldc) = A·B, or C += A·B when add.
+// The micro-kernel and K blocking of gemm_bf16: each C element is one F32 sum over K in a fixed order, whatever M,
+// N or the caller's blocking.
+bool gemm_bf16_packed_available();
+void gemm_bf16_packed(int M, int N, int K2, const uint16_t* A, size_t lda, const uint16_t* B, float* C, size_t ldc,
+                      bool add);
 
 }  // namespace oboro::cpu
