@@ -1,0 +1,1 @@
+/tmp/ci/build/oboro bench train --config tiny --schedule mmh --text-dim 64 --latent-channels 12 --latent-stride 2 --height 32 --width 32 --batch 32 --text-len 16 --threads 1 --repeats 5 --json --profile
