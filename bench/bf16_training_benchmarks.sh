@@ -8,14 +8,7 @@ OUT=${2:-bench-results-bf16-train}
 PY=/usr/bin/python3
 HERE=$(dirname "$0")
 mkdir -p "$OUT"
-run() {  # name, command...
-  name=$1; shift
-  echo "== $name: $* (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/log.txt"
-  echo "$*" > "$OUT/$name.cmd"
-  cut -d' ' -f1-3 /proc/loadavg > "$OUT/$name.load"
-  /usr/bin/time -v "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"
-  echo "   exit $? (load after $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/log.txt"
-}
+. "$HERE/run_lib.sh"
 SHAPES="--config tiny --schedule mmh --text-dim 64 --latent-channels 12 --latent-stride 2 --height 32 --width 32 --batch 32 --text-len 16 --threads 1 --repeats 5"
 run gemm_peak_torch $PY "$HERE/torch_gemm_peak.py" --n 2048 --threads 2 --repeats 5
 run train_tiny_f32 "$OBORO" bench train $SHAPES --json --profile

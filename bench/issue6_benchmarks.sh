@@ -7,14 +7,7 @@ OUT=${2:-bench-results}
 PY=/usr/bin/python3
 HERE=$(dirname "$0")
 mkdir -p "$OUT"
-run() {  # name, command...
-  name=$1; shift
-  echo "== $name: $* (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/log.txt"
-  echo "$*" > "$OUT/$name.cmd"
-  cut -d' ' -f1-3 /proc/loadavg > "$OUT/$name.load"
-  /usr/bin/time -v "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"
-  echo "   exit $? (load after $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/log.txt"
-}
+. "$HERE/run_lib.sh"
 lscpu > "$OUT/lscpu.txt"
 run gemm_peak_torch $PY "$HERE/torch_gemm_peak.py" --n 2048 --threads 2 --repeats 5
 run step "$OBORO" bench step --config oboro-1b --size 416x736 --compare-torch --json --profile --repeats 2

@@ -17,6 +17,7 @@
 #include "ops/cpu/qgemm_cpu.h"
 #include "ops/profiling_backend.h"
 #include "ops/reference_image.h"
+#include "conv_test_util.h"
 #include "op_test_util.h"
 
 #include <gtest/gtest.h>
@@ -39,16 +40,7 @@ Conv2dShape shape(int B, int Ci, int H, int W, int Co, int kh, int kw, int sh, i
   s.pad_t = pt; s.pad_b = pb; s.pad_l = pl; s.pad_r = pr; s.up2 = up2;
   return s;
 }
-size_t in_n(const Conv2dShape& s) { return (size_t)s.B * s.Ci * s.H * s.W; }
-size_t out_n(const Conv2dShape& s) { return (size_t)s.B * s.Co * s.out_h() * s.out_w(); }
-size_t w_n(const Conv2dShape& s) { return (size_t)s.Co * s.Ci * s.kh * s.kw; }
-int k_of(const Conv2dShape& s) { return s.Ci * s.kh * s.kw; }
-
-struct Case {
-  const char* name;
-  Conv2dShape s;
-  bool bias;
-};
+using namespace test::conv;  // in_n, out_n, w_n, k_of, Case (conv_test_util.h)
 
 std::vector<Case> cases() {
   return {

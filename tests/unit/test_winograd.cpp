@@ -12,6 +12,7 @@
 #include "ops/cpu/qgemm_cpu.h"
 #include "ops/cpu/winograd_cpu.h"
 #include "ops/reference_image.h"
+#include "conv_test_util.h"
 #include "op_test_util.h"
 
 #include <gtest/gtest.h>
@@ -30,15 +31,7 @@ Conv2dShape conv3(int B, int Ci, int H, int W, int Co, bool up2) {
   s.pad_t = s.pad_b = s.pad_l = s.pad_r = 1; s.up2 = up2;
   return s;
 }
-size_t in_n(const Conv2dShape& s) { return (size_t)s.B * s.Ci * s.H * s.W; }
-size_t out_n(const Conv2dShape& s) { return (size_t)s.B * s.Co * s.out_h() * s.out_w(); }
-int k_of(const Conv2dShape& s) { return s.Ci * s.kh * s.kw; }
-
-struct Case {
-  const char* name;
-  Conv2dShape s;
-  bool bias;
-};
+using namespace test::conv;  // in_n, out_n, w_n, k_of, Case (conv_test_util.h)
 
 std::vector<Case> cases() {
   return {
