@@ -1,8 +1,11 @@
 // Shared by the convolution tests (test_vae_bf16.cpp, test_winograd.cpp): tensor sizes of a Conv2dShape and the
-// named test case.
+// named test case, and element-wise helpers on test vectors.
 #pragma once
+#include "core/dtype.h"
 #include "ops/backend.h"
+#include <cmath>
 #include <cstddef>
+#include <vector>
 
 namespace oboro::test::conv {
 
@@ -16,5 +19,18 @@ struct Case {
   Conv2dShape s;
   bool bias;
 };
+
+// Each value rounded to BF16 (nearest even) and back.
+inline std::vector<float> bf16_round(const std::vector<float>& v) {
+  std::vector<float> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = bf16_to_f32(f32_to_bf16(v[i]));
+  return o;
+}
+// |v| element-wise.
+inline std::vector<float> absv(const std::vector<float>& v) {
+  std::vector<float> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = std::fabs(v[i]);
+  return o;
+}
 
 }  // namespace oboro::test::conv

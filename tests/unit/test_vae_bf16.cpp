@@ -58,16 +58,6 @@ std::vector<Case> cases() {
   };
 }
 
-Vec bf16_round(const Vec& v) {
-  Vec o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = bf16_to_f32(f32_to_bf16(v[i]));
-  return o;
-}
-Vec absv(const Vec& v) {
-  Vec o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = std::fabs(v[i]);
-  return o;
-}
 
 // Worst case of |y − r| / A over the outputs, A = the reference of |w|·|x| (+|b|): the error relative to the sum of
 // the magnitudes of the terms, which is what rounding bounds are stated in.

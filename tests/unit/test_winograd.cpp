@@ -56,16 +56,6 @@ Data data_for(const Conv2dShape& s, uint64_t seed) {
           randn(s.Co, seed + 2, 0.1f), randn(out_n(s), seed + 3)};
 }
 
-Vec bf16_round(const Vec& v) {
-  Vec o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = bf16_to_f32(f32_to_bf16(v[i]));
-  return o;
-}
-Vec absv(const Vec& v) {
-  Vec o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = std::fabs(v[i]);
-  return o;
-}
 
 // Forces the direct path for a scope.
 struct ForceDirect {
