@@ -13,8 +13,10 @@ void attention_forward_generic(float* o, float* lse, const float* q, const float
                                const float* rel_bias);
 // Whether attention_forward_tiled runs its register-blocked AVX-512 kernel on this CPU.
 bool attention_avx512_available();
-// Force the portable forwards (attention_forward_generic for F32, attention_forward_bf16_portable for BF16) —
-// tests, benchmarks; returns the previous setting.
+// Force the portable kernels (attention_forward_generic for F32, attention_forward_bf16_portable for BF16, the
+// portable loops of attention_backward_tiled) — tests, benchmarks; returns the previous setting.
+// The forwards split a unit's query tiles over threads when there are fewer (batch, head) units than threads (the
+// VAE's single-head mid-block attention); every query row is computed the same way however it is split.
 bool attention_force_generic(bool on);
 
 // The BF16 forward (AttnPrecision::BF16 in ops/backend.h, inference only): Q·scale (scaled in F32, then rounded),
@@ -30,6 +32,8 @@ void attention_forward_bf16_portable(float* o, float* lse, const float* q, const
                                      const float* rel_bias);
 // Whether attention_forward_bf16 runs its AVX-512 BF16 kernel (avx512f/dq/bw/vl + avx512_bf16) on this CPU.
 bool attention_bf16_available();
+// The backward runs a register-blocked AVX-512 kernel when attention_avx512_available() (the portable loops
+// otherwise); both use the same F32 arithmetic up to summation order.
 // d_rel_bias (H, 2S−1) accumulates Σ_b Σ_{j−i=n} dscore_ij: each (b, h) unit sums into its own scratch row,
 // then the rows are added over b in index order, so the result does not depend on the thread count.
 void attention_backward_tiled(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
