@@ -138,6 +138,17 @@ TEST(AttentionFast, SingleUnitSplitsQueriesIndependentOfThreadCount) {
   }
 }
 
+double sumsq(const Vec& v) {
+  double s = 0;
+  for (float x : v) s += (double)x * x;
+  return s;
+}
+double diff_norm(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+  return std::sqrt(s);
+}
+
 struct Grads {
   Vec dq, dk, dv, drel;
 };
@@ -185,7 +196,10 @@ TEST(AttentionFast, BackwardMatchesReferenceAndGeneric) {
             const double e = rel_err(*fv[t], *rv[t]);
             EXPECT_LE(e, 1e-4) << names[t] << " fast vs ref " << where(c);
             EXPECT_LE(rel_err(*gv[t], *rv[t]), 1e-4) << names[t] << " generic vs ref " << where(c);
-            EXPECT_LE(rel_err(*fv[t], *gv[t]), 1e-4) << names[t] << " fast vs generic " << where(c);
+            // fast vs generic relative to the reference's norm: where the exact gradient is 0 (S = 1: dq = dk = 0)
+            // both kernels return rounding noise, and noise relative to noise says nothing
+            const double nf = diff_norm(*fv[t], *gv[t]), nr = std::sqrt(sumsq(*rv[t]));
+            EXPECT_LE(nr > 0 ? nf / nr : nf, 1e-4) << names[t] << " fast vs generic " << where(c);
             worst = std::max(worst, e);
           }
         }
