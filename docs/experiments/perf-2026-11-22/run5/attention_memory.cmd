@@ -1,0 +1,1 @@
+oboro bench attention --tokens 256,1024,4096 --heads 24 --head-dim 64 --batch 1 --backward --threads 2 --json   # 17:45 UTC, main af49ff8, at nice 5 while two training runs (nice -15) held both cores: the memory columns are valid, the times are not
