@@ -52,7 +52,7 @@ DitTiming time_dit(const BenchOpts& o, Backend& be, ProfilingBackend* prof) {
   }
   DiT& model = *owned;
   std::vector<float> x((size_t)B * cfg.latent_channels * h * w), t(B), txt((size_t)B * L * cfg.text_dim),
-      mask((size_t)B * L, 1.f), v(x.size());
+      mask((size_t)B * L, 1.f);
   fill_normal(x.data(), (int64_t)x.size(), 7);
   fill_normal(txt.data(), (int64_t)txt.size(), 8);
   for (int b = 0; b < B; ++b) t[b] = 0.5f;
@@ -61,10 +61,14 @@ DitTiming time_dit(const BenchOpts& o, Backend& be, ProfilingBackend* prof) {
       for (int j = 1; j < L; ++j) mask[(size_t)b * L + j] = 0.f;
   // A training step costs about 3 forwards (backward = 2x forward in GEMM FLOPs).
   r.flops = DiT::forward_flops(cfg, B, L, h, w) * (o.train ? 3.0 : 1.0);
-  std::vector<float> target(x.size()), dv(x.size());
+  std::vector<float> target(x.size());
   fill_normal(target.data(), (int64_t)target.size(), 9);
+  // The step's tensors on the backend (uploaded once, outside the timing).
+  Buffer xb = upload_new(be, x, "bench.x"), tb = upload_new(be, t, "bench.t"), txtb = upload_new(be, txt, "bench.txt"),
+         maskb = upload_new(be, mask, "bench.mask"), vb = be.alloc(x.size(), DType::F32, "bench.v"),
+         targetb = upload_new(be, target, "bench.target"), dvb = be.alloc(x.size(), DType::F32, "bench.dv");
   AdamW opt;
-  if (o.train) opt.init(model.layout(), AdamWConfig{});
+  if (o.train) opt.init(be, model.layout(), AdamWConfig{});
   if (o.mixed_precision != "no" && o.mixed_precision != "bf16")
     fail("--mixed-precision ", o.mixed_precision, " is unknown: use no or bf16");
   if (o.mixed_precision == "bf16" && !o.train) fail("--mixed-precision is for bench train (inference uses --type bf16)");
@@ -73,12 +77,12 @@ DitTiming time_dit(const BenchOpts& o, Backend& be, ProfilingBackend* prof) {
   for (int i = 0; i < o.warmup + o.repeats; ++i) {
     if (prof) prof->reset();
     double t0 = bench_now();
-    model.forward(v.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, o.train);
+    model.forward(vb.f32(), xb.f32(), tb.f32(), txtb.f32(), maskb.f32(), B, L, h, w, o.train);
     if (o.train) {
-      std::fill(dv.begin(), dv.end(), 0.f);
-      be.mse_backward(dv.data(), v.data(), target.data(), v.size(), 1.f);
+      be.zero(dvb.f32(), dvb.size());
+      be.mse_backward(dvb.f32(), vb.f32(), targetb.f32(), vb.size(), 1.f);
       model.zero_grads();
-      model.backward(dv.data());
+      model.backward(dvb.f32());
       opt.step(model.params(), model.grads(), 1e-4f, i + 1);
     }
     double dt = bench_now() - t0;
@@ -119,14 +123,14 @@ namespace {
 
 void bench_dit(const BenchOpts& o) {
   std::unique_ptr<ProfilingBackend> prof;
-  if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
-  DitTiming r = prof ? time_dit(o, *prof, prof.get()) : time_dit(o, cpu_backend());
+  if (o.profile) prof = std::make_unique<ProfilingBackend>(cli::backend());
+  DitTiming r = prof ? time_dit(o, *prof, prof.get()) : time_dit(o, cli::backend());
   if (prof)
     std::fprintf(stderr, "per-op profile of the fastest step (%.3f s, through ProfilingBackend):\n%s",
                  r.profile_step_seconds, ProfilingBackend::format_table(r.profile, r.profile_step_seconds).c_str());
   const double best = r.best, flops = r.flops;
   const int B = o.batch, L = o.text_len;
-  double peak = sgemm_peak_gflops(cpu_backend(), 2048);
+  double peak = sgemm_peak_gflops(cli::backend(), 2048);
   nlohmann::json j;
   j["mode"] = o.train ? "train" : "forward";
   if (o.train) j["mixed_precision"] = o.mixed_precision;

@@ -61,7 +61,7 @@ std::vector<std::string> split_prompts(const std::string& s) {
 // The guard on a trained model: velocity error with the model's own weights (random inputs), then whole
 // generations per format, each image against the F32 model's image of the same prompt and seed.
 void run_model(const Opts& o, const std::vector<WFormat>& fmts, nlohmann::json& j) {
-  Backend& be = cpu_backend();
+  Backend& be = cli::backend();
   const std::vector<std::string> prompts = split_prompts(o.prompts);
   std::unique_ptr<DiT> ref = DiT::load(o.model, be, WFormat::F32);
   const DiTConfig& cfg = ref->config();
@@ -87,7 +87,7 @@ void run_model(const Opts& o, const std::vector<WFormat>& fmts, nlohmann::json& 
     for (size_t p = 0; p < prompts.size(); ++p) {
       rq.prompt = prompts[p];
       rq.seed = o.seed + (long long)p * 100;
-      for (auto& g : generate(rq, false)) imgs.push_back(std::move(g.image));
+      for (auto& g : generate(be, rq, false)) imgs.push_back(std::move(g.image));
     }
     const double secs = now() - t0;
     if (f == WFormat::F32) {
@@ -150,7 +150,7 @@ void run(const Opts& o) {
   if (!o.no_gemm || o.model.empty())
     std::fprintf(g_out, "bench formats: %s, %dx%d px, batch %d, text %d -> M = %d rows, %d threads, %s kernels\n",
               o.preset.c_str(), o.width, o.height, B, L, M, num_threads(), j["kernels"].get<std::string>().c_str());
-  Backend& be = cpu_backend();
+  Backend& be = cli::backend();
   if (!o.no_gemm) {
     struct Shape { const char* name; int M, N, K; };
     const Shape shapes[] = {{"qkv part / out (D->D)", M, D, D}, {"ffn w1 / w3 (D->F)", M, F, D},

@@ -76,7 +76,7 @@ void run(const PipeOpts& o) {
     fail("--size must be WxH with both sides multiples of 16 (e.g. 736x416), got '", o.size, "'");
   if (o.steps < 1) fail("--steps must be at least 1");
   const int run_steps = o.run_steps > 0 ? std::min(o.run_steps, o.steps) : o.steps;
-  Backend& be = cpu_backend();
+  Backend& be = cli::backend();
   const T5Config full = t5_xxl(24);
   const size_t per_layer = (t5_param_layout(t5_xxl(2)).total() - t5_param_layout(t5_xxl(1)).total()) * 4;
   const size_t t5_fixed = t5_param_layout(t5_xxl(1)).total() * 4 - per_layer;
@@ -173,7 +173,7 @@ void run(const PipeOpts& o) {
   rq.vae_type = o.vae_type;  // the VAE file is always F32; converted while loading
   GenerateStats st;
   st.max_dit_steps = run_steps;
-  generate(rq, true, &st);  // the plan and progress go to stderr, the report (or JSON) to stdout
+  generate(cli::backend(), rq, true, &st);  // the plan and progress go to stderr, the report (or JSON) to stdout
   if (!o.keep) fs::remove_all(dir);
 
   // Report: measured stages, and the 24-layer T5 / full-schedule DiT figures derived from them.

@@ -81,10 +81,10 @@ void run_bench_step(StepOpts so) {
   if (so.compare_torch) require_python_torch(o.python);  // fail before the long oboro run
   const std::string load0 = load_average();
   std::unique_ptr<ProfilingBackend> prof;
-  if (so.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
-  DitTiming r = time_dit(o, prof ? static_cast<Backend&>(*prof) : cpu_backend(), prof.get());
+  if (so.profile) prof = std::make_unique<ProfilingBackend>(cli::backend());
+  DitTiming r = time_dit(o, prof ? static_cast<Backend&>(*prof) : cli::backend(), prof.get());
   const size_t rss = peak_rss_bytes();
-  const double peak = so.sgemm_n > 0 ? sgemm_peak_gflops(cpu_backend(), so.sgemm_n) : 0.0;
+  const double peak = so.sgemm_n > 0 ? sgemm_peak_gflops(cli::backend(), so.sgemm_n) : 0.0;
   nlohmann::json j;
   j["oboro_s"] = r.best;
   j["torch_s"] = nullptr;
@@ -195,8 +195,8 @@ void run_bench_t5(const T5BenchOpts& o) {
                o.config.c_str(), c.d_model, c.num_heads, c.d_kv, c.d_ff, c.num_layers, full.num_layers,
                (long long)c.param_count(), (long long)full.param_count(), o.tokens, o.batch, num_threads(), fmt_name);
   std::unique_ptr<ProfilingBackend> prof;
-  if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
-  Backend& be = prof ? static_cast<Backend&>(*prof) : cpu_backend();
+  if (o.profile) prof = std::make_unique<ProfilingBackend>(cli::backend());
+  Backend& be = prof ? static_cast<Backend&>(*prof) : cli::backend();
   std::unique_ptr<T5Encoder> encp;
   if (fmt == WFormat::F32) {
     encp = std::make_unique<T5Encoder>(c, be);
@@ -220,14 +220,15 @@ void run_bench_t5(const T5BenchOpts& o) {
   T5Encoder& enc = *encp;
   std::vector<int32_t> ids((size_t)o.batch * o.tokens);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = (int32_t)((i * 7919 + 13) % (size_t)c.vocab_size);
-  std::vector<float> mask(ids.size(), 1.f), hidden((size_t)o.batch * o.tokens * c.d_model);
+  std::vector<float> mask(ids.size(), 1.f);
+  Buffer hidden_buf = enc.backend().alloc((size_t)o.batch * o.tokens * c.d_model, DType::F32, "bench.hidden");
   std::vector<double> times;
   std::vector<ProfilingBackend::OpStat> pstats;
   double best = 1e30;
   for (int i = 0; i < o.warmup + o.repeats; ++i) {
     if (prof) prof->reset();
     const double t0 = bench_now();
-    enc.forward(hidden.data(), ids.data(), mask.data(), o.batch, o.tokens, false);
+    enc.forward(hidden_buf.f32(), ids.data(), mask.data(), o.batch, o.tokens, false);
     const double dt = bench_now() - t0;
     std::fprintf(stderr, "  %s %d: %.3f s (load %s)\n", i < o.warmup ? "warmup" : "run", i, dt, load_average().c_str());
     if (i < o.warmup) continue;
@@ -237,7 +238,7 @@ void run_bench_t5(const T5BenchOpts& o) {
       if (prof) pstats = prof->stats();
     }
   }
-  for (float v : hidden)
+  for (float v : download_all(hidden_buf))
     if (!std::isfinite(v)) fail("bench t5: non-finite output");
   const double flops = t5_flops(c, o.batch, o.tokens);
   const double scale = (double)full.num_layers / c.num_layers;
@@ -338,14 +339,15 @@ void run_bench_attention(const AttnOpts& o) {
   // glibc kept from an earlier call.
   mallopt(M_MMAP_THRESHOLD, 64 * 1024);
   mallopt(M_TRIM_THRESHOLD, 128 * 1024);
-  Backend& be = cpu_backend();
+  Backend& be = cli::backend();
   const int B = o.batch, H = o.heads, dh = o.head_dim, D = H * dh;
   nlohmann::json rows = nlohmann::json::array();
   const std::string load0 = load_average();
   bool reset_ok = true;
   for (int S : tokens) {
     const size_t n = (size_t)B * S * D;
-    float *q = be.alloc(n), *k = be.alloc(n), *v = be.alloc(n), *out = be.alloc(n), *lse = be.alloc((size_t)B * H * S);
+    Buffer qb = be.alloc(n), kb = be.alloc(n), vb = be.alloc(n), ob = be.alloc(n), lb = be.alloc((size_t)B * H * S);
+    float *q = qb.f32(), *k = kb.f32(), *v = vb.f32(), *out = ob.f32(), *lse = lb.f32();
     std::vector<float> host(n);
     for (float* p : {q, k, v}) {
       fill_normal(host.data(), (int64_t)n, (uint64_t)(p == q ? 1 : p == k ? 2 : 3) * 1000 + S);
@@ -354,8 +356,10 @@ void run_bench_attention(const AttnOpts& o) {
     be.zero(out, n);
     be.zero(lse, (size_t)B * H * S);
     float *dq = nullptr, *dk = nullptr, *dv = nullptr, *dout = nullptr;
+    Buffer grads[4];
     if (o.backward) {
-      dq = be.alloc(n), dk = be.alloc(n), dv = be.alloc(n), dout = be.alloc(n);
+      for (Buffer& g : grads) g = be.alloc(n);
+      dq = grads[0].f32(), dk = grads[1].f32(), dv = grads[2].f32(), dout = grads[3].f32();
       be.zero(dq, n), be.zero(dk, n), be.zero(dv, n);
       be.upload(dout, host.data(), n);
     }
@@ -387,9 +391,9 @@ void run_bench_attention(const AttnOpts& o) {
       r["backward_seconds"] = bench_now() - t0;
       const size_t peak_b = peak_rss_bytes();
       r["backward_extra_bytes"] = reset_ok ? nlohmann::json(peak_b > base_b ? peak_b - base_b : 0) : nlohmann::json(nullptr);
-      for (float* p : {dq, dk, dv, dout}) be.free(p);
+      for (Buffer& g : grads) g.reset();
     }
-    for (float* p : {q, k, v, out, lse}) be.free(p);
+    for (Buffer* b : {&qb, &kb, &vb, &ob, &lb}) b->reset();
     std::fprintf(stderr, "  %d tokens: forward %.3f s (%.1f GFLOP/s, %s), extra %.2f MiB (load %s)\n", S, tf,
                  r["forward_gflops"].get<double>(), o.precision.c_str(),
                  reset_ok ? (peak_f - std::min(peak_f, base)) / 1048576.0 : -1.0, load_average().c_str());

@@ -282,7 +282,7 @@ void register_cache(CLI::App& data) {
     o->c.shard_bytes = (int64_t)o->shard_mb << 20;
     o->c.progress = !o->quiet;
     auto m = Manifest::open(o->manifest, false);
-    const CacheReport r = build_cache(*m, o->c);
+    const CacheReport r = build_cache(cli::backend(), *m, o->c);
     std::printf("cache %s (%s, stage %d): %lld latents written, %lld already cached, %lld without a bucket, %lld failed%s; "
                 "%lld texts written, %lld already cached; %lld new shard files\n",
                 o->c.out_dir.c_str(), r.codec_id.c_str(), o->c.stage,

@@ -19,7 +19,7 @@ Tensor input(const TensorSource& src, const std::string& name, size_t ndim, cons
 }
 
 void run_dit(const std::string& model_path, const std::string& in_path, const std::string& out_path, bool grad) {
-  Backend& be = cpu_backend();
+  Backend& be = cli::backend();
   auto model = DiT::load(model_path, be);
   const DiTConfig& cfg = model->config();
   TensorSource in = TensorSource::open(in_path);
@@ -38,8 +38,14 @@ void run_dit(const std::string& model_path, const std::string& in_path, const st
   if (h % cfg.patch_size || w % cfg.patch_size)
     fail(in_path, ": x is ", h, "x", w, ", not divisible by the patch size ", cfg.patch_size);
 
+  for (int b = 0; b < B; ++b)
+    if (mask.f32()[(size_t)b * L] == 0.f)
+      fail("txt_mask[", b, "][0] is 0: the first text token (the pooled BOS vector) must be valid");
+  auto up = [&](const Tensor& host) { return upload_new(be, std::vector<float>(host.f32(), host.f32() + host.numel()), "debug input"); };
+  Buffer xb = up(x), tb = up(t), txtb = up(txt), maskb = up(mask), vb = be.alloc((size_t)x.numel());
+  model->forward(vb.f32(), xb.f32(), tb.f32(), txtb.f32(), maskb.f32(), B, L, h, w, grad);
   Tensor v = Tensor::zeros(x.shape());
-  model->forward(v.f32(), x.f32(), t.f32(), txt.f32(), mask.f32(), B, L, h, w, grad);
+  be.download(v.f32(), vb.f32(), (size_t)v.numel());
   SafetensorsWriter wr;
   wr.add("v", v);
   Tensor loss_t;
@@ -48,11 +54,13 @@ void run_dit(const std::string& model_path, const std::string& in_path, const st
     Tensor target = input(in, "target", 4, "(B, latent_channels, h, w) like x");
     if (target.shape() != x.shape())
       fail(in_path, ": target has shape ", shape_str(target.shape()), ", expected ", shape_str(x.shape()));
-    double loss = be.mse_forward(v.f32(), target.f32(), (size_t)v.numel());
-    Tensor dv = Tensor::zeros(v.shape());
-    be.mse_backward(dv.f32(), v.f32(), target.f32(), (size_t)v.numel(), 1.f);
+    Buffer targetb = up(target), lossb = be.alloc(1, DType::F64), dvb = be.alloc((size_t)v.numel());
+    be.mse_forward(lossb.f64(), vb.f32(), targetb.f32(), (size_t)v.numel());
+    double loss = 0;
+    be.download(&loss, lossb.f64(), 1);
+    be.mse_backward(dvb.f32(), vb.f32(), targetb.f32(), (size_t)v.numel(), 1.f);
     model->zero_grads();
-    model->backward(dv.f32());
+    model->backward(dvb.f32());
     loss_t = Tensor::from_f32({(float)loss}, {1});
     wr.add("loss", loss_t);
     grads = download_params(model->layout(), model->grads(), be);
@@ -66,7 +74,7 @@ void run_dit(const std::string& model_path, const std::string& in_path, const st
 // / (d_model · Σ_{b,l} mask[b,l]), i.e. mean((hidden − target)² · mask[..., None]) / mean(mask): the mean squared
 // error over the valid rows only. OUT adds loss (1,) and grad.<param> for every parameter.
 void run_t5(const std::string& model_path, const std::string& in_path, const std::string& out_path, bool grad) {
-  Backend& be = cpu_backend();
+  Backend& be = cli::backend();
   auto model = T5Encoder::load(model_path, be);
   const T5Config& cfg = model->config();
   TensorSource in = TensorSource::open(in_path);
@@ -92,7 +100,9 @@ void run_t5(const std::string& model_path, const std::string& in_path, const std
 
   const int D = cfg.d_model;
   Tensor hidden = Tensor::zeros({B, L, D});
-  model->forward(hidden.f32(), ids.data(), mask.f32(), B, L, grad);
+  Buffer hb = be.alloc((size_t)hidden.numel());
+  model->forward(hb.f32(), ids.data(), mask.f32(), B, L, grad);
+  be.download(hidden.f32(), hb.f32(), (size_t)hidden.numel());
   SafetensorsWriter wr;
   wr.add("hidden", hidden);
   Tensor loss_t;
@@ -119,7 +129,9 @@ void run_t5(const std::string& model_path, const std::string& in_path, const std
       for (int d = 0; d < D; ++d)
         dh.f32()[r * D + d] = (float)(2.0 * m[r] * ((double)h[r * D + d] - t[r * D + d]) / denom);
     model->zero_grads();
-    model->backward(dh.f32());
+    Buffer dhb = be.alloc((size_t)dh.numel());
+    be.upload(dhb.f32(), dh.f32(), (size_t)dh.numel());
+    model->backward(dhb.f32());
     loss_t = Tensor::from_f32({(float)(sse / denom)}, {1});
     wr.add("loss", loss_t);
     grads = download_params(model->layout(), model->grads(), be);
@@ -153,7 +165,7 @@ void register_debug(CLI::App& app) {
     c->add_option("--output", opts->output, "output .safetensors")->required();
     add_precision(c);
     c->callback([opts, grad, precision] {
-      MatmulPrecisionScope scope(cpu_backend(), precision(opts->matmul));
+      MatmulPrecisionScope scope(cli::backend(), precision(opts->matmul));
       run_dit(opts->model, opts->inputs, opts->output, grad);
     });
   }
@@ -166,7 +178,7 @@ void register_debug(CLI::App& app) {
     c->add_option("--output", opts->output, "output .safetensors")->required();
     add_precision(c);
     c->callback([opts, grad, precision] {
-      MatmulPrecisionScope scope(cpu_backend(), precision(opts->matmul));
+      MatmulPrecisionScope scope(cli::backend(), precision(opts->matmul));
       run_t5(opts->model, opts->inputs, opts->output, grad);
     });
   }

@@ -177,7 +177,7 @@ void register_generate(CLI::App& app) {
     auto t0 = std::chrono::steady_clock::now();
     std::vector<GeneratedImage> images;
     for (const auto& r : rqs) {
-      auto part = generate(r);
+      auto part = generate(cli::backend(), r);
       for (auto& g : part) images.push_back(std::move(g));
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -30,7 +30,7 @@ void register_init(CLI::App& app) {
     cfg.latent_channels = o->latent_channels;
     cfg.patch_size = o->patch;
     cfg.validate("--preset " + o->preset);
-    DiT model(cfg, cpu_backend());
+    DiT model(cfg, cli::backend());
     if (o->random_all) model.init_random_all(o->seed);
     else model.init_weights(o->seed);
     model.save(o->output, {{"modelspec.title", o->title.empty() ? "oboro-" + o->preset + "-init" : o->title}});

@@ -16,7 +16,7 @@ void register_train(CLI::App& app) {
   c->callback([o] {
     TrainConfig cfg = TrainConfig::from_toml(o->config);
     if (o->threads > 0) cfg.threads = o->threads;
-    TrainResult r = train(cfg, o->resume, o->stop_after);
+    TrainResult r = train(cfg, cli::backend(), o->resume, o->stop_after);
     std::printf("trained %lld steps, last loss %.5f\nmodel: %s\ntext encoder: %s\ncheckpoint: %s\n", (long long)r.steps,
                 r.final_loss, r.model_path.c_str(), r.text_encoder_path.c_str(), r.state_path.c_str());
   });

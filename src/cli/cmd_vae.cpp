@@ -56,7 +56,7 @@ void add_tiling_options(CLI::App* c, VaeCliOpts& o) {
 void run_debug_vae(const VaeCliOpts& o) {
   if (o.encode_in.empty() == o.decode_in.empty()) fail("give exactly one of --encode IN and --decode IN");
   const VaeRunOptions ro = run_options(o);
-  Backend& be = cpu_backend();
+  Backend& be = cli::backend();
   auto vae = Vae::load(o.model, be);
   const VaeConfig& c = vae->config();
   const bool enc = !o.encode_in.empty();
@@ -100,8 +100,8 @@ void run_bench_vae(const VaeCliOpts& o) {
   const std::string load0 = load_average();
   const int h = o.height / s, w = o.width / s;
   std::unique_ptr<ProfilingBackend> prof;
-  if (o.profile) prof = std::make_unique<ProfilingBackend>(cpu_backend());
-  Backend& be = prof ? static_cast<Backend&>(*prof) : cpu_backend();
+  if (o.profile) prof = std::make_unique<ProfilingBackend>(cli::backend());
+  Backend& be = prof ? static_cast<Backend&>(*prof) : cli::backend();
   Vae vae(cfg, be, fmt);
   vae.init_random(1);  // the same random values in every format (drawn in F32, then converted)
   std::fprintf(stderr,

@@ -1,6 +1,7 @@
 // Each subcommand lives in its own cmd_*.cpp and registers itself on the root app.
 #pragma once
 #include <CLI/CLI.hpp>
+#include "cli/backend_choice.h"
 
 namespace oboro::cli {
 void register_info(CLI::App& app);   // oboro info FILE [--json]

@@ -1,4 +1,4 @@
-// oboro: one binary for generate / train / data / serve / convert / merge / eval / bench.
+// oboro: one binary for generate / train / data / convert / eval / bench / info / init / debug.
 #include "cli/commands.h"
 #include "core/error.h"
 #include <cstdio>
@@ -8,6 +8,7 @@ int main(int argc, char** argv) {
   CLI::App app{"oboro — train and run the oboro text-to-image model"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "oboro 0.1.0");
+  oboro::cli::add_backend_option(app);
   oboro::cli::register_info(app);
   oboro::cli::register_debug(app);
   oboro::cli::register_bench(app);

@@ -121,7 +121,7 @@ bool has_entry(sql::Stmt& q, const std::string& key) {
 
 }  // namespace
 
-CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
+CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
   CacheReport rep;
   if (opt.out_dir.empty()) fail("data cache: pass --out DIR (the cache folder)");
   if (opt.stage != 1 && opt.stage != 2) fail("--stage ", opt.stage, ": use 1 or 2");
@@ -133,7 +133,7 @@ CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
   if (ec || !fs::is_directory(opt.out_dir)) fail(opt.out_dir, ": cannot create the cache folder: ", ec.message());
   sql::Db& db = m.db();
   const std::string shard_tag = opt.shard.count > 1 ? "-s" + std::to_string(opt.shard.index) + "of" + std::to_string(opt.shard.count) : "";
-  const LatentCodec lc = LatentCodec::open(opt.codec, opt.pixels_stride, opt.vae, cpu_backend(), "--vae");
+  const LatentCodec lc = LatentCodec::open(opt.codec, opt.pixels_stride, opt.vae, be, "--vae");
   const bool parallel_encode = !lc.vae;  // the VAE runs one image at a time (it parallelises inside)
 
   // ---- latents ----
@@ -257,7 +257,7 @@ CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
                     "outputs change every step and cannot be cached)";
     return rep;
   }
-  std::unique_ptr<TextEncoder> te = TextEncoder::load(opt.text_encoder, cpu_backend());
+  std::unique_ptr<TextEncoder> te = TextEncoder::load(opt.text_encoder, be);
   const std::string enc_id = text_encoder_identity(opt.text_encoder, te->dim());
   ShardWriter tw(m, opt.out_dir, "text-" + sanitise(enc_id.substr(0, 19)) + shard_tag, "text", {{"oboro.text_encoder", enc_id}},
                  opt.shard_bytes);
@@ -281,10 +281,10 @@ CacheReport build_cache(Manifest& m, const CacheOptions& opt) {
     for (const auto& [k, ids] : pending) keys.push_back(k), prompts.push_back(caption_of[k]);
     TextBatch tb = te->encode(prompts, false, opt.max_tokens);
     for (size_t b = 0; b < keys.size(); ++b) {
-      int valid = 0;
-      for (int l = 0; l < tb.L; ++l) valid += tb.mask[(size_t)b * tb.L + l] > 0.5f;
+      const int valid = tb.lengths[b];
+      const std::vector<float> row = download_row(tb, (int)b);
       Tensor t = Tensor::empty({valid, tb.dim}, DType::F32);
-      std::copy_n(&tb.hidden[(size_t)b * tb.L * tb.dim], (size_t)valid * tb.dim, t.f32());
+      std::copy(row.begin(), row.end(), t.f32());
       tw.add(keys[b], std::move(t), pending[keys[b]]);
       ++rep.texts_written;
     }

@@ -21,6 +21,8 @@
 
 namespace oboro {
 
+class Backend;
+
 struct CacheOptions {
   std::string out_dir;
   int stage = 2;
@@ -48,7 +50,8 @@ std::string latent_cache_key(const std::string& image_sha256, int bucket_w, int 
 std::string text_encoder_identity(const std::string& path, int dim);
 std::string text_cache_key(const std::string& encoder_id, int max_tokens, const std::string& caption);
 
-CacheReport build_cache(Manifest& m, const CacheOptions& opt);
+// The VAE and the text encoder run on `be` (the command line's --backend).
+CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt);
 
 // Reads a cache for training: the active images of a stage with their current entries.
 class CacheReader {

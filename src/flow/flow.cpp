@@ -12,32 +12,15 @@ TimestepSampling timestep_sampling_from_name(const std::string& s) {
   fail("unknown timestep_sampling '", s, "': choose uniform or logit_normal");
 }
 
-void icfm_pair(const float* x1, int B, int64_t n, float sigma, TimestepSampling ts, const StepRng& rng, float* t_out,
-               float* xt_out, float* u_out) {
-  for (int b = 0; b < B; ++b) {
-    float t;
-    if (ts == TimestepSampling::Uniform) {
-      t = uniform_at(rng.seed, rng.stream(kSlotTime), (uint64_t)b);
-    } else {  // logit-normal(0, 1): t = sigmoid(z)
-      float z = normal_at(rng.seed, rng.stream(kSlotTime), (uint64_t)b);
-      t = 1.f / (1.f + std::exp(-z));
-    }
-    t_out[b] = t;
-  }
-  std::vector<float> x0(n), eps(n);
-  for (int b = 0; b < B; ++b) {
-    // Each sample's noise is its own block of the stream: independent of the batch layout.
-    fill_normal(x0.data(), n, rng.seed, rng.stream(kSlotNoise), (uint64_t)b * (uint64_t)n);
-    if (sigma != 0.f) fill_normal(eps.data(), n, rng.seed, rng.stream(kSlotEps), (uint64_t)b * (uint64_t)n);
-    const float t = t_out[b];
-    const float* x = x1 + (size_t)b * n;
-    float* xt = xt_out + (size_t)b * n;
-    float* u = u_out + (size_t)b * n;
-    for (int64_t i = 0; i < n; ++i) {
-      xt[i] = t * x[i] + (1.f - t) * x0[i] + (sigma != 0.f ? sigma * eps[i] : 0.f);
-      u[i] = x[i] - x0[i];
-    }
-  }
+IcfmDraw icfm_draw(const StepRng& rng, float sigma, TimestepSampling ts) {
+  IcfmDraw d;
+  d.seed = rng.seed;
+  d.time_stream = rng.stream(kSlotTime);
+  d.noise_stream = rng.stream(kSlotNoise);
+  d.eps_stream = rng.stream(kSlotEps);
+  d.sigma = sigma;
+  d.logit_normal = ts == TimestepSampling::LogitNormal;
+  return d;
 }
 
 double resolution_shift(int n_tokens) {

@@ -1,6 +1,7 @@
 // Flow matching (spec §6): the I-CFM training pair and the Euler sampling schedule.
 // t = 0 is noise, t = 1 is data; the model's velocity points from noise to data.
 #pragma once
+#include "ops/backend.h"
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,11 +20,11 @@ struct StepRng {
 };
 enum RngSlot : uint64_t { kSlotNoise = 1, kSlotEps = 2, kSlotTime = 3, kSlotDropout = 4, kSlotCrop = 5, kSlotShuffle = 6 };
 
-// For B samples of n values each (x1 = data latents):
+// The draws of one I-CFM pair (spec §6), for Backend::icfm_pair: for B samples of n values each (x1 = data latents),
 //   x0 ~ N(0, I), t ~ U[0,1] (or logit-normal), ε ~ N(0, I),
-//   x_t = t·x1 + (1 − t)·x0 + σ·ε,  target u = x1 − x0.
-void icfm_pair(const float* x1, int B, int64_t n, float sigma, TimestepSampling ts, const StepRng& rng, float* t_out,
-               float* xt_out, float* u_out);
+//   x_t = t·x1 + (1 − t)·x0 + σ·ε,  target u = x1 − x0,
+// with t from the step's kSlotTime stream (element b), x0 and ε from kSlotNoise / kSlotEps (sample b's block of n).
+IcfmDraw icfm_draw(const StepRng& rng, float sigma, TimestepSampling ts);
 
 // Euler timesteps t_0 = 0 < … < t_S = 1 with the FLUX resolution shift for N image tokens
 // (shift on: k = exp(μ), μ = 0.5 + (N − 256)·(1.15 − 0.5)/(4096 − 256)). Returns S + 1 values.

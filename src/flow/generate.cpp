@@ -249,16 +249,6 @@ Prepared prepare(const GenerateRequest& in) {
   return p;
 }
 
-TextBatch repeat_rows(const TextBatch& one, int n) {
-  TextBatch r;
-  r.B = n; r.L = one.L; r.dim = one.dim;
-  for (int i = 0; i < n; ++i) {
-    r.hidden.insert(r.hidden.end(), one.hidden.begin(), one.hidden.end());
-    r.mask.insert(r.mask.end(), one.mask.begin(), one.mask.end());
-  }
-  return r;
-}
-
 // Times and measures one stage: peak RSS reset at the start, read (with the RSS after release) at the end.
 struct StageClock {
   GenerateStats* stats;
@@ -286,7 +276,7 @@ struct StageClock {
 
 MemoryPlan plan_generation(const GenerateRequest& req) { return prepare(req).plan; }
 
-std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, GenerateStats* stats) {
+std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, bool progress, GenerateStats* stats) {
   Prepared p = prepare(in);
   const GenerateRequest& rq = p.rq;
   const DiTConfig& cfg = p.cfg;
@@ -294,7 +284,6 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
   if (progress) std::fprintf(stderr, "%s", p.plan.format().c_str());
   if (rq.check_memory && !p.plan.fits()) fail(p.plan.refusal());
   if (progress && p.truncated) std::fprintf(stderr, "warning: the prompt is longer than 256 tokens and was truncated\n");
-  Backend& be = cpu_backend();
   const bool tty = progress && isatty(2);
   StageClock clock{stats};
   const int n = rq.batch_size;
@@ -319,8 +308,8 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
     if (te->dim() != cfg.text_dim)
       fail(p.te_path, ": the text encoder outputs width ", te->dim(), " but the model ", rq.model, " expects text_dim ",
            cfg.text_dim, ": use the text encoder the model was trained with");
-    cond = repeat_rows(te->encode({rq.prompt}, false), n);
-    if (guided) uncond = repeat_rows(te->encode({rq.negative_prompt}, false), n);
+    cond = repeat_rows(be, te->encode({rq.prompt}, false), n);
+    if (guided) uncond = repeat_rows(be, te->encode({rq.negative_prompt}, false), n);
   }
   clock.end();
 
@@ -359,7 +348,7 @@ std::vector<GeneratedImage> generate(const GenerateRequest& in, bool progress, G
       if (init_all) { so.init = init_all + (size_t)it * n * per; so.strength = strength; }
       if (stats) so.max_steps = stats->max_dit_steps;
       double ts = now_s();
-      so.on_step = [&](int s, int total, const std::vector<float>&) {
+      so.on_step = [&](int s, int total, const auto&) {
         const double t1 = now_s();
         clock.step(t1 - ts);
         ts = t1;

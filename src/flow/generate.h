@@ -11,6 +11,8 @@
 
 namespace oboro {
 
+class Backend;
+
 struct GenerateRequest {
   std::string prompt, negative_prompt;
   int width = 0, height = 0;         // 0 = the init image's size, else modelspec.resolution, else 64
@@ -71,6 +73,8 @@ struct GenerateStats {
 
 // The plan of a request (paths resolved, nothing loaded): what `--memory-plan` prints.
 MemoryPlan plan_generation(const GenerateRequest& req);
-std::vector<GeneratedImage> generate(const GenerateRequest& req, bool progress = true, GenerateStats* stats = nullptr);
+// Runs on `be` (chosen by the caller: the command line's --backend).
+std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& req, bool progress = true,
+                                     GenerateStats* stats = nullptr);
 
 }  // namespace oboro

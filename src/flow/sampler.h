@@ -19,18 +19,18 @@ struct SamplerOptions {
   float strength = 1.f;
   uint64_t noise_stream = 0;  // Philox stream of the starting noise (0: the txt2img noise of the seed)
   int max_steps = 0;          // > 0: stop after this many steps (benchmarks time a prefix of the schedule)
-  // Called after each step with (step, total, current latents of the batch).
-  std::function<void(int, int, const std::vector<float>&)> on_step;
+  // Called after each step with (step, total, latents): calling `latents()` downloads the batch's current latents
+  // (n, C, h, w) — only callers that show a preview pay for it.
+  std::function<void(int, int, const std::function<std::vector<float>()>& latents)> on_step;
 };
 
 // Initial noise of one image: N(0, I) of n values from Philox(seed, stream), drawn on the CPU.
 void initial_noise(uint64_t seed, int64_t n, float* out, uint64_t stream = 0);
 
-// cond / uncond: n rows each (uncond ignored when cfg_scale == 1). Returns latents (n, C, h, w).
+// cond / uncond: n rows each (uncond ignored when cfg_scale == 1), on the DiT's backend. The latents stay on the
+// backend during sampling; returns them downloaded (n, C, h, w). `opt.init` is host memory (uploaded once).
 std::vector<float> sample_euler(DiT& dit, const TextBatch& cond, const TextBatch& uncond, int h, int w,
                                 const std::vector<uint64_t>& seeds, const SamplerOptions& opt);
 
-// Stack two text batches (same dim) into one, padding to the longer L (mask 0 on padding).
-TextBatch concat_text(const TextBatch& a, const TextBatch& b);
 
 }  // namespace oboro

@@ -49,18 +49,16 @@ struct DiT::LayerActs {
 
 struct DiT::Acts {
   Backend& be;
-  std::vector<float*> owned;
+  std::vector<Buffer> owned;
   size_t floats = 0;
   int B = 0, L = 0, h = 0, w = 0, S = 0, N = 0;
   bool training = false;
   float* take(size_t n) {
-    float* p = be.alloc(n);
-    owned.push_back(p);
+    owned.push_back(be.alloc(n, DType::F32, "dit.activations"));
     floats += n;
-    return p;
+    return owned.back().f32();
   }
   explicit Acts(Backend& b) : be(b) {}
-  ~Acts() { for (float* p : owned) be.free(p); }
 
   float *key_valid, *txt_copy;
   float *temb_in, *te1, *te1s, *temb, *bos_in, *be1, *be1s, *bemb, *c, *sc;
@@ -73,11 +71,13 @@ struct DiT::Acts {
 
 struct DiT::GradScratch {
   Backend& be;
-  std::vector<float*> owned;
+  std::vector<Buffer> owned;
   int M = 0, B = 0, L = 0, N = 0;
-  float* take(size_t n) { float* p = be.alloc(n); owned.push_back(p); return p; }
+  float* take(size_t n) {
+    owned.push_back(be.alloc(n, DType::F32, "dit.grad_scratch"));
+    return owned.back().f32();
+  }
   explicit GradScratch(Backend& b) : be(b) {}
-  ~GradScratch() { for (float* p : owned) be.free(p); }
   float *dh, *dmod, *dsc, *dc, *d_te1s, *d_te1, *d_be1s, *d_be1, *d_bos;
   float *d_fn2, *d_f, *d_g, *d_h1, *d_h3, *d_fm, *d_fn, *d_an2, *d_ao, *d_o, *dq, *dk, *dv, *d_qpre, *d_kpre, *d_am,
       *d_an;
@@ -120,12 +120,14 @@ DiT::DiT(const DiTConfig& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be
     for (const auto& v : full_layout_.views())
       if (!dit_quantizable(v.name)) layout_.add(v.name, v.shape);
   }
-  params_ = be_.alloc(layout_.total());
+  params_buf_ = be_.alloc(layout_.total(), DType::F32, "dit.params");
+  params_ = params_buf_.f32();
   layers_ = bind_layers(layout_, params_, cfg_.layers());
   bind_linear_views();
 }
 
 void DiT::bind_linear_views() {
+  for (auto& [n, q] : qw_) q.bind(be_);
   lv_.assign(cfg_.layers(), {});
   for (int i = 0; i < cfg_.layers(); ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
@@ -163,14 +165,13 @@ std::unique_ptr<DiT> DiT::converted(WFormat fmt) const {
 DiT::~DiT() {
   acts_.reset();
   gs_.reset();
-  be_.free(params_);
-  if (grads_) be_.free(grads_);
 }
 
 float* DiT::grads() {
   require_f32("training");
   if (!grads_) {
-    grads_ = be_.alloc(layout_.total());
+    grads_buf_ = be_.alloc(layout_.total(), DType::F32, "dit.grads");
+    grads_ = grads_buf_.f32();
     dlayers_ = bind_layers(layout_, grads_, cfg_.layers());
   }
   return grads_;
@@ -337,16 +338,7 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
   const float eps = cfg_.norm_eps;
   const AttnPrecision attn_prec = attention_precision(training);  // BF16 only for low-precision inference
 
-  {  // key mask: text keys from txt_mask, image keys always valid
-    std::vector<float> m((size_t)B * L), kv((size_t)B * S, 1.f);
-    be.download(m.data(), txt_mask, m.size());
-    for (int b = 0; b < B; ++b) {
-      if (m[(size_t)b * L] == 0.f)
-        fail("txt_mask[", b, "][0] is 0: the first text token (the pooled BOS vector) must be valid");
-      for (int s = 0; s < L; ++s) kv[(size_t)b * S + s] = m[(size_t)b * L + s] != 0.f ? 1.f : 0.f;
-    }
-    be.upload(a.key_valid, kv.data(), kv.size());
-  }
+  be.text_image_key_valid(a.key_valid, txt_mask, B, L, N);  // text keys from txt_mask, image keys always valid
   if (training) be.copy(a.txt_copy, txt, (size_t)B * L * T);
 
   // Conditioning c = t_emb + bos_emb; blocks consume SiLU(c).

@@ -47,6 +47,7 @@ class DiT {
   void save(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
 
   const DiTConfig& config() const { return cfg_; }
+  Backend& backend() const { return be_; }
   const ParamLayout& layout() const { return layout_; }
   size_t num_params() const { return layout_.total(); }
   float* params() { return params_; }
@@ -59,7 +60,8 @@ class DiT {
   size_t activation_bytes() const;
 
   // x (B,C,h,w), t (B), txt (B,L,text_dim), txt_mask (B,L) 1 = valid; v (B,C,h,w) out.
-  // All pointers are backend buffers. Position 0 of every text row must be valid (BOS).
+  // All pointers are backend buffers. Position 0 of every text row must be valid (BOS): TextBatch
+  // (alloc_text_batch) guarantees it.
   // Attention precision: inference (training = false) with low-precision weights (weight_format() != F32) asks the
   // backend for AttnPrecision::BF16 attention (BF16 Q·Kᵀ and P·V, F32 softmax statistics); an F32 model and every
   // training forward use F32 attention (attention_precision()).
@@ -84,8 +86,9 @@ class DiT {
   DiTConfig cfg_;
   Backend& be_;
   ParamLayout layout_;
-  float* params_ = nullptr;
-  float* grads_ = nullptr;
+  Buffer params_buf_, grads_buf_;  // flat F32 parameters and gradients (layout_), on the backend
+  float* params_ = nullptr;        // = params_buf_.f32()
+  float* grads_ = nullptr;         // = grads_buf_.f32() once allocated
   std::vector<Layer> layers_, dlayers_;
   WFormat wfmt_ = WFormat::F32;
   ParamLayout full_layout_;                      // every tensor (layout_ lacks the quantised ones)

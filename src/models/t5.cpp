@@ -237,7 +237,7 @@ Weights bind(const ParamLayout& L, float* base, int layers) {
 
 struct T5Encoder::Impl {
   Backend& be;
-  std::vector<float*> owned;
+  std::vector<Buffer> owned;
   size_t floats = 0;
   int B = 0, L = 0;
   bool training = false;
@@ -248,7 +248,8 @@ struct T5Encoder::Impl {
     float *rstd1, *n1, *q, *k, *v, *o, *lse;  // rstd (M), n1 (M,D), q/k/v/o (M,I), lse (B,H,L)
     float *rstd2, *n2, *h0, *h1, *gg;         // rstd (M), n2 (M,D), wi_0 / wi_1 outputs and gated (M,F)
   };
-  float *ids = nullptr, *key_valid = nullptr, *buckets = nullptr, *rel = nullptr;  // ids/buckets hold int32
+  int32_t *ids = nullptr, *buckets = nullptr;  // token ids (M), relative-position buckets (2L − 1)
+  float *key_valid = nullptr, *rel = nullptr;
   float *stream = nullptr, *tmp = nullptr, *fin_rstd = nullptr;
   std::vector<LayerActs> layers;
   // backward scratch (allocated on the first backward for this shape)
@@ -256,12 +257,15 @@ struct T5Encoder::Impl {
   float *d_gg = nullptr, *d_h0 = nullptr, *d_h1 = nullptr, *d_rel = nullptr;
 
   explicit Impl(Backend& b) : be(b) {}
-  ~Impl() { for (float* p : owned) be.free(p); }
   float* take(size_t n) {
-    float* p = be.alloc(n ? n : 1);
-    owned.push_back(p);
+    owned.push_back(be.alloc(n ? n : 1, DType::F32, "t5.activations"));
     floats += n;
-    return p;
+    return owned.back().f32();
+  }
+  int32_t* take_ids(size_t n) {
+    owned.push_back(be.alloc(n ? n : 1, DType::I32, "t5.ids"));
+    floats += n;  // 4 bytes each, as the F32 activations
+    return owned.back().i32();
   }
   LayerActs& layer(int l) { return layers[training ? l : 0]; }
 };
@@ -287,11 +291,13 @@ T5Encoder::T5Encoder(const T5Config& cfg, Backend& be, WFormat weights) : cfg_(c
     for (const auto& v : full_layout_.views())
       if (!t5_quantizable(v.name)) layout_.add(v.name, v.shape);
   }
-  params_ = be_.alloc(layout_.total());
+  params_buf_ = be_.alloc(layout_.total(), DType::F32, "t5.params");
+  params_ = params_buf_.f32();
   bind_linear_views();
 }
 
 void T5Encoder::bind_linear_views() {
+  for (auto& [n, q] : qw_) q.bind(be_);
   lv_.assign(cfg_.num_layers, {});
   for (int i = 0; i < cfg_.num_layers; ++i) {
     const std::string b = blk(i);
@@ -323,13 +329,14 @@ size_t T5Encoder::weight_bytes() const {
 
 T5Encoder::~T5Encoder() {
   impl_.reset();
-  be_.free(params_);
-  if (grads_) be_.free(grads_);
 }
 
 float* T5Encoder::grads() {
   require_f32("training");
-  if (!grads_) grads_ = be_.alloc(layout_.total());
+  if (!grads_) {
+    grads_buf_ = be_.alloc(layout_.total(), DType::F32, "t5.grads");
+    grads_ = grads_buf_.f32();
+  }
   return grads_;
 }
 
@@ -439,9 +446,9 @@ void T5Encoder::plan(int B, int L, bool training) {
   a->training = training;
   const size_t M = (size_t)B * L, D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, H = cfg_.num_heads;
   const size_t R = 2 * (size_t)L - 1;
-  a->ids = a->take(M);
+  a->ids = a->take_ids(M);
   a->key_valid = a->take(M);
-  a->buckets = a->take(R);
+  a->buckets = a->take_ids(R);
   a->rel = a->take(H * R);
   a->stream = a->take(M * D);
   a->tmp = a->take(M * D);
@@ -467,7 +474,7 @@ void T5Encoder::plan(int B, int L, bool training) {
   }
   std::vector<int32_t> bk(R);
   for (int n = -(L - 1); n <= L - 1; ++n) bk[n + L - 1] = t5_relative_bucket(n, cfg_.rel_buckets, cfg_.rel_max_distance);
-  upload_ids(be_, a->buckets, bk.data(), R);
+  be_.upload(a->buckets, bk.data(), R);
   impl_ = std::move(a);
 }
 
@@ -492,10 +499,10 @@ void T5Encoder::forward(float* hidden, const int32_t* ids, const float* mask, in
   std::vector<float> kv((size_t)M);
   for (size_t i = 0; i < kv.size(); ++i) kv[i] = !mask || mask[i] != 0.f ? 1.f : 0.f;
   be.upload(a.key_valid, kv.data(), kv.size());
-  upload_ids(be, a.ids, ids, (size_t)M);
+  be.upload(a.ids, ids, (size_t)M);
 
-  be.bucket_bias_forward(a.rel, W.rel, as_ids(a.buckets), R, H);
-  be.embedding_forward(a.stream, W.shared, as_ids(a.ids), M, D);
+  be.bucket_bias_forward(a.rel, W.rel, a.buckets, R, H);
+  be.embedding_forward(a.stream, W.shared, a.ids, M, D);
   for (int l = 0; l < cfg_.num_layers; ++l) {
     Impl::LayerActs& la = a.layer(l);
     const BlockW& w = W.blocks[l];
@@ -577,8 +584,8 @@ void T5Encoder::backward(const float* dhidden) {
     be.linear_backward(a.dn, g.v, nullptr, a.dv, la.n1, w.v, M, D, I);
     be.rmsnorm_backward(a.dh, g.ln0, a.dn, la.x_in, w.ln0, la.rstd1, M, D);
   }
-  be.embedding_backward(G.shared, a.dh, as_ids(a.ids), M, D);
-  be.bucket_bias_backward(G.rel, a.d_rel, as_ids(a.buckets), R, H);
+  be.embedding_backward(G.shared, a.dh, a.ids, M, D);
+  be.bucket_bias_backward(G.rel, a.d_rel, a.buckets, R, H);
 }
 
 }  // namespace oboro

@@ -63,6 +63,7 @@ class T5Encoder {
   void save(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
 
   const T5Config& config() const { return cfg_; }
+  Backend& backend() const { return be_; }
   const ParamLayout& layout() const { return layout_; }
   float* params() { return params_; }
   float* grads();
@@ -85,8 +86,9 @@ class T5Encoder {
   T5Config cfg_;
   Backend& be_;
   ParamLayout layout_;
-  float* params_ = nullptr;
-  float* grads_ = nullptr;
+  Buffer params_buf_, grads_buf_;  // flat F32 parameters and gradients (layout_), on the backend
+  float* params_ = nullptr;        // = params_buf_.f32()
+  float* grads_ = nullptr;         // = grads_buf_.f32() once allocated
   std::unique_ptr<Impl> impl_;
   void bind_linear_views();
   void require_f32(const char* what) const;

@@ -51,37 +51,82 @@ void TextEncoder::save(const std::string& path) const {
 }
 
 TextBatch TextEncoder::encode(const std::vector<std::string>& prompts, bool training, int max_len) {
-  TextBatch tb;
-  tb.B = (int)prompts.size();
-  tb.dim = dim();
+  const int B = (int)prompts.size();
   std::vector<std::vector<int>> ids(prompts.size());
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ids[i] = tok_.encode(prompts[i], max_len);
-    tb.L = std::max(tb.L, (int)ids[i].size());
+  std::vector<int> lengths(B);
+  int L = 0;
+  for (int b = 0; b < B; ++b) {
+    ids[b] = tok_.encode(prompts[b], max_len);
+    lengths[b] = (int)ids[b].size();
+    L = std::max(L, lengths[b]);
   }
-  std::vector<int32_t> flat((size_t)tb.B * tb.L, Tokenizer::kPad);
-  tb.mask.assign((size_t)tb.B * tb.L, 0.f);
-  for (int b = 0; b < tb.B; ++b)
+  std::vector<int32_t> flat((size_t)B * L, Tokenizer::kPad);
+  std::vector<float> mask((size_t)B * L, 0.f);
+  for (int b = 0; b < B; ++b)
     for (size_t j = 0; j < ids[b].size(); ++j) {
-      flat[(size_t)b * tb.L + j] = ids[b][j];
-      tb.mask[(size_t)b * tb.L + j] = 1.f;
+      flat[(size_t)b * L + j] = ids[b][j];
+      mask[(size_t)b * L + j] = 1.f;
     }
-  tb.hidden.assign((size_t)tb.B * tb.L * tb.dim, 0.f);
-  t5_->forward(tb.hidden.data(), flat.data(), tb.mask.data(), tb.B, tb.L, training);
+  Backend& be = t5_->backend();
+  TextBatch tb = alloc_text_batch(be, B, L, dim(), std::move(lengths));
+  t5_->forward(tb.hidden.f32(), flat.data(), mask.data(), B, L, training);
   // Padded rows are unspecified by the encoder; zero them so downstream sees clean inputs.
-  for (int b = 0; b < tb.B; ++b)
-    for (int j = 0; j < tb.L; ++j)
-      if (tb.mask[(size_t)b * tb.L + j] == 0.f)
-        std::fill_n(tb.hidden.begin() + ((size_t)b * tb.L + j) * tb.dim, tb.dim, 0.f);
-  if (training) { last_mask_ = tb.mask; last_dim_ = tb.dim; }
+  be.mask_rows(tb.hidden.f32(), tb.mask.f32(), B * L, tb.dim);
+  if (training) {
+    last_mask_ = be.alloc((size_t)B * L, DType::F32, "text_encoder.last_mask");
+    be.copy(last_mask_.f32(), tb.mask.f32(), (size_t)B * L);
+    last_rows_ = B * L;
+    last_dim_ = tb.dim;
+  }
   return tb;
 }
 
-void TextEncoder::backward(const float* dhidden) {
-  std::vector<float> d(dhidden, dhidden + last_mask_.size() * last_dim_);
-  for (size_t r = 0; r < last_mask_.size(); ++r)
-    if (last_mask_[r] == 0.f) std::fill_n(d.begin() + r * last_dim_, last_dim_, 0.f);
-  t5_->backward(d.data());
+void TextEncoder::backward(float* dhidden) {
+  t5_->backend().mask_rows(dhidden, last_mask_.f32(), last_rows_, last_dim_);
+  t5_->backward(dhidden);
+}
+
+TextBatch alloc_text_batch(Backend& be, int B, int L, int dim, std::vector<int> lengths) {
+  if ((int)lengths.size() != B) fail("internal error: ", lengths.size(), " row lengths for a text batch of ", B);
+  std::vector<float> mask((size_t)B * L, 0.f);
+  for (int b = 0; b < B; ++b) {
+    if (lengths[b] < 1)
+      fail("text row ", b, " has no valid token: the first text token (the pooled BOS vector) must be valid");
+    if (lengths[b] > L) fail("internal error: text row ", b, " has ", lengths[b], " tokens in a batch of ", L);
+    std::fill_n(mask.begin() + (size_t)b * L, lengths[b], 1.f);
+  }
+  TextBatch tb;
+  tb.B = B, tb.L = L, tb.dim = dim;
+  tb.lengths = std::move(lengths);
+  tb.hidden = be.alloc((size_t)B * L * dim, DType::F32, "text.hidden");
+  tb.mask = upload_new(be, mask, "text.mask");
+  return tb;
+}
+
+TextBatch concat_text(Backend& be, const TextBatch& a, const TextBatch& b) {
+  if (a.dim != b.dim) fail("internal error: text batches of different widths");
+  std::vector<int> lengths = a.lengths;
+  lengths.insert(lengths.end(), b.lengths.begin(), b.lengths.end());
+  TextBatch r = alloc_text_batch(be, a.B + b.B, std::max(a.L, b.L), a.dim, std::move(lengths));
+  int row = 0;
+  for (const TextBatch* t : {&a, &b})
+    for (int i = 0; i < t->B; ++i, ++row)
+      be.copy(r.hidden.f32() + (size_t)row * r.L * r.dim, t->hidden.f32() + (size_t)i * t->L * t->dim,
+              (size_t)t->L * t->dim);
+  return r;
+}
+
+TextBatch repeat_rows(Backend& be, const TextBatch& one, int n) {
+  TextBatch r = alloc_text_batch(be, n, one.L, one.dim, std::vector<int>(n, one.lengths.at(0)));
+  for (int i = 0; i < n; ++i)
+    be.copy(r.hidden.f32() + (size_t)i * one.L * one.dim, one.hidden.f32(), (size_t)one.L * one.dim);
+  return r;
+}
+
+std::vector<float> download_row(const TextBatch& t, int b) {
+  std::vector<float> h((size_t)t.lengths[b] * t.dim);
+  t.hidden.backend()->download(h.data(), t.hidden.f32() + (size_t)b * t.L * t.dim, h.size());
+  return h;
 }
 
 }  // namespace oboro

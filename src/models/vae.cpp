@@ -367,7 +367,7 @@ int64_t VaeConfig::param_count() const {
 // Execution plan and one pass
 
 struct Vae::Plan {
-  Backend& be;
+  Backend* be;
   bool encoder = false;
   int h = 0, w = 0;                 // latent size
   size_t slot_elems[3] = {0, 0, 0};  // each rotating buffer's largest tensor
@@ -377,31 +377,32 @@ struct Vae::Plan {
   double flops = 0;
   float* buf[3] = {nullptr, nullptr, nullptr};
   float *t = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *lse = nullptr;
+  std::vector<Buffer> owned;
 
-  explicit Plan(Backend& b) : be(b) {}
-  ~Plan() {
-    for (float* p : {buf[0], buf[1], buf[2], t, q, k, v, o, lse})
-      if (p) be.free(p);
-  }
+  explicit Plan(Backend* b) : be(b) {}  // b null: a dry plan that only counts
   size_t bytes() const {
     return (slot_elems[0] + slot_elems[1] + slot_elems[2] + 5 * att_elems + att_rows) * sizeof(float) + col_bytes;
   }
+  float* take(size_t n) {
+    owned.push_back(be->alloc(n, DType::F32, "vae.activations"));
+    return owned.back().f32();
+  }
   void allocate() {
-    for (int i = 0; i < 3; ++i) buf[i] = be.alloc(slot_elems[i]);
+    for (int i = 0; i < 3; ++i) buf[i] = take(slot_elems[i]);
     if (att_elems) {
-      t = be.alloc(att_elems);
-      q = be.alloc(att_elems);
-      k = be.alloc(att_elems);
-      v = be.alloc(att_elems);
-      o = be.alloc(att_elems);
-      lse = be.alloc(att_rows);
+      t = take(att_elems);
+      q = take(att_elems);
+      k = take(att_elems);
+      v = take(att_elems);
+      o = take(att_elems);
+      lse = take(att_rows);
     }
   }
 };
 
 // Runs the network on the plan's buffers, or (dry) only records the sizes and FLOPs it would need.
 struct Vae::Pass {
-  Backend& be;
+  Backend* be;  // null in a dry pass
   const VaeConfig& c;
   const ParamLayout& L;
   const float* P;
@@ -429,9 +430,9 @@ struct Vae::Pass {
       need(dst, (size_t)Co * Ho * Wo);
       pl.col_bytes = std::max(pl.col_bytes, conv_scratch_bytes(s, fmt));
     } else if (fmt == WFormat::F32) {
-      be.conv2d_forward(buf(dst), buf(src), W(n + ".weight"), W(n + ".bias"), s, acc);
+      be->conv2d_forward(buf(dst), buf(src), W(n + ".weight"), W(n + ".bias"), s, acc);
     } else {  // the weight viewed as (Co_stored, Ci·k·k); the encoder's conv_out uses its first Co rows
-      be.conv2d_forward_w(buf(dst), buf(src), WV(n + ".weight").rows(0, Co), W(n + ".bias"), s, acc);
+      be->conv2d_forward_w(buf(dst), buf(src), WV(n + ".weight").rows(0, Co), W(n + ".bias"), s, acc);
     }
     H = Ho;
     Wd = Wo;
@@ -441,7 +442,7 @@ struct Vae::Pass {
   }
   void gn(int dst, int src, const std::string& n, int C, int HW, bool silu) {
     if (dry) need(dst, (size_t)C * HW);
-    else be.groupnorm_forward(buf(dst), buf(src), W(n + ".weight"), W(n + ".bias"), 1, C, HW, c.groups, c.eps, silu);
+    else be->groupnorm_forward(buf(dst), buf(src), W(n + ".weight"), W(n + ".bias"), 1, C, HW, c.groups, c.eps, silu);
   }
 
   // x in slot sx (Ci, H, W) → returns the slot of the output (Co, H, W). With a nin_shortcut, the shortcut is
@@ -462,7 +463,7 @@ struct Vae::Pass {
     conv3(s2, s1, p + "conv1", Ci, Co, H, Wd);
     gn(s2, s2, p + "norm2", Co, HW, true);
     conv3(s1, s2, p + "conv2", Co, Co, H, Wd);
-    if (!dry) be.add_inplace(buf(s1), buf(sx), (size_t)Co * HW);
+    if (!dry) be->add_inplace(buf(s1), buf(sx), (size_t)Co * HW);
     return s1;
   }
 
@@ -480,17 +481,17 @@ struct Vae::Pass {
     }
     // The projections are (C, C, 1, 1) tensors: as Linear weights (N, K) = (C, C).
     auto lin = [&](float* y, const float* x, const std::string& w) {
-      if (fmt == WFormat::F32) be.linear_forward(y, x, W(p + w + ".weight"), W(p + w + ".bias"), S, C, C);
-      else be.linear_forward_w(y, x, WV(p + w + ".weight"), W(p + w + ".bias"), S, C, C);
+      if (fmt == WFormat::F32) be->linear_forward(y, x, W(p + w + ".weight"), W(p + w + ".bias"), S, C, C);
+      else be->linear_forward_w(y, x, WV(p + w + ".weight"), W(p + w + ".bias"), S, C, C);
     };
-    be.transpose_forward(pl.t, buf(sa), 1, C, S);  // (C, S) → (S, C)
+    be->transpose_forward(pl.t, buf(sa), 1, C, S);  // (C, S) → (S, C)
     lin(pl.q, pl.t, "q");
     lin(pl.k, pl.t, "k");
     lin(pl.v, pl.t, "v");
-    be.attention_forward(pl.o, pl.lse, pl.q, pl.k, pl.v, nullptr, 1, S, 1, C, (float)(1.0 / std::sqrt((double)C)));
+    be->attention_forward(pl.o, pl.lse, pl.q, pl.k, pl.v, nullptr, 1, S, 1, C, (float)(1.0 / std::sqrt((double)C)));
     lin(pl.q, pl.o, "proj_out");
-    be.transpose_forward(buf(sa), pl.q, 1, S, C);  // (S, C) → (C, S)
-    be.add_inplace(buf(sa), buf(sx), SC);
+    be->transpose_forward(buf(sa), pl.q, 1, S, C);  // (S, C) → (C, S)
+    be->add_inplace(buf(sa), buf(sx), SC);
     return sa;
   }
 
@@ -564,7 +565,8 @@ Vae::Vae(const VaeConfig& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be
     for (const auto& v : full_layout_.views())
       if (!vae_quantizable(v.name, v.shape)) layout_.add(v.name, v.shape);
   }
-  params_ = be_.alloc(layout_.total());
+  params_buf_ = be_.alloc(layout_.total(), DType::F32, "vae.params");
+  params_ = params_buf_.f32();
 }
 
 size_t Vae::weight_bytes() const {
@@ -581,7 +583,6 @@ std::unique_ptr<Vae> Vae::converted(WFormat fmt) const {
 
 Vae::~Vae() {
   plan_.reset();
-  be_.free(params_);
 }
 
 void Vae::release_activations() { plan_.reset(); }
@@ -693,11 +694,12 @@ void Vae::save(const std::string& path) const {
 Vae::Plan& Vae::plan(bool encoder, int h, int w) {
   if (plan_ && plan_->encoder == encoder && plan_->h == h && plan_->w == w) return *plan_;
   plan_.reset();
-  auto p = std::make_unique<Plan>(be_);
+  for (auto& [n, q] : qw_) q.bind(be_);
+  auto p = std::make_unique<Plan>(&be_);
   p->encoder = encoder;
   p->h = h;
   p->w = w;
-  Pass dry{be_, cfg_, layout_, params_, *p, true, wfmt_, &qw_};
+  Pass dry{nullptr, cfg_, layout_, params_, *p, true, wfmt_, &qw_};
   const int s = cfg_.stride();
   if (encoder) dry.encoder(h * s, w * s);
   else dry.decoder(h, w);
@@ -708,18 +710,18 @@ Vae::Plan& Vae::plan(bool encoder, int h, int w) {
 }
 
 size_t Vae::activation_bytes(const VaeConfig& cfg, bool encoder, int h, int w, WFormat fmt) {
-  Plan p(cpu_backend());  // dry: nothing is allocated
+  Plan p(nullptr);  // dry: nothing is allocated
   ParamLayout none;
-  Pass dry{p.be, cfg, none, nullptr, p, true, fmt, nullptr};
+  Pass dry{nullptr, cfg, none, nullptr, p, true, fmt, nullptr};
   if (encoder) dry.encoder(h * cfg.stride(), w * cfg.stride());
   else dry.decoder(h, w);
   return p.bytes();
 }
 
 double Vae::pass_flops(const VaeConfig& cfg, bool encoder, int h, int w) {
-  Plan p(cpu_backend());
+  Plan p(nullptr);  // dry: nothing is allocated
   ParamLayout none;
-  Pass dry{p.be, cfg, none, nullptr, p, true};
+  Pass dry{nullptr, cfg, none, nullptr, p, true};
   if (encoder) dry.encoder(h * cfg.stride(), w * cfg.stride());
   else dry.decoder(h, w);
   return p.flops;
@@ -729,7 +731,7 @@ void Vae::run_encoder(float* mean, const float* image, int H, int W) {
   const int s = cfg_.stride(), h = H / s, w = W / s;
   Plan& p = plan(true, h, w);
   be_.upload(p.buf[0], image, (size_t)cfg_.in_channels * H * W);
-  Pass run{be_, cfg_, layout_, params_, p, false, wfmt_, &qw_};
+  Pass run{&be_, cfg_, layout_, params_, p, false, wfmt_, &qw_};
   const int slot = run.encoder(H, W);
   be_.download(mean, p.buf[slot], (size_t)cfg_.z_channels * h * w);
   flops_ += p.flops;
@@ -739,7 +741,7 @@ void Vae::run_decoder(float* image, const float* zin, int h, int w) {
   const int s = cfg_.stride();
   Plan& p = plan(false, h, w);
   be_.upload(p.buf[0], zin, (size_t)cfg_.z_channels * h * w);
-  Pass run{be_, cfg_, layout_, params_, p, false, wfmt_, &qw_};
+  Pass run{&be_, cfg_, layout_, params_, p, false, wfmt_, &qw_};
   const int slot = run.decoder(h, w);
   be_.download(image, p.buf[slot], (size_t)cfg_.out_channels * h * s * w * s);
   flops_ += p.flops;

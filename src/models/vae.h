@@ -129,7 +129,8 @@ class Vae {
   ParamLayout full_layout_;  // every tensor
   WFormat wfmt_ = WFormat::F32;
   std::map<std::string, QuantizedWeight> qw_;  // the low-precision weights (host memory)
-  float* params_ = nullptr;
+  Buffer params_buf_;        // flat F32 parameters (layout_), on the backend
+  float* params_ = nullptr;  // = params_buf_.f32()
   std::unique_ptr<Plan> plan_;
   double flops_ = 0;
   size_t peak_act_bytes_ = 0;

@@ -1,5 +1,6 @@
-// The backend seam. Model code calls these methods on float buffers the backend owns and
-// never branches on the device; a CUDA backend implements the same interface.
+// The backend seam. Model, sampler and trainer code hold their tensors in Buffers the backend owns (ops/buffer.h),
+// call these methods with the backend's pointers, and never branch on the device; a CUDA backend implements the
+// same interface. Host memory crosses only through upload/download.
 //
 // Conventions (all ops):
 //   - row-major, contiguous unless a leading dimension is given; shapes in the comments.
@@ -11,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
+#include "ops/buffer.h"
 #include "ops/weights.h"
 
 namespace oboro {
@@ -51,19 +54,50 @@ struct Conv2dShape {
   int out_w() const { return (in_w() + pad_l + pad_r - kw) / sw + 1; }
 };
 
+// The random draws of one I-CFM pair (Backend::icfm_pair): Philox streams of the step (flow/flow.h, StepRng).
+struct IcfmDraw {
+  uint64_t seed = 0, time_stream = 0, noise_stream = 0, eps_stream = 0;
+  float sigma = 0.f;
+  bool logit_normal = false;  // t = sigmoid(z), z ~ N(0, 1); else t ~ U[0, 1]
+};
+
+// One AdamW update (Backend::adamw_update); bias corrections precomputed on the host from the step number.
+struct AdamWUpdate {
+  float lr = 0, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0;
+  float step_size = 0;     // lr / (1 − β1^t)
+  float inv_sqrt_bc2 = 1;  // 1 / √(1 − β2^t)
+  float grad_scale = 1;    // clipping: max_grad_norm / ‖g‖ when above it, else 1
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
 
-  // Memory. Buffers are zero-initialised.
-  virtual float* alloc(size_t n) = 0;
-  virtual void free(float* p) = 0;
-  virtual void zero(float* p, size_t n) = 0;
-  virtual void copy(float* dst, const float* src, size_t n) = 0;
-  virtual void upload(float* dst, const float* host, size_t n) = 0;
-  virtual void download(float* host, const float* src, size_t n) = 0;
+  // ---- Memory (ops/buffer.h) ----
+  // n elements of dtype t, zero-initialised, owned by the returned Buffer. `what` names the buffer in the checking
+  // backend's messages (e.g. "dit.params"); it must outlive the buffer (a string literal).
+  Buffer alloc(size_t n, DType t = DType::F32, const char* what = "buffer");
+  // Host memory the caller already holds (weights memory-mapped from a file, or converted at load), wrapped without
+  // copying; `keep` keeps it alive as long as the buffer (null: the caller guarantees the lifetime).
+  Buffer wrap_host(const void* p, size_t n, DType t, std::shared_ptr<void> keep, const char* what = "host weights");
+
+  // The crossings between host memory and backend buffers, and copies inside the backend (bytes; typed forms below).
+  virtual void upload_bytes(void* dst, const void* host, size_t bytes) = 0;
+  virtual void download_bytes(void* host, const void* src, size_t bytes) = 0;
+  virtual void copy_bytes(void* dst, const void* src, size_t bytes) = 0;
+  virtual void zero_bytes(void* p, size_t bytes) = 0;
+  template <class T> void upload(T* dst, const T* host, size_t n) { upload_bytes(dst, host, n * sizeof(T)); }
+  template <class T> void download(T* host, const T* src, size_t n) { download_bytes(host, src, n * sizeof(T)); }
+  template <class T> void copy(T* dst, const T* src, size_t n) { copy_bytes(dst, src, n * sizeof(T)); }
+  template <class T> void zero(T* p, size_t n) { zero_bytes(p, n * sizeof(T)); }
   virtual void add_inplace(float* y, const float* x, size_t n) = 0;  // y += x
+
+  // Backend side of Buffer (called by alloc / wrap_host and by ~Buffer; decorators forward them).
+  virtual void* alloc_bytes(size_t bytes, const char* what) = 0;  // zero-initialised
+  virtual void free_bytes(void* p) = 0;
+  virtual void register_host(const void* p, size_t bytes, const char* what) { (void)p, (void)bytes, (void)what; }
+  virtual void unregister_host(const void* p) { (void)p; }
 
   // See MatmulPrecision. The default implementation has only F32.
   virtual void set_matmul_precision(MatmulPrecision p) { (void)p; }
@@ -148,8 +182,8 @@ class Backend {
                                   const float* key_valid, int B, int S, int H, int dh, float scale,
                                   const float* rel_bias = nullptr, float* d_rel_bias = nullptr) = 0;
 
-  // Embedding lookup: out(N,D) row n = table(V,D) row ids[n]. ids are int32 in a backend buffer (see
-  // upload_ids below) and must be in range — callers check on the host.
+  // Embedding lookup: out(N,D) row n = table(V,D) row ids[n]. ids are in an I32 backend buffer
+  // (alloc(n, DType::I32), then upload) and must be in range — callers check on the host.
   // Backward: dtable[ids[n]] += dout[n], rows summed in index order (deterministic).
   virtual void embedding_forward(float* out, const float* table, const int32_t* ids, int N, int D) = 0;
   virtual void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int N, int D) = 0;
@@ -171,9 +205,35 @@ class Backend {
   // Sinusoidal timestep embedding: out(B, dim) = [cos(scale·t·φ_k), sin(scale·t·φ_k)], φ_k = exp(−ln(max_period)·k/(dim/2)).
   virtual void timestep_embedding(float* out, const float* t, int B, int dim, float scale, float max_period) = 0;
 
-  // MSE: returns mean((pred − target)²) over n; backward dpred += 2·(pred − target)/n · dloss.
-  virtual double mse_forward(const float* pred, const float* target, size_t n) = 0;
+  // ---- Training and sampling arithmetic (spec §6): the step's maths stays on the backend. ----
+  // I-CFM pair for B samples of n values each, x1 (B,n) the data latents: t (B) ~ U[0,1] (or logit-normal),
+  // x0, ε ~ N(0, I), xt = t·x1 + (1 − t)·x0 + σ·ε, u = x1 − x0. The numbers come from the counter-based generator
+  // (core/rng.h) keyed by the draw's seed and streams, so every backend draws exactly the same ones.
+  virtual void icfm_pair(float* t, float* xt, float* u, const float* x1, int B, int64_t n, const IcfmDraw& d) = 0;
+  // MSE: loss[0] (F64) = mean((pred − target)²) over n, summed in a fixed order; backward
+  // dpred += 2·(pred − target)/n · dloss.
+  virtual void mse_forward(double* loss, const float* pred, const float* target, size_t n) = 0;
   virtual void mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) = 0;
+  // out[0] (F64) (+)= Σ x² over n values, in fixed chunks and a fixed order (independent of the thread count).
+  virtual void sum_squares(double* out, const float* x, size_t n, bool accumulate) = 0;
+  // AdamW over n values with the gradient scaled by u.grad_scale first (global-norm clipping folded in, as llm.c):
+  // g = grad·s; m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr·wd·p where decay[i]; p −= step_size·m /
+  // (√v·inv_sqrt_bc2 + eps). decay (n, U8) 1 = weight-decayed.
+  virtual void adamw_update(float* p, const float* grad, float* m, float* v, const uint8_t* decay, size_t n,
+                            const AdamWUpdate& u) = 0;
+  // ema = decay·ema + (1 − decay)·p.
+  virtual void ema_update(float* ema, const float* p, size_t n, float decay) = 0;
+  // One Euler step of the guided ODE over n values: x += dt·(v_u + s·(v_c − v_u)) (v_uncond null: x += dt·v_c).
+  virtual void euler_cfg_step(float* x, const float* v_cond, const float* v_uncond, float cfg_scale, float dt,
+                              size_t n) = 0;
+  // x = t·x1 + (1 − t)·x: the flow's interpolant (img2img's start from noise x and clean latents x1).
+  virtual void flow_interpolate(float* x, const float* x1, float t, size_t n) = 0;
+  // Zero the rows of x (rows, D) whose mask (rows) is 0 (padded text rows).
+  virtual void mask_rows(float* x, const float* mask, int rows, int D) = 0;
+  // The DiT's key mask over [text ‖ image]: key_valid(B, L+N)[b] = [txt_mask(B,L)[b] != 0 ? 1 : 0, 1 × N].
+  virtual void text_image_key_valid(float* key_valid, const float* txt_mask, int B, int L, int N) = 0;
+  // x[i] = value for n values.
+  virtual void fill(float* x, float value, size_t n) = 0;
 
   // ---- Image ops for the VAE (spec §8): forward only (the VAE is frozen); NCHW, contiguous. ----
   // y = conv2d(x, w) + b (b may be null), see Conv2dShape; accumulate: y += instead of y =. Memory beyond y is
@@ -214,13 +274,21 @@ class MatmulPrecisionScope {
   MatmulPrecision prev_;
 };
 
-// Integer indices live in ordinary backend buffers: alloc(n) floats hold n int32 values bit for bit.
-inline void upload_ids(Backend& be, float* dst, const int32_t* host, size_t n) {
-  be.upload(dst, reinterpret_cast<const float*>(host), n);  // a byte copy, no conversion
+// A whole F32 buffer downloaded to the host (checkpoints, logs, images: the explicit crossing).
+inline std::vector<float> download_all(const Buffer& b) {
+  std::vector<float> h(b.size());
+  if (!b.empty()) b.backend()->download(h.data(), b.f32(), h.size());
+  return h;
 }
-inline const int32_t* as_ids(const float* buf) { return reinterpret_cast<const int32_t*>(buf); }
+// A host vector uploaded into a new F32 buffer of `be`.
+inline Buffer upload_new(Backend& be, const std::vector<float>& h, const char* what) {
+  Buffer b = be.alloc(h.size(), DType::F32, what);
+  if (!h.empty()) be.upload(b.f32(), h.data(), h.size());
+  return b;
+}
 
-// The CPU backend (OpenBLAS GEMM, thread pool for everything else).
+// The CPU backend (OpenBLAS GEMM, thread pool for everything else). Chosen once, by the command line
+// (src/cli/backend_choice.h); library code takes a Backend& and never calls this.
 Backend& cpu_backend();
 
 }  // namespace oboro

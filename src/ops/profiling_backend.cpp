@@ -67,15 +67,15 @@ std::string ProfilingBackend::format_table(const std::vector<OpStat>& stats, dou
 }
 
 // ---- memory ----
-float* ProfilingBackend::alloc(size_t n) {
-  float* p = in_.alloc(n);
+void* ProfilingBackend::alloc_bytes(size_t n, const char* what) {
+  void* p = in_.alloc_bytes(n, what);
   std::lock_guard<std::mutex> lk(mu_);
-  sizes_[p] = n * sizeof(float);
-  live_bytes_ += n * sizeof(float);
+  sizes_[p] = n;
+  live_bytes_ += n;
   peak_bytes_ = std::max(peak_bytes_, live_bytes_);
   return p;
 }
-void ProfilingBackend::free(float* p) {
+void ProfilingBackend::free_bytes(void* p) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = sizes_.find(p);
@@ -84,15 +84,17 @@ void ProfilingBackend::free(float* p) {
       sizes_.erase(it);
     }
   }
-  in_.free(p);
+  in_.free_bytes(p);
 }
-void ProfilingBackend::zero(float* p, size_t n) { timed("zero", 0, [&] { in_.zero(p, n); }); }
-void ProfilingBackend::copy(float* dst, const float* src, size_t n) { timed("copy", 0, [&] { in_.copy(dst, src, n); }); }
-void ProfilingBackend::upload(float* dst, const float* host, size_t n) {
-  timed("upload", 0, [&] { in_.upload(dst, host, n); });
+void ProfilingBackend::zero_bytes(void* p, size_t n) { timed("zero", 0, [&] { in_.zero_bytes(p, n); }); }
+void ProfilingBackend::copy_bytes(void* dst, const void* src, size_t n) {
+  timed("copy", 0, [&] { in_.copy_bytes(dst, src, n); });
 }
-void ProfilingBackend::download(float* host, const float* src, size_t n) {
-  timed("download", 0, [&] { in_.download(host, src, n); });
+void ProfilingBackend::upload_bytes(void* dst, const void* host, size_t n) {
+  timed("upload", 0, [&] { in_.upload_bytes(dst, host, n); });
+}
+void ProfilingBackend::download_bytes(void* host, const void* src, size_t n) {
+  timed("download", 0, [&] { in_.download_bytes(host, src, n); });
 }
 void ProfilingBackend::add_inplace(float* y, const float* x, size_t n) {
   timed("add_inplace", 0, [&] { in_.add_inplace(y, x, n); });
@@ -256,9 +258,35 @@ void ProfilingBackend::unpatchify_backward(float* dtokens, const float* dx, int 
 void ProfilingBackend::timestep_embedding(float* out, const float* t, int B, int dim, float scale, float max_period) {
   timed("timestep_embedding", 0, [&] { in_.timestep_embedding(out, t, B, dim, scale, max_period); });
 }
-double ProfilingBackend::mse_forward(const float* pred, const float* target, size_t n) {
-  return timed("mse_forward", 0, [&] { return in_.mse_forward(pred, target, n); });
+void ProfilingBackend::icfm_pair(float* t, float* xt, float* u, const float* x1, int B, int64_t n, const IcfmDraw& d) {
+  timed("icfm_pair", 0, [&] { in_.icfm_pair(t, xt, u, x1, B, n, d); });
 }
+void ProfilingBackend::mse_forward(double* loss, const float* pred, const float* target, size_t n) {
+  timed("mse_forward", 0, [&] { in_.mse_forward(loss, pred, target, n); });
+}
+void ProfilingBackend::sum_squares(double* out, const float* x, size_t n, bool accumulate) {
+  timed("sum_squares", 0, [&] { in_.sum_squares(out, x, n, accumulate); });
+}
+void ProfilingBackend::adamw_update(float* p, const float* g, float* m, float* v, const uint8_t* decay, size_t n,
+                                    const AdamWUpdate& u) {
+  timed("adamw_update", 0, [&] { in_.adamw_update(p, g, m, v, decay, n, u); });
+}
+void ProfilingBackend::ema_update(float* ema, const float* p, size_t n, float decay) {
+  timed("ema_update", 0, [&] { in_.ema_update(ema, p, n, decay); });
+}
+void ProfilingBackend::euler_cfg_step(float* x, const float* vc, const float* vu, float s, float dt, size_t n) {
+  timed("euler_cfg_step", 0, [&] { in_.euler_cfg_step(x, vc, vu, s, dt, n); });
+}
+void ProfilingBackend::flow_interpolate(float* x, const float* x1, float t, size_t n) {
+  timed("flow_interpolate", 0, [&] { in_.flow_interpolate(x, x1, t, n); });
+}
+void ProfilingBackend::mask_rows(float* x, const float* mask, int rows, int D) {
+  timed("mask_rows", 0, [&] { in_.mask_rows(x, mask, rows, D); });
+}
+void ProfilingBackend::text_image_key_valid(float* kv, const float* txt_mask, int B, int L, int N) {
+  timed("text_image_key_valid", 0, [&] { in_.text_image_key_valid(kv, txt_mask, B, L, N); });
+}
+void ProfilingBackend::fill(float* x, float value, size_t n) { timed("fill", 0, [&] { in_.fill(x, value, n); }); }
 void ProfilingBackend::mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) {
   timed("mse_backward", 0, [&] { in_.mse_backward(dpred, pred, target, n, dloss); });
 }

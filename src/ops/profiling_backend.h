@@ -56,12 +56,14 @@ class ProfilingBackend final : public Backend {
   void set_matmul_precision(MatmulPrecision p) override { in_.set_matmul_precision(p); }
   MatmulPrecision matmul_precision() const override { return in_.matmul_precision(); }
 
-  float* alloc(size_t n) override;
-  void free(float* p) override;
-  void zero(float* p, size_t n) override;
-  void copy(float* dst, const float* src, size_t n) override;
-  void upload(float* dst, const float* host, size_t n) override;
-  void download(float* host, const float* src, size_t n) override;
+  void* alloc_bytes(size_t bytes, const char* what) override;
+  void free_bytes(void* p) override;
+  void register_host(const void* p, size_t bytes, const char* what) override { in_.register_host(p, bytes, what); }
+  void unregister_host(const void* p) override { in_.unregister_host(p); }
+  void zero_bytes(void* p, size_t n) override;
+  void copy_bytes(void* dst, const void* src, size_t n) override;
+  void upload_bytes(void* dst, const void* host, size_t n) override;
+  void download_bytes(void* host, const void* src, size_t n) override;
   void add_inplace(float* y, const float* x, size_t n) override;
 
   void linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) override;
@@ -123,8 +125,18 @@ class ProfilingBackend final : public Backend {
 
   void timestep_embedding(float* out, const float* t, int B, int dim, float scale, float max_period) override;
 
-  double mse_forward(const float* pred, const float* target, size_t n) override;
+  void icfm_pair(float* t, float* xt, float* u, const float* x1, int B, int64_t n, const IcfmDraw& d) override;
+  void mse_forward(double* loss, const float* pred, const float* target, size_t n) override;
   void mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) override;
+  void sum_squares(double* out, const float* x, size_t n, bool accumulate) override;
+  void adamw_update(float* p, const float* g, float* m, float* v, const uint8_t* decay, size_t n,
+                    const AdamWUpdate& u) override;
+  void ema_update(float* ema, const float* p, size_t n, float decay) override;
+  void euler_cfg_step(float* x, const float* vc, const float* vu, float s, float dt, size_t n) override;
+  void flow_interpolate(float* x, const float* x1, float t, size_t n) override;
+  void mask_rows(float* x, const float* mask, int rows, int D) override;
+  void text_image_key_valid(float* kv, const float* txt_mask, int B, int L, int N) override;
+  void fill(float* x, float value, size_t n) override;
 
   void conv2d_forward(float* y, const float* x, const float* w, const float* b, const Conv2dShape& s,
                       bool accumulate) override;
@@ -163,7 +175,7 @@ class ProfilingBackend final : public Backend {
   bool enabled_ = true;
   std::vector<OpStat> stats_;
   std::vector<const char*> keys_;  // op name pointers, parallel to stats_ (string literals: pointer compare first)
-  std::unordered_map<const float*, size_t> sizes_;
+  std::unordered_map<const void*, size_t> sizes_;
   mutable std::mutex mu_;  // record() and the allocation map may be reached from several threads
   size_t live_bytes_ = 0, peak_bytes_ = 0;
 };

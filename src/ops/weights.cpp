@@ -1,4 +1,5 @@
 #include "ops/weights.h"
+#include "ops/backend.h"
 #include "core/error.h"
 #include "ops/backend.h"
 #include <algorithm>
@@ -69,7 +70,20 @@ WeightView WeightView::rows(int r0, int n) const {
   return v;
 }
 
+void QuantizedWeight::bind(Backend& be) {
+  if (!data_buf.empty() && data_buf.backend() == &be) return;
+  // The buffers share ownership of the tensors' bytes (heap or the mapped file).
+  auto keep_data = std::make_shared<Tensor>(data);
+  data_buf = be.wrap_host(data.raw(), (size_t)data.numel(), data.dtype(), keep_data, "quantised weight");
+  if (scale.defined() && scale.numel()) {
+    auto keep_scale = std::make_shared<Tensor>(scale);
+    scale_buf = be.wrap_host(scale.raw(), (size_t)scale.numel(), scale.dtype(), keep_scale, "quantised weight scale");
+  }
+}
+
 WeightView QuantizedWeight::view() const {
+  if (!data_buf.empty())
+    return {fmt, data_buf.raw(), scale_buf.empty() ? nullptr : static_cast<const float*>(scale_buf.raw()), N, K};
   return {fmt, data.raw(), scale.defined() && scale.numel() ? scale.data<float>() : nullptr, N, K};
 }
 

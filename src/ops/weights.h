@@ -11,10 +11,13 @@
 // (N, K/32) for q8_0), so every tensor stays a plain safetensors tensor and the int8/f8 data can be mmapped.
 #pragma once
 #include "core/tensor.h"
+#include "ops/buffer.h"
 #include <optional>
 #include <string>
 
 namespace oboro {
+
+class Backend;
 
 enum class WFormat : uint8_t { F32, BF16, F16, F8, Q8_0 };
 
@@ -42,11 +45,15 @@ struct WeightView {
 inline WeightView f32_view(const float* w, int N, int K) { return {WFormat::F32, w, nullptr, N, K}; }
 
 // An owned (or file-mapped) weight: data tensor (stored dtype) and the scale tensor when the format has one.
+// The model binds it to its backend (bind) before use: data and scale are then also backend buffers wrapping the
+// host bytes (Backend::wrap_host), and view() hands out the buffers' pointers.
 struct QuantizedWeight {
   WFormat fmt = WFormat::F32;
   Tensor data, scale;
   int N = 0, K = 0;
-  WeightView view() const;
+  Buffer data_buf, scale_buf;
+  void bind(Backend& be);   // idempotent
+  WeightView view() const;  // the bound buffers (the raw tensors before bind: rejected by the checking backend)
   size_t bytes() const { return data.nbytes() + (scale.defined() ? scale.nbytes() : 0); }
 };
 

@@ -6,58 +6,35 @@
 
 namespace oboro {
 
-namespace {
-constexpr int64_t kChunks = 256;  // fixed reduction chunks, independent of the thread count
-}
-
-void AdamW::init(const ParamLayout& layout, const AdamWConfig& cfg) {
+void AdamW::init(Backend& be, const ParamLayout& layout, const AdamWConfig& cfg) {
+  be_ = &be;
   cfg_ = cfg;
-  m.assign(layout.total(), 0.f);
-  v.assign(layout.total(), 0.f);
-  decay_.assign(layout.total(), 0);
+  m = be.alloc(layout.total(), DType::F32, "adamw.m");
+  v = be.alloc(layout.total(), DType::F32, "adamw.v");
+  std::vector<uint8_t> decay(layout.total(), 0);
   for (const auto& pv : layout.views())
-    if (pv.shape.size() >= 2) std::fill_n(decay_.begin() + pv.offset, pv.numel(), 1);
+    if (pv.shape.size() >= 2) std::fill_n(decay.begin() + pv.offset, pv.numel(), 1);
+  decay_ = be.alloc(layout.total(), DType::U8, "adamw.decay_mask");
+  be.upload(decay_.u8(), decay.data(), decay.size());
 }
 
-void AdamW::step(float* p, const float* g, float lr, int64_t t) {
-  const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps, wd = cfg_.weight_decay;
-  const double bc1 = 1.0 - std::pow((double)b1, (double)t), bc2 = 1.0 - std::pow((double)b2, (double)t);
-  const float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / std::sqrt(bc2));
-  parallel_for((int64_t)m.size(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      float gi = g[i];
-      m[i] = b1 * m[i] + (1.f - b1) * gi;
-      v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
-      if (decay_[i]) p[i] -= lr * wd * p[i];
-      p[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-    }
-  }, 4096);
+void AdamW::step(float* p, const float* g, float lr, int64_t t, float grad_scale) {
+  AdamWUpdate u;
+  u.lr = lr, u.beta1 = cfg_.beta1, u.beta2 = cfg_.beta2, u.eps = cfg_.eps, u.weight_decay = cfg_.weight_decay;
+  const double bc1 = 1.0 - std::pow((double)u.beta1, (double)t), bc2 = 1.0 - std::pow((double)u.beta2, (double)t);
+  u.step_size = (float)(lr / bc1);
+  u.inv_sqrt_bc2 = (float)(1.0 / std::sqrt(bc2));
+  u.grad_scale = grad_scale;
+  be_->adamw_update(p, g, m.f32(), v.f32(), decay_.u8(), m.size(), u);
 }
 
-double sum_squares(const float* g, size_t n) {
-  std::vector<double> part(kChunks, 0.0);
-  parallel_for(kChunks, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      size_t b = n * c / kChunks, e = n * (c + 1) / kChunks;
-      double s = 0;
-      for (size_t i = b; i < e; ++i) s += (double)g[i] * g[i];
-      part[c] = s;
-    }
-  });
-  double s = 0;
-  for (double x : part) s += x;
-  return s;
+void Ema::init(Backend& be, const float* params, size_t n, const char* what) {
+  be_ = &be;
+  w = be.alloc(n, DType::F32, what);
+  be.copy(w.f32(), params, n);
 }
 
-bool all_finite(const float* g, size_t n) {
-  for (size_t i = 0; i < n; ++i)
-    if (!std::isfinite(g[i])) return false;
-  return true;
-}
-
-void scale_inplace(float* g, size_t n, float s) {
-  parallel_for((int64_t)n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) g[i] *= s; }, 16384);
-}
+void Ema::update(const float* params, float decay) { be_->ema_update(w.f32(), params, w.size(), decay); }
 
 void LrSchedule::validate_kind(const std::string& k) {
   if (k != "constant" && k != "constant_with_warmup" && k != "linear" && k != "cosine")
@@ -76,12 +53,6 @@ double LrSchedule::at(int64_t step) const {
 
 float ema_decay_at(int64_t step, float decay) {
   return std::min(decay, (float)((1.0 + (double)step) / (10.0 + (double)step)));
-}
-
-void ema_update(float* ema, const float* p, size_t n, float decay) {
-  parallel_for((int64_t)n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) ema[i] = decay * ema[i] + (1.f - decay) * p[i];
-  }, 16384);
 }
 
 }  // namespace oboro

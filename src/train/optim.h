@@ -1,7 +1,9 @@
-// AdamW over a flat parameter buffer, LR schedules with warmup, global grad-norm clipping.
-// Every reduction runs over fixed chunks in a fixed order: results do not depend on thread count.
+// AdamW over a flat parameter buffer, LR schedules with warmup, EMA. The moments, the weight-decay mask and the EMA
+// weights live in backend buffers and every update is one backend op (Backend::adamw_update, ema_update); the host
+// only computes the scalars of a step (learning rate, bias corrections, the clipping scale).
 #pragma once
 #include "models/params.h"
+#include "ops/backend.h"
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,21 +17,31 @@ struct AdamWConfig {
 class AdamW {
  public:
   // Weight decay applies to matrices only (norm weights, biases and 1-D tensors are not decayed).
-  void init(const ParamLayout& layout, const AdamWConfig& cfg);
-  // One update with bias correction for step t (1-based).
-  void step(float* params, const float* grads, float lr, int64_t t);
+  void init(Backend& be, const ParamLayout& layout, const AdamWConfig& cfg);
+  // One update with bias correction for step t (1-based); the gradient is multiplied by grad_scale first
+  // (global-norm clipping, 1 = none). params and grads are backend buffers of size() values.
+  void step(float* params, const float* grads, float lr, int64_t t, float grad_scale = 1.f);
   size_t size() const { return m.size(); }
-  std::vector<float> m, v;        // first and second moments (saved in checkpoints)
+  Buffer m, v;  // first and second moments (F32, saved in checkpoints)
 
  private:
+  Backend* be_ = nullptr;
   AdamWConfig cfg_;
-  std::vector<uint8_t> decay_;    // per element: 1 = decayed
+  Buffer decay_;  // (size) U8: 1 = decayed
 };
 
-// Σ g² over a buffer (double, fixed-order chunks).
-double sum_squares(const float* g, size_t n);
-bool all_finite(const float* g, size_t n);
-void scale_inplace(float* g, size_t n, float s);
+// Exponential moving average of a parameter buffer: ema = decay·ema + (1 − decay)·params, on the backend.
+class Ema {
+ public:
+  void init(Backend& be, const float* params, size_t n, const char* what);  // ema = params
+  void update(const float* params, float decay);
+  bool enabled() const { return !w.empty(); }
+  size_t size() const { return w.size(); }
+  Buffer w;  // (size) F32 (saved in checkpoints)
+
+ private:
+  Backend* be_ = nullptr;
+};
 
 struct LrSchedule {
   std::string kind = "constant_with_warmup";  // constant | constant_with_warmup | linear | cosine
@@ -41,8 +53,6 @@ struct LrSchedule {
   static void validate_kind(const std::string& k);
 };
 
-// EMA: ema = decay·ema + (1 − decay)·params.
-void ema_update(float* ema, const float* params, size_t n, float decay);
 // EMA decay for optimizer step `step` (1-based), warmed up as min(decay, (1 + step)/(10 + step)) so the
 // average forgets the random initial weights early instead of being dominated by them for ~1/(1−decay) steps.
 float ema_decay_at(int64_t step, float decay);

@@ -186,6 +186,26 @@ std::vector<float> to_host(Backend& be, const float* p, size_t n) {
   return h;
 }
 
+// Puts the EMA weights into a model's parameter buffer for its lifetime (inference files, samples), then restores
+// the raw weights; both copies stay on the backend.
+class EmaSwap {
+ public:
+  EmaSwap(Backend& be, float* params, const Ema& ema) : be_(be), params_(params) {
+    if (!ema.enabled()) return;
+    raw_ = be.alloc(ema.size(), DType::F32, "raw weights (EMA swap)");
+    be.copy(raw_.f32(), params, ema.size());
+    be.copy(params, ema.w.f32(), ema.size());
+  }
+  ~EmaSwap() {
+    if (!raw_.empty()) be_.copy(params_, raw_.f32(), raw_.size());
+  }
+
+ private:
+  Backend& be_;
+  float* params_;
+  Buffer raw_;
+};
+
 std::vector<uint32_t> epoch_permutation(size_t n, uint64_t seed, int64_t epoch) {
   std::vector<uint32_t> p(n);
   for (size_t i = 0; i < n; ++i) p[i] = (uint32_t)i;
@@ -220,7 +240,7 @@ std::string fmt_time(double s) {
 
 struct Trainer {
   TrainConfig cfg;
-  Backend& be = cpu_backend();
+  Backend& be;
   Dataset data;
   std::optional<CachedDataset> cached;   // set when training from `oboro data cache`
   std::vector<CachedDataset::Batch> cached_batches;
@@ -230,7 +250,7 @@ struct Trainer {
   std::unique_ptr<DiT> dit;
   bool train_te = false;
   AdamW opt_dit, opt_te;
-  std::vector<float> ema_dit, ema_te;
+  Ema ema_dit, ema_te;
   LrSchedule sched;
   int64_t step = 0, epoch = 0, index = 0, samples_seen = 0;
   double loss_ema = 0;
@@ -240,7 +260,7 @@ struct Trainer {
   std::vector<std::pair<int64_t, double>> loss_history;
   std::string dataset_provenance;  // DatasetSummary JSON for `oboro.dataset` ("" = no manifest)
 
-  explicit Trainer(const TrainConfig& c) : cfg(c) {}
+  Trainer(const TrainConfig& c, Backend& b) : cfg(c), be(b) {}
 
   std::string state_dir() const { return (fs::path(cfg.output_dir) / "state").string(); }
   std::string model_path() const { return (fs::path(cfg.output_dir) / (cfg.output_name + ".safetensors")).string(); }
@@ -330,11 +350,11 @@ struct Trainer {
 
   void setup_optim() {
     AdamWConfig ac{cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.weight_decay};
-    opt_dit.init(dit->layout(), ac);
-    if (train_te) opt_te.init(te->t5().layout(), ac);
+    opt_dit.init(be, dit->layout(), ac);
+    if (train_te) opt_te.init(be, te->t5().layout(), ac);
     if (cfg.ema_decay > 0) {
-      ema_dit = to_host(be, dit->params(), dit->num_params());
-      if (train_te) ema_te = to_host(be, te->t5().params(), te->t5().layout().total());
+      ema_dit.init(be, dit->params(), dit->num_params(), "dit.ema");
+      if (train_te) ema_te.init(be, te->t5().params(), te->t5().layout().total(), "t5.ema");
     }
     sched.kind = cfg.lr_scheduler;
     sched.lr = cfg.learning_rate;
@@ -358,14 +378,14 @@ struct Trainer {
     };
     keep.reserve(8);
     add("dit.params", to_host(be, dit->params(), dit->num_params()));
-    add("dit.adam_m", opt_dit.m);
-    add("dit.adam_v", opt_dit.v);
-    if (!ema_dit.empty()) add("dit.ema", ema_dit);
+    add("dit.adam_m", download_all(opt_dit.m));
+    add("dit.adam_v", download_all(opt_dit.v));
+    if (ema_dit.enabled()) add("dit.ema", download_all(ema_dit.w));
     add("t5.params", to_host(be, te->t5().params(), te->t5().layout().total()));
     if (train_te) {
-      add("t5.adam_m", opt_te.m);
-      add("t5.adam_v", opt_te.v);
-      if (!ema_te.empty()) add("t5.ema", ema_te);
+      add("t5.adam_m", download_all(opt_te.m));
+      add("t5.adam_v", download_all(opt_te.v));
+      if (ema_te.enabled()) add("t5.ema", download_all(ema_te.w));
     }
     json st = {{"step", step}, {"epoch", epoch}, {"index", index}, {"samples_seen", samples_seen},
                {"loss_ema", loss_ema}, {"train_text_encoder", train_te}, {"skipped_images", skipped_images()},
@@ -416,24 +436,23 @@ struct Trainer {
     te = std::make_unique<TextEncoder>(std::move(tok), std::move(t5));
     dit = std::make_unique<DiT>(dc, be);
     setup_optim();
-    auto load_flat = [&](const std::string& name, float* dst, size_t n, bool device) {
+    auto load_flat = [&](const std::string& name, float* dst, size_t n) {
       if (!f->has(name)) fail(path, ": checkpoint tensor ", name, " is missing");
       Tensor t = f->tensor_f32(name);
       if ((size_t)t.numel() != n)
         fail(path, ": checkpoint tensor ", name, " has ", t.numel(), " values, the model needs ", n,
              " — the checkpoint belongs to a different model config");
-      if (device) be.upload(dst, t.f32(), n);
-      else std::copy_n(t.f32(), n, dst);
+      be.upload(dst, t.f32(), n);
     };
-    load_flat("dit.params", dit->params(), dit->num_params(), true);
-    load_flat("dit.adam_m", opt_dit.m.data(), opt_dit.m.size(), false);
-    load_flat("dit.adam_v", opt_dit.v.data(), opt_dit.v.size(), false);
-    if (!ema_dit.empty()) load_flat("dit.ema", ema_dit.data(), ema_dit.size(), false);
-    load_flat("t5.params", te->t5().params(), te->t5().layout().total(), true);
+    load_flat("dit.params", dit->params(), dit->num_params());
+    load_flat("dit.adam_m", opt_dit.m.f32(), opt_dit.m.size());
+    load_flat("dit.adam_v", opt_dit.v.f32(), opt_dit.v.size());
+    if (ema_dit.enabled()) load_flat("dit.ema", ema_dit.w.f32(), ema_dit.size());
+    load_flat("t5.params", te->t5().params(), te->t5().layout().total());
     if (train_te) {
-      load_flat("t5.adam_m", opt_te.m.data(), opt_te.m.size(), false);
-      load_flat("t5.adam_v", opt_te.v.data(), opt_te.v.size(), false);
-      if (!ema_te.empty()) load_flat("t5.ema", ema_te.data(), ema_te.size(), false);
+      load_flat("t5.adam_m", opt_te.m.f32(), opt_te.m.size());
+      load_flat("t5.adam_v", opt_te.v.f32(), opt_te.v.size());
+      if (ema_te.enabled()) load_flat("t5.ema", ema_te.w.f32(), ema_te.size());
     }
     step = st.at("step").get<int64_t>();
     epoch = st.at("epoch").get<int64_t>();
@@ -449,19 +468,11 @@ struct Trainer {
   void save_models() {
     fs::create_directories(cfg.output_dir);
     // Inference weights: EMA when enabled.
-    std::vector<float> raw_dit, raw_te;
-    if (!ema_dit.empty()) {
-      raw_dit = to_host(be, dit->params(), dit->num_params());
-      be.upload(dit->params(), ema_dit.data(), ema_dit.size());
-      if (!ema_te.empty()) {
-        raw_te = to_host(be, te->t5().params(), ema_te.size());
-        be.upload(te->t5().params(), ema_te.data(), ema_te.size());
-      }
-    }
+    EmaSwap swap_dit(be, dit->params(), ema_dit), swap_te(be, te->t5().params(), ema_te);
     te->save(te_path());
     json summary = {{"steps", step}, {"samples_seen", samples_seen}, {"loss_ema", loss_ema},
                     {"dataset", cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir},
-                    {"ema", !ema_dit.empty()}};
+                    {"ema", ema_dit.enabled()}};
     std::map<std::string, std::string> md = {{"oboro.text_encoder", fs::path(te_path()).filename().string()},
                                              {"oboro.train", summary.dump()},
                                              {"modelspec.title", cfg.output_name},
@@ -474,8 +485,6 @@ struct Trainer {
                                              {"ss_num_train_images", std::to_string(num_images())}};
     if (!dataset_provenance.empty()) md["oboro.dataset"] = dataset_provenance;
     dit->save(model_path(), md);
-    if (!raw_dit.empty()) be.upload(dit->params(), raw_dit.data(), raw_dit.size());
-    if (!raw_te.empty()) be.upload(te->t5().params(), raw_te.data(), raw_te.size());
   }
 
   // ------------------------------------------------ samples during training
@@ -487,15 +496,7 @@ struct Trainer {
     for (std::string l; std::getline(f, l);)
       if (!l.empty() && l[0] != '#') lines.push_back(parse_prompt_line(l));
     if (lines.empty()) return;
-    std::vector<float> raw_dit, raw_te;
-    if (!ema_dit.empty()) {  // sample with EMA weights
-      raw_dit = to_host(be, dit->params(), dit->num_params());
-      be.upload(dit->params(), ema_dit.data(), ema_dit.size());
-      if (!ema_te.empty()) {
-        raw_te = to_host(be, te->t5().params(), ema_te.size());
-        be.upload(te->t5().params(), ema_te.data(), ema_te.size());
-      }
-    }
+    EmaSwap swap_dit(be, dit->params(), ema_dit), swap_te(be, te->t5().params(), ema_te);  // sample with EMA weights
     std::vector<Image> imgs;
     for (size_t i = 0; i < lines.size(); ++i) {
       const PromptLine& p = lines[i];
@@ -512,8 +513,6 @@ struct Trainer {
       codec.decode(lat.data(), H, W, img.data());
       imgs.push_back(chw_to_image(img.data(), H, W));
     }
-    if (!raw_dit.empty()) be.upload(dit->params(), raw_dit.data(), raw_dit.size());
-    if (!raw_te.empty()) be.upload(te->t5().params(), raw_te.data(), raw_te.size());
     fs::create_directories(fs::path(cfg.output_dir) / "samples");
     save_png((fs::path(cfg.output_dir) / "samples" / (step_name(step) + ".png")).string(),
              make_grid(imgs, std::min<int>(8, (int)imgs.size())));
@@ -554,23 +553,16 @@ struct Trainer {
       TextBatch live = te->encode(missing, false, cfg.max_token_length);
       for (size_t k = 0; k < missing.size(); ++k) {
         const int b = missing_at[k];
-        int n = 0;
-        while (n < live.L && live.mask[k * live.L + n] > 0) ++n;
-        len[b] = n;
-        rows[b].assign(live.hidden.begin() + (ptrdiff_t)(k * live.L * dim),
-                       live.hidden.begin() + (ptrdiff_t)((k * live.L + n) * dim));
+        len[b] = live.lengths[k];
+        rows[b] = download_row(live, (int)k);
       }
     }
-    TextBatch tb;
-    tb.B = B;
-    tb.dim = dim;
-    tb.L = std::max(1, *std::max_element(len.begin(), len.end()));
-    tb.hidden.assign((size_t)B * tb.L * dim, 0.f);
-    tb.mask.assign((size_t)B * tb.L, 0.f);
-    for (int b = 0; b < B; ++b) {
-      std::copy(rows[b].begin(), rows[b].end(), tb.hidden.begin() + (ptrdiff_t)((size_t)b * tb.L * dim));
-      std::fill(tb.mask.begin() + (ptrdiff_t)b * tb.L, tb.mask.begin() + (ptrdiff_t)b * tb.L + len[b], 1.f);
-    }
+    const int L = std::max(1, *std::max_element(len.begin(), len.end()));
+    std::vector<float> hidden((size_t)B * L * dim, 0.f);
+    for (int b = 0; b < B; ++b)
+      std::copy(rows[b].begin(), rows[b].end(), hidden.begin() + (ptrdiff_t)((size_t)b * L * dim));
+    TextBatch tb = alloc_text_batch(be, B, L, dim, len);
+    be.upload(tb.hidden.f32(), hidden.data(), hidden.size());
     return tb;
   }
 
@@ -587,8 +579,17 @@ struct Trainer {
     int64_t per = (int64_t)codec.channels() * h * w;
     const float sigma = dit->config().icfm_sigma;
     const TimestepSampling tsm = timestep_sampling_from_name(cfg.timestep_sampling);
-    std::vector<float> img((size_t)3 * H * W), x1((size_t)B * per), xt(x1.size()), u(x1.size()), v(x1.size()),
-        dv(x1.size()), t(B);
+    // Host: one decoded image and the batch's latents as read (x1_host). Backend: the step's tensors, (B, per) each
+    // (t: (B)), reallocated when a cache bucket changes the latent size.
+    std::vector<float> img((size_t)3 * H * W), x1_host((size_t)B * per);
+    Buffer x1, xt, u, v, dv;
+    auto size_step_buffers = [&] {
+      for (Buffer* b : {&x1, &xt, &u, &v, &dv})
+        if (b->size() != (size_t)B * per) *b = be.alloc((size_t)B * per, DType::F32, "train.step");
+    };
+    size_step_buffers();
+    Buffer t = be.alloc(B, DType::F32, "train.t"), loss_buf = be.alloc(1, DType::F64, "train.loss"),
+           norm_buf = be.alloc(1, DType::F64, "train.grad_norm_sq");
     std::vector<std::string> caps(B), files(B);
     fs::create_directories(cfg.output_dir);
     std::ofstream log(log_path(), std::ios::app);
@@ -612,10 +613,11 @@ struct Trainer {
           const CachedDataset::Bucket& bk = cached->buckets()[bt.bucket];
           h = bk.height / s, w = bk.width / s;
           per = (int64_t)codec.channels() * h * w;
-          for (auto* buf : {&x1, &xt, &u, &v, &dv}) buf->resize((size_t)B * per);
+          x1_host.resize((size_t)B * per);
+          size_step_buffers();
           for (; b < B; ++b) {
             const uint32_t i = bt.items[(size_t)b];
-            cached->latent(i, codec.channels(), s, x1.data() + (size_t)b * per);
+            cached->latent(i, codec.channels(), s, x1_host.data() + (size_t)b * per);
             caps[b] = cached->items()[i].caption;
             if (uniform_at(cfg.seed, rng.stream(kSlotDropout), (uint64_t)b) < cfg.caption_dropout_rate) caps[b].clear();
             files[b] = cached->items()[i].path;
@@ -628,15 +630,18 @@ struct Trainer {
             if (++misses > data.size()) fail("no image of the dataset could be read: see the warnings above");
             continue;
           }
-          codec.encode(img.data(), H, W, x1.data() + (size_t)b * per);
+          codec.encode(img.data(), H, W, x1_host.data() + (size_t)b * per);
           if (uniform_at(cfg.seed, rng.stream(kSlotDropout), (uint64_t)b) < cfg.caption_dropout_rate) caps[b].clear();
           files[b] = data.entries()[e].image_path;
           ++b;
         }
         TextBatch txt = cached ? cached_text(caps) : te->encode(caps, train_te, cfg.max_token_length);
-        icfm_pair(x1.data(), B, per, sigma, tsm, rng, t.data(), xt.data(), u.data());
-        dit->forward(v.data(), xt.data(), t.data(), txt.hidden.data(), txt.mask.data(), B, txt.L, h, w, true);
-        const double loss = be.mse_forward(v.data(), u.data(), v.size());
+        be.upload(x1.f32(), x1_host.data(), x1_host.size());
+        be.icfm_pair(t.f32(), xt.f32(), u.f32(), x1.f32(), B, per, icfm_draw(rng, sigma, tsm));
+        dit->forward(v.f32(), xt.f32(), t.f32(), txt.hidden.f32(), txt.mask.f32(), B, txt.L, h, w, true);
+        be.mse_forward(loss_buf.f64(), v.f32(), u.f32(), v.size());
+        double loss = 0;
+        be.download(&loss, loss_buf.f64(), 1);
         if (!std::isfinite(loss)) {
           std::string list;
           for (auto& f : files) list += (list.empty() ? "" : ", ") + fs::path(f).filename().string();
@@ -645,33 +650,31 @@ struct Trainer {
                " is intact: lower learning_rate (now ", py_float(cfg.learning_rate), ") and resume with --resume latest");
         }
         loss_sum += loss;
-        std::fill(dv.begin(), dv.end(), 0.f);
-        be.mse_backward(dv.data(), v.data(), u.data(), v.size(), 1.f / cfg.gradient_accumulation_steps);
-        std::vector<float> dtxt;
-        if (train_te) dtxt.assign(txt.hidden.size(), 0.f);
-        dit->backward(dv.data(), train_te ? dtxt.data() : nullptr);
-        if (train_te) te->backward(dtxt.data());
+        be.zero(dv.f32(), dv.size());
+        be.mse_backward(dv.f32(), v.f32(), u.f32(), v.size(), 1.f / cfg.gradient_accumulation_steps);
+        Buffer dtxt = train_te ? be.alloc(txt.hidden.size(), DType::F32, "train.dtxt") : Buffer();
+        dit->backward(dv.f32(), train_te ? dtxt.f32() : nullptr);
+        if (train_te) te->backward(dtxt.f32());
       }
       const double loss = loss_sum / cfg.gradient_accumulation_steps;
       // Gradient norm over every trained parameter; clip.
-      double ss = sum_squares(dit->grads(), dit->num_params());
-      if (train_te) ss += sum_squares(te->t5().grads(), te->t5().layout().total());
+      be.sum_squares(norm_buf.f64(), dit->grads(), dit->num_params(), false);
+      if (train_te) be.sum_squares(norm_buf.f64(), te->t5().grads(), te->t5().layout().total(), true);
+      double ss = 0;
+      be.download(&ss, norm_buf.f64(), 1);
       const double gnorm = std::sqrt(ss);
       if (!std::isfinite(gnorm))
         fail("step ", step + 1, ": the gradient is not finite (loss ", loss, ") — no checkpoint was written; lower "
              "learning_rate or max_grad_norm and resume with --resume latest");
-      if (cfg.max_grad_norm > 0 && gnorm > cfg.max_grad_norm) {
-        float sc = (float)(cfg.max_grad_norm / gnorm);
-        scale_inplace(dit->grads(), dit->num_params(), sc);
-        if (train_te) scale_inplace(te->t5().grads(), te->t5().layout().total(), sc);
-      }
+      // Clipping is folded into the optimizer update: g·(max_grad_norm / ‖g‖) when above the limit.
+      const float clip = cfg.max_grad_norm > 0 && gnorm > cfg.max_grad_norm ? (float)(cfg.max_grad_norm / gnorm) : 1.f;
       const float lr = (float)sched.at(step);
-      opt_dit.step(dit->params(), dit->grads(), lr, step + 1);
-      if (train_te) opt_te.step(te->t5().params(), te->t5().grads(), lr, step + 1);
+      opt_dit.step(dit->params(), dit->grads(), lr, step + 1, clip);
+      if (train_te) opt_te.step(te->t5().params(), te->t5().grads(), lr, step + 1, clip);
       ++step;
       const float ema_decay = ema_decay_at(step, cfg.ema_decay);
-      if (!ema_dit.empty()) ema_update(ema_dit.data(), dit->params(), ema_dit.size(), ema_decay);
-      if (!ema_te.empty()) ema_update(ema_te.data(), te->t5().params(), ema_te.size(), ema_decay);
+      if (ema_dit.enabled()) ema_dit.update(dit->params(), ema_decay);
+      if (ema_te.enabled()) ema_te.update(te->t5().params(), ema_decay);
       samples_seen += (int64_t)B * cfg.gradient_accumulation_steps;
       loss_ema = step == 1 ? loss : 0.98 * loss_ema + 0.02 * loss;
       last_loss = loss;
@@ -731,7 +734,7 @@ struct Trainer {
   }
 };
 
-void export_from_state(const std::string& state_path, bool use_ema, const std::string& out_model_path) {
+void export_from_state(Backend& be, const std::string& state_path, bool use_ema, const std::string& out_model_path) {
   auto f = SafetensorsFile::open(state_path);
   auto it = f->metadata().find("oboro.train_state");
   if (it == f->metadata().end()) fail(state_path, ": not an oboro training checkpoint (no 'oboro.train_state' metadata)");
@@ -752,16 +755,16 @@ void export_from_state(const std::string& state_path, bool use_ema, const std::s
   if (stem.size() > 12 && stem.substr(stem.size() - 12) == ".safetensors") stem.resize(stem.size() - 12);
   cfg.output_dir = out.parent_path().empty() ? "." : out.parent_path().string();
   cfg.output_name = stem;
-  Trainer tr(cfg);
+  Trainer tr(cfg, be);
   tr.load_state(state_path);
   tr.save_models();
   std::fprintf(stderr, "wrote %s (%s weights, step %lld) and %s\n", tr.model_path().c_str(), use_ema ? "EMA" : "raw",
                (long long)tr.step, tr.te_path().c_str());
 }
 
-TrainResult train(const TrainConfig& cfg, const std::string& resume_state, int64_t stop_after) {
+TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume_state, int64_t stop_after) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
-  Trainer tr(cfg);
+  Trainer tr(cfg, be);
   tr.validate();
   tr.codec = LatentCodec::open(cfg.codec, cfg.pixels_stride, cfg.vae, tr.be, "vae =");
   LicensePolicy policy;

@@ -8,6 +8,8 @@
 
 namespace oboro {
 
+class Backend;
+
 struct TrainConfig {
   // model
   std::string pretrained_model;          // DiT file to fine-tune ("" = new model)
@@ -74,10 +76,10 @@ struct TrainResult {
 // Runs (or resumes from `resume_state`, a state file or "latest" = newest in output_dir/state).
 // `stop_after` > 0 stops (with a checkpoint) after that many steps in this invocation: used to test
 // interrupt + resume.
-TrainResult train(const TrainConfig& cfg, const std::string& resume_state = "", int64_t stop_after = 0);
+TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume_state = "", int64_t stop_after = 0);
 
 // Write inference files (`out`.safetensors + `out`.t5.safetensors) from a training state, with the
 // EMA weights (`use_ema`, the default for a run with EMA) or the raw weights.
-void export_from_state(const std::string& state_path, bool use_ema, const std::string& out_model_path);
+void export_from_state(Backend& be, const std::string& state_path, bool use_ema, const std::string& out_model_path);
 
 }  // namespace oboro

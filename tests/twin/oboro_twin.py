@@ -1,5 +1,5 @@
 """PyTorch reference ("twin") of the oboro DiT, written from
-/work/shared/spec/architecture.md sections 2-5 and 9.
+docs/spec.md sections 2-5 and 9.
 
 Plain, explicit code: every norm, the RoPE and the softmax attention are written
 out so that the model runs in float64 (for reference values) or float32.

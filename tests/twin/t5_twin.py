@@ -1,5 +1,5 @@
 """PyTorch reference ("twin") of the oboro T5 v1.1 encoder, written from
-/work/shared/spec/architecture.md section 7.
+docs/spec.md section 7.
 
 Plain, explicit code (no transformers package): RMSNorm without mean subtraction,
 attention WITHOUT 1/sqrt(d_kv) scaling plus a bucketed relative-position bias that lives

@@ -1,4 +1,4 @@
-"""PyTorch reference ("twin") of the FLUX.1 VAE, written from /work/shared/spec/architecture.md section 8.
+"""PyTorch reference ("twin") of the FLUX.1 VAE, written from docs/spec.md section 8.
 
 Plain functional code over a state dict with the ae.safetensors names (no diffusers package):
 GroupNorm(32, eps 1e-6), swish, ResnetBlock = x' + conv2(swish(GN(conv1(swish(GN(x)))))) with a 1x1

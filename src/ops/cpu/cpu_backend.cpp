@@ -6,6 +6,7 @@
 #include "ops/cpu/conv_cpu.h"
 #include "ops/cpu/gemm_bf16_cpu.h"
 #include "ops/cpu/qgemm_cpu.h"
+#include "ops/cpu/step_ops_cpu.h"
 #include "ops/cpu/vec_math.h"
 #include "core/error.h"
 #include "core/threads.h"
@@ -90,20 +91,21 @@ class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
 
-  float* alloc(size_t n) override {
-    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+  void* alloc_bytes(size_t n, const char* what) override {
+    size_t bytes = ((n + 63) / 64) * 64;
     void* p = std::aligned_alloc(64, bytes ? bytes : 64);
-    if (!p) fail("out of memory allocating ", n * 4 / (1 << 20), " MiB: use a smaller model, batch or image size");
+    if (!p) fail("out of memory allocating ", n >> 20, " MiB for ", what, ": use a smaller model, batch or image size");
     std::memset(p, 0, bytes);
-    return static_cast<float*>(p);
+    return p;
   }
-  void free(float* p) override { std::free(p); }
-  void zero(float* p, size_t n) override {
-    parallel_for((int64_t)n, [&](int64_t b, int64_t e) { std::memset(p + b, 0, (e - b) * 4); }, 1 << 20);
+  void free_bytes(void* p) override { std::free(p); }
+  void zero_bytes(void* p, size_t n) override {
+    char* c = static_cast<char*>(p);
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) { std::memset(c + b, 0, e - b); }, 1 << 22);
   }
-  void copy(float* d, const float* s, size_t n) override { std::memcpy(d, s, n * 4); }
-  void upload(float* d, const float* h, size_t n) override { std::memcpy(d, h, n * 4); }
-  void download(float* h, const float* s, size_t n) override { std::memcpy(h, s, n * 4); }
+  void copy_bytes(void* d, const void* s, size_t n) override { std::memcpy(d, s, n); }
+  void upload_bytes(void* d, const void* h, size_t n) override { std::memcpy(d, h, n); }
+  void download_bytes(void* h, const void* s, size_t n) override { std::memcpy(h, s, n); }
   void add_inplace(float* y, const float* x, size_t n) override {
     parallel_for((int64_t)n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) y[i] += x[i]; }, kElemGrain);
   }
@@ -484,15 +486,31 @@ class CpuBackend final : public Backend {
       }
   }
 
-  double mse_forward(const float* pred, const float* target, size_t n) override {
-    double s = 0;
-    for (size_t i = 0; i < n; ++i) { double d = (double)pred[i] - target[i]; s += d * d; }
-    return n ? s / n : 0.0;
+  // Training and sampling arithmetic (src/ops/cpu/step_ops_cpu.cpp).
+  void icfm_pair(float* t, float* xt, float* u, const float* x1, int B, int64_t n, const IcfmDraw& d) override {
+    cpu::icfm_pair(t, xt, u, x1, B, n, d);
+  }
+  void mse_forward(double* loss, const float* pred, const float* target, size_t n) override {
+    cpu::mse_forward(loss, pred, target, n);
   }
   void mse_backward(float* dpred, const float* pred, const float* target, size_t n, float dloss) override {
-    float c = 2.f * dloss / (float)n;
-    for (size_t i = 0; i < n; ++i) dpred[i] += c * (pred[i] - target[i]);
+    cpu::mse_backward(dpred, pred, target, n, dloss);
   }
+  void sum_squares(double* out, const float* x, size_t n, bool accumulate) override {
+    cpu::sum_squares(out, x, n, accumulate);
+  }
+  void adamw_update(float* p, const float* g, float* m, float* v, const uint8_t* decay, size_t n,
+                    const AdamWUpdate& u) override { cpu::adamw_update(p, g, m, v, decay, n, u); }
+  void ema_update(float* ema, const float* p, size_t n, float decay) override { cpu::ema_update(ema, p, n, decay); }
+  void euler_cfg_step(float* x, const float* vc, const float* vu, float s, float dt, size_t n) override {
+    cpu::euler_cfg_step(x, vc, vu, s, dt, n);
+  }
+  void flow_interpolate(float* x, const float* x1, float t, size_t n) override { cpu::flow_interpolate(x, x1, t, n); }
+  void mask_rows(float* x, const float* mask, int rows, int D) override { cpu::mask_rows(x, mask, rows, D); }
+  void text_image_key_valid(float* kv, const float* txt_mask, int B, int L, int N) override {
+    cpu::text_image_key_valid(kv, txt_mask, B, L, N);
+  }
+  void fill(float* x, float value, size_t n) override { std::fill_n(x, n, value); }
 
   // VAE image ops (src/ops/cpu/conv_cpu.cpp).
   void conv2d_forward(float* y, const float* x, const float* w, const float* b, const Conv2dShape& s,
