@@ -346,13 +346,13 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
   co.pixels_stride = 2;
   co.shard_bytes = 100 << 10;  // several shards
   co.progress = false;
-  CacheReport cr = build_cache(*m, co);
+  CacheReport cr = build_cache(cpu_backend(), *m, co);
   const int64_t n_active = m->count("status='active'");
   EXPECT_EQ(cr.latents_written, n_bucketed);
   EXPECT_EQ(cr.no_bucket, n_active - n_bucketed);
   EXPECT_GT(cr.shards, 1);
   EXPECT_FALSE(cr.text_note.empty());
-  cr = build_cache(*m, co);
+  cr = build_cache(cpu_backend(), *m, co);
   EXPECT_EQ(cr.latents_written, 0);
   EXPECT_EQ(cr.latents_present, n_bucketed);
   CacheReader reader(*m, co.out_dir);
@@ -374,7 +374,7 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
   EXPECT_EQ(items[0].caption, m->training_caption(items[0].image_id));
   // Another codec identity is another key: nothing is reused.
   co.pixels_stride = 1;
-  EXPECT_EQ(build_cache(*m, co).latents_written, n_bucketed);
+  EXPECT_EQ(build_cache(cpu_backend(), *m, co).latents_written, n_bucketed);
   EXPECT_NE(error_of([] { codec_identity("flux-vae", 1); }).find("--vae"), std::string::npos);
   EXPECT_NE(error_of([] { codec_identity("sdxl-vae", 1); }).find("pixels or flux-vae"), std::string::npos);
 
@@ -501,11 +501,11 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
   co.text_encoder = (root / "te.safetensors").string();
   co.max_tokens = 16;
   co.progress = false;
-  CacheReport r = build_cache(*m, co);
+  CacheReport r = build_cache(cpu_backend(), *m, co);
   EXPECT_EQ(r.latents_written, 3);
   EXPECT_EQ(r.texts_written, 2);  // identical captions share one entry
   EXPECT_TRUE(r.text_note.empty());
-  r = build_cache(*m, co);
+  r = build_cache(cpu_backend(), *m, co);
   EXPECT_EQ(r.texts_written, 0);
   EXPECT_EQ(r.texts_present, 3);
   CacheReader reader(*m, co.out_dir);
@@ -519,7 +519,8 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
     const TextBatch tb = te->encode({it.caption}, false, 16);
     ASSERT_EQ(t->shape(), (Shape{tb.L, 16}));
     float maxd = 0;  // batched with other captions in the cache: GEMM blocking may differ in the last bits
-    for (int64_t k = 0; k < t->numel(); ++k) maxd = std::max(maxd, std::fabs(t->f32()[k] - tb.hidden[(size_t)k]));
+    const std::vector<float> hidden = download_all(tb.hidden);
+    for (int64_t k = 0; k < t->numel(); ++k) maxd = std::max(maxd, std::fabs(t->f32()[k] - hidden[(size_t)k]));
     EXPECT_LT(maxd, 1e-4f);
   }
   // A new quality tag changes the training caption, so the text entry is re-encoded.
@@ -528,7 +529,7 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
   so.file = (root / "s.csv").string();
   so.progress = false;
   apply_scores(*m, so);
-  r = build_cache(*m, co);
+  r = build_cache(cpu_backend(), *m, co);
   EXPECT_EQ(r.texts_written, 1);
   EXPECT_EQ(r.latents_written, 0);
 
@@ -547,10 +548,10 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
   vo.codec = "flux-vae";
   vo.vae = (root / "ae.safetensors").string();
   vo.progress = false;
-  r = build_cache(*m, vo);
+  r = build_cache(cpu_backend(), *m, vo);
   EXPECT_EQ(r.latents_written, 1);
   EXPECT_EQ(r.codec_id.rfind("flux-vae/", 0), 0u);
-  EXPECT_EQ(build_cache(*m, vo).latents_present, 1);
+  EXPECT_EQ(build_cache(cpu_backend(), *m, vo).latents_present, 1);
   const auto vitems = reader.items(2, r.codec_id);
   ASSERT_EQ(vitems.size(), 1u);
   const auto vl = reader.latent(vitems[0].latent_key);
@@ -566,7 +567,7 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
     maxv = std::max(maxv, std::fabs(want[k]));
   }
   EXPECT_LT(maxd, 2e-3f * std::max(1.f, maxv));  // f16 storage
-  EXPECT_NE(error_of([&] { CacheOptions b = vo; b.vae.clear(); build_cache(*m, b); }).find("--vae"), std::string::npos);
+  EXPECT_NE(error_of([&] { CacheOptions b = vo; b.vae.clear(); build_cache(cpu_backend(), *m, b); }).find("--vae"), std::string::npos);
 }
 
 TEST(Manifest, CliContractAndErrors) {

@@ -66,8 +66,9 @@ double record_err(const std::string& key, double e) {
 // Memory helpers
 TEST(OpsMemory, AllocZeroCopyAddInplace) {
   const size_t n = 40000;
-  float* p = be().alloc(n);
-  float* q = be().alloc(n);
+  Buffer pb = be().alloc(n), qb = be().alloc(n);
+  float* p = pb.f32();
+  float* q = qb.f32();
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(p[i], 0.f) << "alloc must zero-initialise, index " << i;
   Vec a = randn(n, 1), b = randn(n, 2);
   be().upload(p, a.data(), n);
@@ -81,8 +82,9 @@ TEST(OpsMemory, AllocZeroCopyAddInplace) {
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(back[i], a[i] + b[i]) << i;
   be().zero(p, n);
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(p[i], 0.f) << i;
-  be().free(p);
-  be().free(q);
+  EXPECT_EQ(pb.size(), n);
+  EXPECT_EQ(pb.bytes(), n * sizeof(float));
+  EXPECT_THROW(pb.i32(), Error);  // typed: an F32 buffer is not an I32 one
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -994,16 +996,22 @@ TEST(OpsTimestep, MatchesReferenceAndSpec) {
 
 // ---------------------------------------------------------------------------------------------
 // MSE
+double mse_fwd(const float* p, const float* t, size_t n) {  // the loss lands in a one-value F64 buffer
+  double loss = -1;
+  be().mse_forward(&loss, p, t, n);
+  return loss;
+}
+
 TEST(OpsMse, ForwardBackward) {
   for (size_t n : {size_t(1), size_t(17), size_t(4099)}) {
     Vec p = randn(n, 1300), tg = randn(n, 1301);
-    const double m = be().mse_forward(p.data(), tg.data(), n), mr = ref::mse(p.data(), tg.data(), n);
+    const double m = mse_fwd(p.data(), tg.data(), n), mr = ref::mse(p.data(), tg.data(), n);
     EXPECT_ERR_LE("mse.fwd", std::fabs(m - mr) / mr, 1e-12);
   }
   const size_t n = 53;
   const float dloss = 0.7f;
   Vec p = randn(n, 1310), tg = randn(n, 1311);
-  auto loss = [&] { return be().mse_forward(p.data(), tg.data(), n) * dloss; };
+  auto loss = [&] { return mse_fwd(p.data(), tg.data(), n) * dloss; };
   Vec base = randn(n, 1312), dp = base;
   be().mse_backward(dp.data(), p.data(), tg.data(), n, dloss);
   Vec g(n);
@@ -1013,7 +1021,7 @@ TEST(OpsMse, ForwardBackward) {
   be().mse_backward(d1.data(), p.data(), tg.data(), n, dloss);
   for (int k = 0; k < 2; ++k) be().mse_backward(d2.data(), p.data(), tg.data(), n, dloss);
   EXPECT_ERR_LE("mse.accumulate", rel_err(d2, scaled(d1, 2.f)), kAccTol);
-  EXPECT_EQ(be().mse_forward(p.data(), tg.data(), 0), 0.0);
+  EXPECT_EQ(mse_fwd(p.data(), tg.data(), 0), 0.0);
 }
 
 }  // namespace

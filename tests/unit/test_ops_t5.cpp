@@ -329,11 +329,10 @@ TEST(OpsEmbedding, BackwardIndependentOfThreadCount) {
 
 TEST(OpsEmbedding, IdsTravelInBackendBuffers) {
   std::vector<int32_t> ids = {3, 0, 2, 3};
-  float* buf = be().alloc(ids.size());
-  upload_ids(be(), buf, ids.data(), ids.size());
+  Buffer buf = be().alloc(ids.size(), DType::I32);  // integers in an integer buffer
+  be().upload(buf.i32(), ids.data(), ids.size());
   Vec table = randn(4 * 5, 800), out(4 * 5);
-  be().embedding_forward(out.data(), table.data(), as_ids(buf), 4, 5);
-  be().free(buf);
+  be().embedding_forward(out.data(), table.data(), buf.i32(), 4, 5);
   for (int n = 0; n < 4; ++n)
     for (int d = 0; d < 5; ++d) EXPECT_EQ(out[n * 5 + d], table[ids[n] * 5 + d]);
 }

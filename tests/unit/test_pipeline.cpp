@@ -170,7 +170,7 @@ TEST(Pipeline, Img2imgStrengthZeroReturnsTheEncodedImage) {
   GenerateRequest rq = base_request(models().pix);
   rq.init_image = img.string();
   rq.strength = 0.f;
-  auto out = generate(rq, false);
+  auto out = generate(cpu_backend(), rq, false);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].image.rgb, test_image(16, 8).rgb);
   EXPECT_EQ(params_of(out[0].infotext)["Denoising strength"], "0");
@@ -182,7 +182,7 @@ TEST(Pipeline, Img2imgStrengthZeroReturnsTheEncodedImage) {
   rq.width = rq.height = 0;
   rq.init_image = img2.string();
   rq.strength = 0.f;
-  out = generate(rq, false);
+  out = generate(cpu_backend(), rq, false);
   ASSERT_EQ(out.size(), 1u);
   ASSERT_EQ(out[0].image.width, 24);
   ASSERT_EQ(out[0].image.height, 12);
@@ -200,16 +200,16 @@ TEST(Pipeline, Img2imgStrengthOneEqualsTxt2img) {
   for (const std::string& m : {models().pix, models().flux}) {
     GenerateRequest rq = base_request(m);
     rq.batch_size = 2;
-    auto t2i = generate(rq, false);
+    auto t2i = generate(cpu_backend(), rq, false);
     rq.init_image = img.string();
     rq.strength = 1.f;
-    auto i2i = generate(rq, false);
+    auto i2i = generate(cpu_backend(), rq, false);
     ASSERT_EQ(t2i.size(), 2u);
     ASSERT_EQ(i2i.size(), 2u);
     for (int i = 0; i < 2; ++i) EXPECT_EQ(t2i[i].image.rgb, i2i[i].image.rgb) << m << " image " << i;
     // A partial strength changes the result, and runs from the image: closer to it than txt2img is.
     rq.strength = 0.3f;
-    auto part = generate(rq, false);
+    auto part = generate(cpu_backend(), rq, false);
     auto dist = [&](const Image& a) {
       double d = 0;
       for (size_t k = 0; k < a.rgb.size(); ++k) d += std::abs((int)a.rgb[k] - (int)test_image(16, 8).rgb[k]);
@@ -224,7 +224,7 @@ TEST(Pipeline, RefinePassSizeAndInfotext) {
   rq.hr_scale = 2.f;
   rq.hr_steps = 3;
   rq.hr_strength = 0.5f;
-  auto out = generate(rq, false);
+  auto out = generate(cpu_backend(), rq, false);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].image.width, 32);
   EXPECT_EQ(out[0].image.height, 16);
@@ -244,7 +244,7 @@ TEST(Pipeline, RefinePassSizeAndInfotext) {
   rq.hr_resize_x = 24;
   rq.hr_upscaler = "Lanczos";
   rq.hr_model = models().flux2;
-  out = generate(rq, false);
+  out = generate(cpu_backend(), rq, false);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].image.width, 24);
   EXPECT_EQ(out[0].image.height, 12);
@@ -254,7 +254,7 @@ TEST(Pipeline, RefinePassSizeAndInfotext) {
   EXPECT_EQ(p["Hires checkpoint"], "refiner");
 
   rq.hr_upscaler = "ESRGAN_4x";
-  std::string m = error_of([&] { generate(rq, false); });
+  std::string m = error_of([&] { generate(cpu_backend(), rq, false); });
   EXPECT_NE(m.find("--hr-upscaler 'ESRGAN_4x'"), std::string::npos) << m;
 }
 
@@ -315,14 +315,14 @@ TEST(Pipeline, ActivationEstimatesMatchThePlanners) {
 TEST(Pipeline, RefusesWhenTheBudgetIsTooSmall) {
   GenerateRequest rq = base_request(models().flux);
   rq.max_memory = 64 << 10;  // 64 KiB
-  std::string m = error_of([&] { generate(rq, false); });
+  std::string m = error_of([&] { generate(cpu_backend(), rq, false); });
   EXPECT_NE(m.find("not enough memory"), std::string::npos) << m;
   EXPECT_NE(m.find("--max-memory"), std::string::npos) << m;
   EXPECT_NE(m.find("biggest component"), std::string::npos) << m;
   EXPECT_NE(m.find("Fix:"), std::string::npos) << m;
   EXPECT_FALSE(plan_generation(rq).fits());
   rq.check_memory = false;
-  EXPECT_EQ(generate(rq, false).size(), 1u);
+  EXPECT_EQ(generate(cpu_backend(), rq, false).size(), 1u);
   EXPECT_EQ(parse_bytes("6G", "x"), size_t(6) << 30);
   EXPECT_EQ(parse_bytes("512MiB", "x"), size_t(512) << 20);
   EXPECT_NE(error_of([] { parse_bytes("lots", "--max-memory"); }).find("--max-memory 'lots'"), std::string::npos);
@@ -352,24 +352,24 @@ TEST(Pipeline, ComfyUIFolders) {
   rq.text_encoder = "t5.safetensors";
   rq.vae = "";                                 // DIR/vae/ae.safetensors by default
   rq.models_dir = dir.string();
-  auto out = generate(rq, false);
+  auto out = generate(cpu_backend(), rq, false);
   ASSERT_EQ(out.size(), 1u);
-  EXPECT_EQ(out[0].image.rgb, generate(base_request(models().flux), false)[0].image.rgb);
+  EXPECT_EQ(out[0].image.rgb, generate(cpu_backend(), base_request(models().flux), false)[0].image.rgb);
 
   // $OBORO_MODELS_DIR when --models-dir is not given.
   rq.models_dir = "";
   ::setenv("OBORO_MODELS_DIR", dir.string().c_str(), 1);
-  EXPECT_EQ(generate(rq, false).size(), 1u);
+  EXPECT_EQ(generate(cpu_backend(), rq, false).size(), 1u);
   ::unsetenv("OBORO_MODELS_DIR");
 
   rq.models_dir = dir.string();
   rq.vae = "missing-vae.safetensors";
-  std::string m = error_of([&] { generate(rq, false); });
+  std::string m = error_of([&] { generate(cpu_backend(), rq, false); });
   EXPECT_NE(m.find("--vae missing-vae.safetensors: not found; looked in:"), std::string::npos) << m;
   EXPECT_NE(m.find((dir / "vae" / "missing-vae.safetensors").string()), std::string::npos) << m;
   rq.vae = "";
   rq.models_dir = "";
   rq.text_encoder = "t5";
-  m = error_of([&] { generate(rq, false); });
+  m = error_of([&] { generate(cpu_backend(), rq, false); });
   EXPECT_NE(m.find("--models-dir DIR"), std::string::npos) << m;
 }

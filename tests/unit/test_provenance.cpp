@@ -7,6 +7,7 @@
 #include "data/provenance.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "ops/backend.h"
 #include "train/trainer.h"
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -239,7 +240,7 @@ TrainConfig tiny_run(const fs::path& data, const fs::path& out) {
 const TrainResult& licensed_run() {
   static TrainResult r = [] {
     fs::path data = make_folder("train4", {"CC0-1.0", "CC-BY-4.0", "Apache-2.0", "CC-BY-4.0"});
-    return train(tiny_run(data, scratch("train4_out")));
+    return train(tiny_run(data, scratch("train4_out")), cpu_backend());
   }();
   return r;
 }
@@ -284,7 +285,7 @@ TEST(Provenance, TrainingRefusesBeforeStarting) {
   fs::path data = make_folder("refuse", {"CC0-1.0", "CC-BY-NC-4.0"});
   fs::path out = scratch("refuse_out");
   fs::remove_all(out);
-  std::string e = error_of([&] { train(tiny_run(data, out)); });
+  std::string e = error_of([&] { train(tiny_run(data, out), cpu_backend()); });
   EXPECT_TRUE(has(e, "img1.png (CC-BY-NC-4.0")) << e;
   EXPECT_TRUE(has(e, "license_allow")) << e;
   EXPECT_FALSE(fs::exists(out)) << "nothing may be written before the check";
@@ -300,7 +301,7 @@ TEST(Provenance, TrainingRefusesBeforeStarting) {
   fs::remove(data / "manifest.jsonl");
   TrainConfig strict = tiny_run(data, out);
   strict.require_license = true;
-  e = error_of([&] { train(strict); });
+  e = error_of([&] { train(strict, cpu_backend()); });
   EXPECT_TRUE(has(e, "require_license = true")) << e;
 }
 

@@ -8,6 +8,7 @@
 #include "flow/infotext.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "ops/backend.h"
 #include "train/trainer.h"
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -94,14 +95,14 @@ std::vector<std::string> state_tensors() {
 
 TEST(Train, ResumeIsBitIdenticalToAStraightRun) {
   fs::path a = scratch("straight"), b = scratch("resumed");
-  TrainResult ra = train(tiny_config(a));
+  TrainResult ra = train(tiny_config(a), cpu_backend());
   EXPECT_EQ(ra.steps, 6);
   // Same run, interrupted after 2 and after 2 more steps, resumed each time.
-  TrainResult rb = train(tiny_config(b), "", 2);
+  TrainResult rb = train(tiny_config(b), cpu_backend(), "", 2);
   EXPECT_EQ(rb.steps, 2);
-  rb = train(tiny_config(b), "latest", 2);
+  rb = train(tiny_config(b), cpu_backend(), "latest", 2);
   EXPECT_EQ(rb.steps, 4);
-  rb = train(tiny_config(b), "latest");
+  rb = train(tiny_config(b), cpu_backend(), "latest");
   EXPECT_EQ(rb.steps, 6);
   auto fa = SafetensorsFile::open(ra.state_path), fb = SafetensorsFile::open(rb.state_path);
   for (const auto& n : state_tensors()) {
@@ -133,7 +134,7 @@ TEST(Train, GeneratedImagesDependOnTheirSeedOnly) {
   fs::path a = scratch("gen");
   TrainConfig c = tiny_config(a);
   c.max_train_steps = 2;
-  TrainResult r = train(c);
+  TrainResult r = train(c, cpu_backend());
   GenerateRequest rq;
   rq.model = r.model_path;
   rq.prompt = "a red square, top left";
@@ -141,12 +142,12 @@ TEST(Train, GeneratedImagesDependOnTheirSeedOnly) {
   rq.steps = 3;
   rq.seed = 100;
   rq.batch_size = 3;
-  auto three = generate(rq, false);
+  auto three = generate(cpu_backend(), rq, false);
   ASSERT_EQ(three.size(), 3u);
   EXPECT_EQ(three[1].seed, 101u);
   rq.batch_size = 1;
   rq.seed = 101;
-  auto one = generate(rq, false);
+  auto one = generate(cpu_backend(), rq, false);
   ASSERT_EQ(one.size(), 1u);
   EXPECT_EQ(one[0].image.width, 8);
   int maxdiff = 0;
@@ -155,8 +156,8 @@ TEST(Train, GeneratedImagesDependOnTheirSeedOnly) {
   EXPECT_LE(maxdiff, 1) << "image of seed 101 changed with the batch size";
   // Export from the training state: raw weights differ from the EMA model the run wrote, EMA ones match it.
   std::string state = r.state_path;
-  export_from_state(state, false, (a / "raw.safetensors").string());
-  export_from_state(state, true, (a / "ema.safetensors").string());
+  export_from_state(cpu_backend(), state, false, (a / "raw.safetensors").string());
+  export_from_state(cpu_backend(), state, true, (a / "ema.safetensors").string());
   auto run_model = r.model_path;
   auto ema = SafetensorsFile::open((a / "ema.safetensors").string()), raw = SafetensorsFile::open((a / "raw.safetensors").string()),
        orig = SafetensorsFile::open(run_model);
@@ -165,7 +166,7 @@ TEST(Train, GeneratedImagesDependOnTheirSeedOnly) {
   EXPECT_NE(0, std::memcmp(tr.raw(), to.raw(), tr.nbytes()));
   EXPECT_TRUE(fs::exists(a / "raw.t5.safetensors"));
   rq.model = (a / "raw.safetensors").string();
-  EXPECT_EQ(generate(rq, false).size(), 1u);
+  EXPECT_EQ(generate(cpu_backend(), rq, false).size(), 1u);
   Infotext it = parse_infotext(one[0].infotext);
   EXPECT_EQ(it.prompt, rq.prompt);
   EXPECT_EQ(it.negative, "blue");
@@ -210,12 +211,12 @@ TEST(Train, BadConfigsAreClearErrors) {
   }
   TrainConfig c = tiny_config(d / "out");
   c.lr_scheduler = "exponential";
-  EXPECT_THROW(train(c), Error);
+  EXPECT_THROW(train(c, cpu_backend()), Error);
   for (const char* mp : {"fp16", "bf17"}) {
     TrainConfig m = tiny_config(d / "out");
     m.mixed_precision = mp;
     try {
-      train(m);
+      train(m, cpu_backend());
       FAIL() << "no error for mixed_precision " << mp;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();  // names the fix
@@ -235,11 +236,11 @@ TEST(Train, MixedPrecisionBf16IsExactOnResumeAndCloseToF32) {
   fs::path a = scratch("bf16_straight"), b = scratch("bf16_resumed"), t1 = scratch("bf16_1thread"),
            f = scratch("f32_ref");
   const int saved_threads = num_threads();
-  TrainResult ra = train(cfg(a, "bf16", 2));
-  train(cfg(b, "bf16", 2), "", 3);
-  TrainResult rb = train(cfg(b, "bf16", 2), "latest");
-  TrainResult r1 = train(cfg(t1, "bf16", 1));
-  TrainResult rf = train(cfg(f, "no", 2));
+  TrainResult ra = train(cfg(a, "bf16", 2), cpu_backend());
+  train(cfg(b, "bf16", 2), cpu_backend(), "", 3);
+  TrainResult rb = train(cfg(b, "bf16", 2), cpu_backend(), "latest");
+  TrainResult r1 = train(cfg(t1, "bf16", 1), cpu_backend());
+  TrainResult rf = train(cfg(f, "no", 2), cpu_backend());
   set_num_threads(saved_threads);
   ASSERT_EQ(rb.steps, 6);
   auto fa = SafetensorsFile::open(ra.state_path), fb = SafetensorsFile::open(rb.state_path),
@@ -270,7 +271,7 @@ TEST(Train, NanLossStopsWithoutCorruptingCheckpoints) {
   fs::path a = scratch("nan");
   TrainConfig c = tiny_config(a);
   c.max_train_steps = 2;
-  TrainResult r = train(c);
+  TrainResult r = train(c, cpu_backend());
   std::string before;
   {
     std::ifstream f(r.state_path, std::ios::binary);
@@ -280,7 +281,7 @@ TEST(Train, NanLossStopsWithoutCorruptingCheckpoints) {
   c.learning_rate = 1e30;  // diverges at once
   c.max_grad_norm = 0;
   try {
-    train(c, "latest");
+    train(c, cpu_backend(), "latest");
     FAIL() << "no error";
   } catch (const Error& e) {
     std::string m = e.what();

@@ -86,7 +86,7 @@ const CachedFixture& fixture() {
     co.text_encoder = f.te.string();
     co.max_tokens = 16;
     co.progress = false;
-    const CacheReport r = build_cache(*m, co);
+    const CacheReport r = build_cache(cpu_backend(), *m, co);
     EXPECT_EQ(r.latents_written, 6);
     std::vector<std::string> lines;
     for (int i = 0; i < 6; ++i)
@@ -178,13 +178,13 @@ TEST(TrainCache, EpochBatchesAreBucketedShuffledAndCoverEveryImage) {
 
 TEST(TrainCache, TrainsFromTheCacheWithExactResumeAndProvenance) {
   fs::path a = scratch("straight"), b = scratch("resumed");
-  TrainResult ra = train(cached_config(a));
+  TrainResult ra = train(cached_config(a), cpu_backend());
   EXPECT_EQ(ra.steps, 6);
   EXPECT_TRUE(std::isfinite(ra.final_loss));
   EXPECT_GT(ra.text_cache_hits, 0);  // the frozen encoder's states came from the cache
   EXPECT_GT(ra.text_cache_hits + ra.text_cache_misses, 6 * 3 - 1);
-  train(cached_config(b), "", 3);
-  TrainResult rb = train(cached_config(b), "latest");
+  train(cached_config(b), cpu_backend(), "", 3);
+  TrainResult rb = train(cached_config(b), cpu_backend(), "latest");
   EXPECT_EQ(rb.steps, 6);
   auto fa = SafetensorsFile::open(ra.state_path), fb = SafetensorsFile::open(rb.state_path);
   for (const char* n : {"dit.params", "dit.adam_m", "dit.adam_v", "dit.ema"}) {
@@ -207,7 +207,7 @@ TEST(TrainCache, TrainsFromTheCacheWithExactResumeAndProvenance) {
 TEST(TrainCache, ErrorsNameTheFix) {
   auto msg = [](TrainConfig c) {
     try {
-      train(c);
+      train(c, cpu_backend());
     } catch (const Error& e) {
       return std::string(e.what());
     }
