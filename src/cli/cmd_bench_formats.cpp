@@ -161,18 +161,21 @@ void run(const Opts& o) {
       std::vector<float> wf((size_t)s.N * s.K), x((size_t)s.M * s.K), y((size_t)s.M * s.N);
       fill_normal(wf.data(), (int64_t)wf.size(), 1, 0, 0, 0.f, 0.03f);
       fill_normal(x.data(), (int64_t)x.size(), 2);
+      Buffer wfb = upload_new(be, wf, "bench.w"), xb = upload_new(be, x, "bench.x"), yb = be.alloc(y.size());
       std::fprintf(g_out, "  %-22s M=%d N=%d K=%d:", s.name, s.M, s.N, s.K);
       std::vector<float> y32;
       std::string errs;
       for (WFormat f : all) {
         QuantizedWeight q = quantize_weight(wf.data(), s.N, s.K, f);
-        const WeightView v = f == WFormat::F32 ? f32_view(wf.data(), s.N, s.K) : q.view();
+        q.bind(be);
+        const WeightView v = f == WFormat::F32 ? f32_view(wfb.f32(), s.N, s.K) : q.view();
         double best = 1e30;
         for (int r = 0; r < o.repeats + 1; ++r) {
           double t0 = now();
-          be.linear_forward_w(y.data(), x.data(), v, nullptr, s.M, s.K, s.N);
+          be.linear_forward_w(yb.f32(), xb.f32(), v, nullptr, s.M, s.K, s.N);
           if (r > 0) best = std::min(best, now() - t0);
         }
+        be.download(y.data(), yb.f32(), y.size());
         const double gf = 2.0 * s.M * s.N * s.K / best / 1e9;
         std::fprintf(g_out, "  %s %.1f", wformat_name(f), gf);
         double num = 0, den = 0;  // this Linear's output error vs F32 (random x ~ N(0,1), W ~ N(0, 0.03²))

@@ -50,10 +50,10 @@ double now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 
 // The weights stay where the model holds them (CPU backend: host memory) and are written through borrowed views,
 // so writing a 4.5 GB model needs no second copy.
-void write_params(const std::string& path, const ParamLayout& layout, float* params,
+void write_params(Backend& be, const std::string& path, const ParamLayout& layout, const float* params,
                   const std::map<std::string, std::string>& meta) {
   SafetensorsWriter wr;
-  for (const auto& v : layout.views()) wr.add(v.name, Tensor::borrow(params + v.offset, v.shape, DType::F32, nullptr));
+  for (auto& [name, t] : download_params(layout, params, be)) wr.add(name, t);
   for (const auto& [k, val] : meta) wr.set_metadata(k, val);
   wr.write(path);
 }
@@ -120,14 +120,14 @@ void run(const PipeOpts& o) {
     } else {
       T5Encoder t5(t5_xxl(layers), be);
       t5.init_weights(1);
-      write_params(t5_path, t5.layout(), t5.params(), t5_meta);
+      write_params(be, t5_path, t5.layout(), t5.params(), t5_meta);
     }
   }
   {
     DiTConfig cfg = DiTConfig::preset(o.config, 4096);
     DiT dit(cfg, be);
     dit.init_random_all(1);
-    write_params(dit_path, dit.layout(), dit.params(),
+    write_params(be, dit_path, dit.layout(), dit.params(),
                  {{"oboro.config", cfg.to_json().dump()}, {"modelspec.sai_model_spec", "1.0.1"},
                   {"modelspec.architecture", "oboro-dit-v1"}, {"oboro.text_encoder", "t5.safetensors"},
                   {"modelspec.resolution", o.size}});
@@ -135,7 +135,7 @@ void run(const PipeOpts& o) {
   {
     Vae vae(VaeConfig::flux(), be);
     vae.init_random(1);
-    write_params(vae_path, vae.layout(), vae.params(), {});
+    write_params(be, vae_path, vae.layout(), vae.params(), {});
   }
   trim_heap();
   const double write_s = now() - t0;

@@ -71,6 +71,16 @@ class ShardWriter {
     items_.push_back({key, std::move(t), std::move(image_ids)});
     if (bytes_ >= max_bytes_) flush();
   }
+  // An entry added but not yet committed (same caption seen again after its batch was encoded): link one more image
+  // to it instead of adding the tensor twice. False when no such entry is waiting.
+  bool link_pending(const std::string& key, int64_t image_id) {
+    for (auto& it : items_)
+      if (it.key == key) {
+        it.ids.push_back(image_id);
+        return true;
+      }
+    return false;
+  }
   std::function<void(sql::Db&, const std::string& key, const std::vector<int64_t>& ids)> on_commit;
   void flush() {
     if (items_.empty()) return;
@@ -301,6 +311,8 @@ CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
     if (has_entry(q_has, key) && !pending.count(key)) {
       ++rep.texts_present;
       tlink.bind(1, key).bind(2, id).bind(3, opt.stage).bind(4, codec_id).run();
+    } else if (!pending.count(key) && tw.link_pending(key, id)) {
+      // encoded earlier in this run, its shard not yet written: linked when it is
     } else {
       pending[key].push_back(id);
       caption_of[key] = cap;

@@ -15,11 +15,18 @@ std::vector<FormatQuality> dit_format_quality(DiT& ref, const std::vector<WForma
   fill_normal(x.data(), (int64_t)x.size(), seed, 1);
   fill_normal(txt.data(), (int64_t)txt.size(), seed, 2);
   for (int b = 0; b < B; ++b) t[b] = 0.3f + 0.4f * b / B;
+  Backend& be = ref.backend();  // the inputs and the velocity on the backend
+  Buffer xb = upload_new(be, x, "quality.x"), tb = upload_new(be, t, "quality.t"), txtb = upload_new(be, txt, "quality.txt"),
+         maskb = upload_new(be, mask, "quality.mask"), vb = be.alloc(x.size(), DType::F32, "quality.v");
+  auto forward = [&](DiT& m, std::vector<float>& out) {
+    m.forward(vb.f32(), xb.f32(), tb.f32(), txtb.f32(), maskb.f32(), B, L, h, w, false);
+    be.download(out.data(), vb.f32(), out.size());
+  };
   auto now = [] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
   auto run = [&](DiT& m, std::vector<float>& out) {
-    if (time_it) m.forward(out.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, false);  // warm-up
+    if (time_it) forward(m, out);  // warm-up
     double t0 = now();
-    m.forward(out.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, false);
+    forward(m, out);
     return now() - t0;
   };
   auto rel = [&](const std::vector<float>& a, double* max_abs) {
@@ -48,7 +55,7 @@ std::vector<FormatQuality> dit_format_quality(DiT& ref, const std::vector<WForma
     if (weights_only) {
       auto deq = m->converted(WFormat::F32);
       m.reset();
-      deq->forward(v.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, false);
+      forward(*deq, v);
       q.rel_err_weights_only = rel(v, nullptr);
     }
     res.push_back(q);
