@@ -2,7 +2,7 @@
 // the number of calls, the wall time and (for the GEMM-like ops: linear, attention, conv2d) the FLOPs done.
 // Outputs are bitwise those of the wrapped backend: the decorator touches no data.
 //
-//   ProfilingBackend prof(cpu_backend());
+//   ProfilingBackend prof(be);        // be: the backend the command line chose
 //   DiT model(cfg, prof);              // models take a Backend&
 //   model.forward(...);
 //   for (const auto& s : prof.stats()) ...   // op name, calls, seconds, flops
