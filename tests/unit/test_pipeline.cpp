@@ -17,6 +17,7 @@
 #include "models/text_encoder.h"
 #include "models/vae.h"
 #include "ops/backend.h"
+#include "ops/checked_backend.h"
 #include <gtest/gtest.h>
 #include <unistd.h>
 #include <cstdlib>
@@ -372,4 +373,31 @@ TEST(Pipeline, ComfyUIFolders) {
   rq.text_encoder = "t5";
   m = error_of([&] { generate(cpu_backend(), rq, false); });
   EXPECT_NE(m.find("--models-dir DIR"), std::string::npos) << m;
+}
+
+// The FLUX-VAE pipeline (T5, DiT, VAE encode for img2img, a pixel-space refine with a second model, VAE decode) under
+// the checking backend: every buffer crossing is an upload or a download, and the images are bitwise the CPU's.
+TEST(Pipeline, CheckedBackendGivesTheCpuImages) {
+  std::unique_ptr<Backend> checked = make_checked_backend(cpu_backend());
+  const fs::path init = root() / "checked_init.png";
+  save_png(init.string(), test_image(16, 8));
+  std::vector<GenerateRequest> cases;
+  cases.push_back(base_request(models().flux));
+  cases.push_back(base_request(models().flux));
+  cases.back().init_image = init.string();
+  cases.back().strength = 0.6f;
+  cases.push_back(base_request(models().flux));
+  cases.back().hr_scale = 2.f;
+  cases.back().hr_steps = 2;
+  cases.back().hr_upscaler = "Lanczos";
+  cases.back().hr_model = models().flux2;
+  for (const GenerateRequest& rq : cases) {
+    const auto want = generate(cpu_backend(), rq, false);
+    const auto got = generate(*checked, rq, false);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].image.rgb, want[i].image.rgb) << rq.init_image << " hr " << rq.hr_scale;
+      EXPECT_EQ(got[i].infotext, want[i].infotext);
+    }
+  }
 }
