@@ -102,8 +102,7 @@ nlohmann::json run_twin_script(const std::string& python, const std::string& scr
 }
 
 // Random T5 weights written directly in `fmt` (the quantisable Linear weights; the rest F32), tensor by tensor,
-// with the same scales as T5Encoder::init_weights: norms 1, shared N(0,1), q N(0, 1/(D·d_kv)), o N(0, 1/inner),
-// wo N(0, 1/d_ff), others N(0, 1/D).
+// with the same scales as T5Encoder::init_weights (t5_init_stddev; norms 1), drawn from other RNG streams.
 void write_t5_quantized(const std::string& path, const T5Config& c, WFormat fmt,
                         const std::map<std::string, std::string>& meta) {
   const ParamLayout layout = t5_param_layout(c);
@@ -113,14 +112,8 @@ void write_t5_quantized(const std::string& path, const T5Config& c, WFormat fmt,
   uint64_t k = 0;
   for (const auto& v : layout.views()) {
     host.assign(v.numel(), 1.f);
-    auto ends = [&](const char* suf) { return v.name.size() >= std::strlen(suf) && v.name.ends_with(suf); };
-    double sd = 0;
     if (v.shape.size() == 2) {
-      sd = v.name == "shared.weight" ? 1.0
-           : ends(".q.weight")       ? 1.0 / std::sqrt((double)c.d_model * c.d_kv)
-           : ends(".o.weight")       ? 1.0 / std::sqrt((double)c.inner())
-           : ends(".wo.weight")      ? 1.0 / std::sqrt((double)c.d_ff)
-                                     : 1.0 / std::sqrt((double)c.d_model);
+      const double sd = t5_init_stddev(c, v.name);
       fill_normal(host.data(), (int64_t)host.size(), 1, ++k);
       for (float& x : host) x = (float)(x * sd);
     }

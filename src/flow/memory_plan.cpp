@@ -174,27 +174,11 @@ WeightInfo vae_weight_info(const std::string& path, WFormat fmt) {
   return a.done(layout.total());
 }
 
-size_t t5_activation_bytes(const T5Config& c, int B, int L) {
-  const size_t M = (size_t)B * L, D = c.d_model, I = c.inner(), F = c.d_ff, H = c.num_heads, R = 2 * (size_t)L - 1;
-  size_t f = M + M + R + H * R + M * D + M * D + M;        // ids, key_valid, buckets, rel, stream, tmp, fin_rstd
-  f += M + M * D + 4 * M * I + (size_t)B * H * L + M + M * D + 3 * M * F;  // one layer's set (reused)
-  return f * sizeof(float);
-}
+// The models count their own plans (a dry run over the buffers forward() allocates): nothing is copied here.
+size_t t5_activation_bytes(const T5Config& c, int B, int L) { return T5Encoder::activation_bytes(c, B, L, false); }
 
 size_t dit_activation_bytes(const DiTConfig& c, int B, int L, int h, int w) {
-  const size_t p = c.patch_size, N = (size_t)(h / p) * (w / p), S = L + N, M = (size_t)B * S;
-  const size_t D = c.hidden_size, C = c.cond(), T = c.text_dim, F = c.ffn_hidden_size, P = c.features();
-  int maxH = 0;
-  for (int hh : c.heads) maxH = std::max(maxH, hh);
-  size_t f = (size_t)B * S + (size_t)B * 256 + 3 * B * C + B * T + 3 * B * C + 2 * B * C;
-  f += (size_t)B * L + (size_t)B * L * T + (size_t)B * L * D + B * N * P + B * N * D + M * D;
-  f += (size_t)c.layers() * B * 4 * D;
-  f += B * N * D + 2 * B * N + B * N * D + B * D + B * N * D + B * N * P;
-  f += 10 * M * D + 8 * M + 3 * M * F + (size_t)B * maxH * S;  // one layer's set (reused; no un-modulated norms)
-  std::set<int> dhs;
-  for (int hh : c.heads) dhs.insert((int)D / hh);
-  for (int dh : dhs) f += S * (size_t)dh;  // RoPE cos + sin tables (S, dh/2) each
-  return f * sizeof(float);
+  return DiT::activation_bytes(c, B, L, h, w, false);
 }
 
 size_t vae_pass_bytes(const VaeConfig& c, bool encoder, int h, int w, const VaeRunOptions& o, WFormat fmt) {

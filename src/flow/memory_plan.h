@@ -1,7 +1,7 @@
 // The memory plan of a generation run, computed before anything is loaded: the weights of each component from
-// the safetensors headers, the activations of each stage from the shapes (the same arithmetic as the models'
-// own planners), and the peak over the stages, given that the pipeline loads a component when a stage needs it
-// and releases it when the stage is done (the T5 is gone before the DiT loads; the DiT before the VAE decodes).
+// the safetensors headers, the activations of each stage from the shapes (the models' own planners, run dry), and
+// the peak over the stages, given that the pipeline loads a component when a stage needs it and releases it when
+// the stage is done (the T5 is gone before the DiT loads; the DiT before the VAE decodes).
 #pragma once
 #include "models/dit_config.h"
 #include "models/t5.h"
@@ -35,8 +35,9 @@ DiTConfig dit_config_of(const std::string& path);
 T5Config t5_config_of(const std::string& path);
 VaeConfig vae_config_of(const std::string& path);
 
-// Activation bytes of one inference forward, exactly what the models' planners allocate
-// (T5Encoder::activation_bytes / DiT::activation_bytes after forward(training = false)).
+// Activation bytes of one inference forward, exactly what the models' planners allocate: the models' own dry runs
+// (T5Encoder::activation_bytes(cfg, B, L, false), DiT::activation_bytes(cfg, B, L, h, w, false)), equal to their
+// activation_bytes() after forward(training = false).
 size_t t5_activation_bytes(const T5Config& c, int B, int L);
 size_t dit_activation_bytes(const DiTConfig& c, int B, int L, int h, int w);
 // One VAE pass over an h×w latent with these options: the untiled plan, or one tile's plan plus the tiling

@@ -5,9 +5,10 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "models/tensor_table.h"
 #include "ops/rope.h"
+#include <array>
 #include <cmath>
-#include <cstring>
 
 namespace oboro {
 
@@ -20,18 +21,76 @@ namespace {
 struct Weights {
   float *t0w, *t0b, *t2w, *t2b, *b0w, *b0b, *b2w, *b2b, *capg, *capw, *capb, *xw, *xb, *fmw, *fmb, *flw, *flb;
 };
+
+// The DiT's tensors, each declared once (models/tensor_table.h): the layout (dit_param_layout: names, shapes and the
+// order of the flat buffer that checkpoints and the optimiser's moments keep), the pointers forward/backward read
+// (Weights, DiT::Layer), the quantisable weights and their views (dit_quantizable, DiT::LinearViews) and
+// init_weights' rules all come from here. Init: Linear weights Xavier-normal N(0, 2/(fan_in + fan_out)), the
+// t_embedder's N(0, 0.02²), biases 0, norm scales 1, adaLN modulation and the final layer 0 (each block starts as
+// the identity and the model predicts v = 0).
+using DiTTable = TensorTable<Weights, DiT::Layer, DiT::LinearViews>;
+std::array<int64_t, 5> dit_sizes(const DiTConfig& c) {
+  return {c.hidden_size, c.cond(), c.text_dim, c.ffn_hidden_size, c.features()};
+}
+const DiTTable& dit_tensors() {
+  // D width, C cond width, T text dim, F FFN width, P = C_lat·p² (dit_sizes).
+  static constexpr Dim D{0}, C{1}, T{2}, F{3}, P{4};
+  using L = DiT::Layer;
+  using V = DiT::LinearViews;
+  static const TensorDecl<Weights> head[] = {
+      {"t_embedder.mlp.0.weight", {C, lit(256)}, Role::Weight, normal_init(0.02), &Weights::t0w},
+      {"t_embedder.mlp.0.bias", {C}, Role::Bias, kZeros, &Weights::t0b},
+      {"t_embedder.mlp.2.weight", {C, C}, Role::Weight, normal_init(0.02), &Weights::t2w},
+      {"t_embedder.mlp.2.bias", {C}, Role::Bias, kZeros, &Weights::t2b},
+      {"bos_embedder.mlp.0.weight", {C, T}, Role::Weight, kXavier, &Weights::b0w},
+      {"bos_embedder.mlp.0.bias", {C}, Role::Bias, kZeros, &Weights::b0b},
+      {"bos_embedder.mlp.2.weight", {C, C}, Role::Weight, kXavier, &Weights::b2w},
+      {"bos_embedder.mlp.2.bias", {C}, Role::Bias, kZeros, &Weights::b2b},
+      {"cap_embedder.0.weight", {T}, Role::Norm, kOnes, &Weights::capg},
+      {"cap_embedder.1.weight", {D, T}, Role::Weight, kXavier, &Weights::capw},
+      {"cap_embedder.1.bias", {D}, Role::Bias, kZeros, &Weights::capb},
+      {"x_embedder.weight", {D, P}, Role::Weight, kXavier, &Weights::xw},
+      {"x_embedder.bias", {D}, Role::Bias, kZeros, &Weights::xb},
+  };
+  static const TensorDecl<L, V> layer[] = {  // under "layers.{i}."
+      {"attention.qkv.weight", {3 * D, D}, Role::Weight, kXavier, &L::qkv, &V::qkv},
+      {"attention.q_norm.weight", {D}, Role::Norm, kOnes, &L::qn_w},
+      {"attention.q_norm.bias", {D}, Role::Bias, kZeros, &L::qn_b},
+      {"attention.k_norm.weight", {D}, Role::Norm, kOnes, &L::kn_w},
+      {"attention.k_norm.bias", {D}, Role::Bias, kZeros, &L::kn_b},
+      {"attention.out.weight", {D, D}, Role::Weight, kXavier, &L::out, &V::out},
+      {"feed_forward.w1.weight", {F, D}, Role::Weight, kXavier, &L::w1, &V::w1},
+      {"feed_forward.w2.weight", {D, F}, Role::Weight, kXavier, &L::w2, &V::w2},
+      {"feed_forward.w3.weight", {F, D}, Role::Weight, kXavier, &L::w3, &V::w3},
+      {"attention_norm1.weight", {D}, Role::Norm, kOnes, &L::an1},
+      {"attention_norm2.weight", {D}, Role::Norm, kOnes, &L::an2},
+      {"ffn_norm1.weight", {D}, Role::Norm, kOnes, &L::fn1},
+      {"ffn_norm2.weight", {D}, Role::Norm, kOnes, &L::fn2},
+      {"adaLN_modulation.1.weight", {4 * D, C}, Role::Weight, kZeros, &L::ada_w, &V::ada},
+      {"adaLN_modulation.1.bias", {4 * D}, Role::Bias, kZeros, &L::ada_b},
+  };
+  static const TensorDecl<Weights> tail[] = {
+      {"final_layer.adaLN_modulation.1.weight", {D, C}, Role::Weight, kZeros, &Weights::fmw},
+      {"final_layer.adaLN_modulation.1.bias", {D}, Role::Bias, kZeros, &Weights::fmb},
+      {"final_layer.linear.weight", {P, D}, Role::Weight, kZeros, &Weights::flw},
+      {"final_layer.linear.bias", {P}, Role::Bias, kZeros, &Weights::flb},
+  };
+  static const DiTTable table{head, "layers.", layer, tail};
+  return table;
+}
+
 Weights bind_weights(const ParamLayout& L, float* base) {
-  auto p = [&](const char* n) { return base + L.at(n).offset; };
-  return {p("t_embedder.mlp.0.weight"), p("t_embedder.mlp.0.bias"), p("t_embedder.mlp.2.weight"),
-          p("t_embedder.mlp.2.bias"), p("bos_embedder.mlp.0.weight"), p("bos_embedder.mlp.0.bias"),
-          p("bos_embedder.mlp.2.weight"), p("bos_embedder.mlp.2.bias"), p("cap_embedder.0.weight"),
-          p("cap_embedder.1.weight"), p("cap_embedder.1.bias"), p("x_embedder.weight"), p("x_embedder.bias"),
-          p("final_layer.adaLN_modulation.1.weight"), p("final_layer.adaLN_modulation.1.bias"),
-          p("final_layer.linear.weight"), p("final_layer.linear.bias")};
+  Weights w{};
+  dit_tensors().bind_top(w, L, base);
+  return w;
 }
 }  // namespace
 
-static std::vector<DiT::Layer> bind_layers(const ParamLayout& L, float* base, int n);
+ParamLayout dit_param_layout(const DiTConfig& c) { return dit_tensors().layout(c.layers(), dit_sizes(c)); }
+
+static std::vector<DiT::Layer> bind_layers(const ParamLayout& L, float* base, int n) {
+  return dit_tensors().bind_blocks(L, base, n);
+}
 
 // Activations one block saves for backward (in inference one set is reused by every block).
 struct DiT::LayerActs {
@@ -48,17 +107,17 @@ struct DiT::LayerActs {
 };
 
 struct DiT::Acts {
-  Backend& be;
+  Backend* be;  // null in a dry run (activation_bytes): nothing is allocated
   std::vector<Buffer> owned;
   size_t floats = 0;
   int B = 0, L = 0, h = 0, w = 0, S = 0, N = 0;
   bool training = false;
   float* take(size_t n) {
-    owned.push_back(be.alloc(n, DType::F32, "dit.activations"));
+    owned.push_back(be->alloc(n, DType::F32, "dit.activations"));
     floats += n;
     return owned.back().f32();
   }
-  explicit Acts(Backend& b) : be(b) {}
+  explicit Acts(Backend* b) : be(b) {}
 
   float *key_valid, *txt_copy;
   float *temb_in, *te1, *te1s, *temb, *bos_in, *be1, *be1s, *bemb, *c, *sc;
@@ -84,42 +143,13 @@ struct DiT::GradScratch {
   float *d_out_tok, *d_fin_m, *d_fin_n, *d_fin_x, *d_fscale, *d_cap_out, *d_cap_n, *d_img_out;
 };
 
-static std::vector<DiT::Layer> bind_layers(const ParamLayout& L, float* base, int n) {
-  std::vector<DiT::Layer> out(n);
-  for (int i = 0; i < n; ++i) {
-    std::string p = "layers." + std::to_string(i) + ".";
-    auto g = [&](const char* s) -> float* {  // null for a tensor stored outside the flat buffer (quantised)
-      const ParamView* v = L.find(p + s);
-      return v ? base + v->offset : nullptr;
-    };
-    out[i] = {g("attention.qkv.weight"),      g("attention.q_norm.weight"), g("attention.q_norm.bias"),
-              g("attention.k_norm.weight"),   g("attention.k_norm.bias"),   g("attention.out.weight"),
-              g("feed_forward.w1.weight"),    g("feed_forward.w2.weight"),  g("feed_forward.w3.weight"),
-              g("attention_norm1.weight"),    g("attention_norm2.weight"),  g("ffn_norm1.weight"),
-              g("ffn_norm2.weight"),          g("adaLN_modulation.1.weight"), g("adaLN_modulation.1.bias")};
-  }
-  return out;
-}
-
-bool dit_quantizable(const std::string& n) {
-  if (n.rfind("layers.", 0) != 0) return false;
-  for (const char* s : {".attention.qkv.weight", ".attention.out.weight", ".feed_forward.w1.weight",
-                        ".feed_forward.w2.weight", ".feed_forward.w3.weight", ".adaLN_modulation.1.weight"}) {
-    const size_t k = std::strlen(s);
-    if (n.size() > k && n.compare(n.size() - k, k, s) == 0) return true;
-  }
-  return false;
-}
+bool dit_quantizable(const std::string& n) { return dit_tensors().quantizable(n); }
 
 DiT::DiT(const DiTConfig& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be), wfmt_(weights) {
   cfg_.validate("model config");
   full_layout_ = dit_param_layout(cfg_);
-  if (wfmt_ == WFormat::F32) {
-    layout_ = full_layout_;
-  } else {
-    for (const auto& v : full_layout_.views())
-      if (!dit_quantizable(v.name)) layout_.add(v.name, v.shape);
-  }
+  if (wfmt_ == WFormat::F32) layout_ = full_layout_;
+  else layout_ = dit_tensors().layout(cfg_.layers(), dit_sizes(cfg_), /*f32_only=*/true);
   params_buf_ = be_.alloc(layout_.total(), DType::F32, "dit.params");
   params_ = params_buf_.f32();
   layers_ = bind_layers(layout_, params_, cfg_.layers());
@@ -128,19 +158,12 @@ DiT::DiT(const DiTConfig& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be
 
 void DiT::bind_linear_views() {
   for (auto& [n, q] : qw_) q.bind(be_);
-  lv_.assign(cfg_.layers(), {});
-  for (int i = 0; i < cfg_.layers(); ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    auto view = [&](const char* s) -> WeightView {
-      const std::string n = p + s;
-      const ParamView& fv = full_layout_.at(n);
-      if (const ParamView* v = layout_.find(n)) return f32_view(params_ + v->offset, (int)fv.shape[0], (int)fv.shape[1]);
-      auto it = qw_.find(n);
-      return it == qw_.end() ? WeightView{} : it->second.view();  // empty until the weight is set
-    };
-    lv_[i] = {view("attention.qkv.weight"),   view("attention.out.weight"),   view("feed_forward.w1.weight"),
-              view("feed_forward.w2.weight"), view("feed_forward.w3.weight"), view("adaLN_modulation.1.weight")};
-  }
+  lv_ = dit_tensors().bind_views(cfg_.layers(), [&](const std::string& n) -> WeightView {
+    const ParamView& fv = full_layout_.at(n);
+    if (const ParamView* v = layout_.find(n)) return f32_view(params_ + v->offset, (int)fv.shape[0], (int)fv.shape[1]);
+    auto it = qw_.find(n);
+    return it == qw_.end() ? WeightView{} : it->second.view();  // empty until the weight is set
+  });
 }
 
 void DiT::require_f32(const char* what) const {
@@ -222,107 +245,130 @@ void DiT::save(const std::string& path, const std::map<std::string, std::string>
   wr.write(path);
 }
 
-static bool is_zero_init(const std::string& n) {
-  return n.find("adaLN_modulation") != std::string::npos || n.rfind("final_layer.linear", 0) == 0;
-}
-
 void DiT::init_weights(uint64_t seed) {
   require_f32("initialisation");
-  std::vector<float> host;
-  uint64_t stream = 0;
-  for (const auto& v : layout_.views()) {
-    host.assign(v.numel(), 0.f);
-    const std::string& n = v.name;
-    bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
-    if (is_zero_init(n) || bias) {
-      // zeros
-    } else if (v.shape.size() == 1) {
-      std::fill(host.begin(), host.end(), 1.f);  // norm weights
-    } else {
-      double fan_in = (double)v.shape[1], fan_out = (double)v.shape[0];
-      double std = n.rfind("t_embedder", 0) == 0 ? 0.02 : std::sqrt(2.0 / (fan_in + fan_out));
-      fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, (float)std);
-    }
-    ++stream;
-    be_.upload(params_ + v.offset, host.data(), host.size());
-  }
+  dit_tensors().init(be_, layout_, params_, cfg_.layers(), dit_sizes(cfg_), seed);
 }
 
 void DiT::init_random_all(uint64_t seed) {
   require_f32("initialisation");
   std::vector<float> host;
   uint64_t stream = 0;
-  for (const auto& v : layout_.views()) {
+  dit_tensors().each(cfg_.layers(), [&](const auto& d, const std::string& n) {
+    const ParamView& v = layout_.at(n);
     host.resize(v.numel());
-    const std::string& n = v.name;
-    bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
-    if (v.shape.size() == 1 && !bias) fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 1.f, 0.1f);
-    else if (bias) fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, 0.1f);
+    if (d.role == Role::Norm) fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 1.f, 0.1f);
+    else if (d.role == Role::Bias) fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, 0.1f);
     else fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, (float)(1.0 / std::sqrt((double)v.shape[1])));
     ++stream;
     be_.upload(params_ + v.offset, host.data(), host.size());
-  }
+  });
 }
 
-void DiT::plan(int B, int L, int h, int w, bool training) {
-  const int p = cfg_.patch_size;
+namespace {
+
+void check_plan_shape(const DiTConfig& cfg, int B, int L, int h, int w) {
+  const int p = cfg.patch_size;
   if (h % p || w % p)
     fail("latent size ", h, "x", w, " is not divisible by the patch size ", p,
          ": image sides must be multiples of ", 8 * p, " pixels");
   if (B <= 0 || L <= 0 || h <= 0 || w <= 0) fail("empty batch: B=", B, " L=", L, " h=", h, " w=", w);
+}
+
+template <class A>
+void set_plan_shape(const DiTConfig& cfg, A& a, int B, int L, int h, int w, bool training) {
+  const int p = cfg.patch_size;
+  a.B = B; a.L = L; a.h = h; a.w = w; a.training = training;
+  a.N = (h / p) * (w / p);
+  a.S = L + a.N;
+}
+
+// Every activation buffer of a plan (the shape set by set_plan_shape), in allocation order: take(member, floats).
+// plan() allocates them (Acts::take) and DiT::activation_bytes(cfg, ...) only counts them: one list for both.
+template <class A, class Take>
+void declare_acts(const DiTConfig& cfg, A& a, Take&& take) {
+  const bool training = a.training;
+  const size_t B = a.B, L = a.L, N = a.N, S = a.S, M = B * S;
+  const size_t D = cfg.hidden_size, C = cfg.cond(), T = cfg.text_dim, F = cfg.ffn_hidden_size, P = cfg.features();
+  int maxH = 0;
+  for (int hh : cfg.heads) maxH = std::max(maxH, hh);
+  auto opt = [&](bool on, float*& ptr, size_t n) {
+    if (on) take(ptr, n);
+    else ptr = nullptr;
+  };
+  take(a.key_valid, B * S);
+  opt(training, a.txt_copy, B * L * T);
+  take(a.temb_in, B * 256);
+  take(a.te1, B * C); take(a.te1s, B * C); take(a.temb, B * C);
+  take(a.bos_in, B * T);
+  take(a.be1, B * C); take(a.be1s, B * C); take(a.bemb, B * C);
+  take(a.c, B * C); take(a.sc, B * C);
+  take(a.cap_rstd, B * L); take(a.cap_n, B * L * T); take(a.cap_out, B * L * D);
+  take(a.tokens, B * N * P); take(a.img_out, B * N * D);
+  take(a.h_stream, M * D);
+  take(a.mods, (size_t)cfg.layers() * B * 4 * D);
+  take(a.fin_x, B * N * D); take(a.fin_mean, B * N); take(a.fin_rstd, B * N);
+  take(a.fin_n, B * N * D); take(a.fscale, B * D); take(a.fin_m, B * N * D);
+  take(a.out_tok, B * N * P);
+  a.layers.resize(training ? cfg.layers() : 1);
+  for (auto& la : a.layers) {
+    if (training) { take(la.x_in, M * D); take(la.x_mid, M * D); }
+    // The un-modulated norms (a_n, an2, f_n, fn2) exist for the backward only: inference runs fused norm ops.
+    take(la.a_rstd, M); opt(training, la.a_n, M * D); take(la.a_m, M * D);
+    take(la.q_pre, M * D); take(la.k_pre, M * D); take(la.v, M * D);
+    take(la.q_mean, M); take(la.q_rstd, M); take(la.k_mean, M); take(la.k_rstd, M);
+    take(la.q, M * D); take(la.k, M * D);
+    take(la.o, M * D); take(la.lse, B * maxH * S);
+    take(la.ao, M * D); take(la.ao_rstd, M); opt(training, la.an2, M * D);
+    take(la.f_rstd, M); opt(training, la.f_n, M * D); take(la.f_m, M * D);
+    take(la.h1, M * F); take(la.h3, M * F); take(la.g, M * F);
+    take(la.f, M * D); take(la.f2_rstd, M); opt(training, la.fn2, M * D);
+  }
+  // RoPE tables: cos and sin, (S, dh/2) each, for every head dim of the schedule (filled by plan()).
+  for (int hh : cfg.heads) {
+    const size_t dh = D / hh;
+    if (a.rope.count((int)dh)) continue;
+    auto& cs = a.rope[(int)dh];
+    take(cs.first, S * (dh / 2));
+    take(cs.second, S * (dh / 2));
+  }
+}
+
+}  // namespace
+
+void DiT::plan(int B, int L, int h, int w, bool training) {
+  check_plan_shape(cfg_, B, L, h, w);
   if (acts_ && acts_->B == B && acts_->L == L && acts_->h == h && acts_->w == w && acts_->training == training) return;
   acts_.reset();
   gs_.reset();
-  auto a = std::make_unique<Acts>(be_);
-  a->B = B; a->L = L; a->h = h; a->w = w; a->training = training;
-  const size_t N = (size_t)(h / p) * (w / p), S = L + N, M = (size_t)B * S;
-  a->N = (int)N; a->S = (int)S;
-  const size_t D = cfg_.hidden_size, C = cfg_.cond(), T = cfg_.text_dim, F = cfg_.ffn_hidden_size, P = cfg_.features();
-  int maxH = 0;
-  for (int hh : cfg_.heads) maxH = std::max(maxH, hh);
-  a->key_valid = a->take((size_t)B * S);
-  a->txt_copy = training ? a->take((size_t)B * L * T) : nullptr;
-  a->temb_in = a->take((size_t)B * 256);
-  a->te1 = a->take(B * C); a->te1s = a->take(B * C); a->temb = a->take(B * C);
-  a->bos_in = a->take(B * T);
-  a->be1 = a->take(B * C); a->be1s = a->take(B * C); a->bemb = a->take(B * C);
-  a->c = a->take(B * C); a->sc = a->take(B * C);
-  a->cap_rstd = a->take((size_t)B * L); a->cap_n = a->take((size_t)B * L * T); a->cap_out = a->take((size_t)B * L * D);
-  a->tokens = a->take(B * N * P); a->img_out = a->take(B * N * D);
-  a->h_stream = a->take(M * D);
-  a->mods = a->take((size_t)cfg_.layers() * B * 4 * D);
-  a->fin_x = a->take(B * N * D); a->fin_mean = a->take(B * N); a->fin_rstd = a->take(B * N);
-  a->fin_n = a->take(B * N * D); a->fscale = a->take(B * D); a->fin_m = a->take(B * N * D);
-  a->out_tok = a->take(B * N * P);
-  a->layers.resize(training ? cfg_.layers() : 1);
-  for (auto& la : a->layers) {
-    if (training) { la.x_in = a->take(M * D); la.x_mid = a->take(M * D); }
-    // The un-modulated norms (a_n, an2, f_n, fn2) exist for the backward only: inference runs fused norm ops.
-    la.a_rstd = a->take(M); la.a_n = training ? a->take(M * D) : nullptr; la.a_m = a->take(M * D);
-    la.q_pre = a->take(M * D); la.k_pre = a->take(M * D); la.v = a->take(M * D);
-    la.q_mean = a->take(M); la.q_rstd = a->take(M); la.k_mean = a->take(M); la.k_rstd = a->take(M);
-    la.q = a->take(M * D); la.k = a->take(M * D);
-    la.o = a->take(M * D); la.lse = a->take((size_t)B * maxH * S);
-    la.ao = a->take(M * D); la.ao_rstd = a->take(M); la.an2 = training ? a->take(M * D) : nullptr;
-    la.f_rstd = a->take(M); la.f_n = training ? a->take(M * D) : nullptr; la.f_m = a->take(M * D);
-    la.h1 = a->take(M * F); la.h3 = a->take(M * F); la.g = a->take(M * F);
-    la.f = a->take(M * D); la.f2_rstd = a->take(M); la.fn2 = training ? a->take(M * D) : nullptr;
-  }
+  auto a = std::make_unique<Acts>(&be_);
+  set_plan_shape(cfg_, *a, B, L, h, w, training);
+  declare_acts(cfg_, *a, [&](float*& ptr, size_t n) { ptr = a->take(n); });
   // RoPE tables: text rows at (0,0), image token n at (n / (w/p), n % (w/p)).
+  const int p = cfg_.patch_size;
+  const size_t N = a->N, S = a->S;
   std::vector<int> rows(S, 0), cols(S, 0);
   for (size_t n = 0; n < N; ++n) { rows[L + n] = (int)(n / (w / p)); cols[L + n] = (int)(n % (w / p)); }
-  for (int hh : cfg_.heads) {
-    int dh = (int)D / hh;
-    if (a->rope.count(dh)) continue;
-    std::vector<float> cs, sn;
-    rope2d_tables(cs, sn, rows, cols, dh, cfg_.rope_theta);
-    float* c = a->take(cs.size());
-    float* s = a->take(sn.size());
-    be_.upload(c, cs.data(), cs.size());
-    be_.upload(s, sn.data(), sn.size());
-    a->rope[dh] = {c, s};
+  for (const auto& [dh, cs] : a->rope) {
+    std::vector<float> c, s;
+    rope2d_tables(c, s, rows, cols, dh, cfg_.rope_theta);
+    if (c.size() != S * (dh / 2) || s.size() != c.size()) fail("internal error: DiT RoPE table size");
+    be_.upload(cs.first, c.data(), c.size());
+    be_.upload(cs.second, s.data(), s.size());
   }
   acts_ = std::move(a);
+}
+
+size_t DiT::activation_bytes(const DiTConfig& cfg, int B, int L, int h, int w, bool training) {
+  check_plan_shape(cfg, B, L, h, w);
+  Acts a(nullptr);  // a dry run: nothing is allocated
+  set_plan_shape(cfg, a, B, L, h, w, training);
+  size_t floats = 0;
+  declare_acts(cfg, a, [&](float*& ptr, size_t n) {
+    ptr = nullptr;
+    floats += n;
+  });
+  return floats * sizeof(float);
 }
 
 size_t DiT::activation_bytes() const { return acts_ ? acts_->floats * sizeof(float) : 0; }

@@ -16,6 +16,7 @@ class TensorSource;
 
 // The DiT tensors that may be stored in a low-precision format (docs/formats.md): the blocks' big Linear weights
 // (attention qkv/out, SwiGLU w1/w2/w3, adaLN modulation). Norms, biases, embedders and the final layer never are.
+// Read from the DiT's tensor table (dit.cpp), as dit_param_layout is.
 bool dit_quantizable(const std::string& name);
 
 class DiT {
@@ -58,6 +59,9 @@ class DiT {
   // for backward, inference reuses one layer's worth. Called automatically by forward().
   void plan(int B, int L, int h, int w, bool training);
   size_t activation_bytes() const;
+  // The bytes plan(B, L, h, w, training) allocates, without allocating: a dry run over the same list of activation
+  // buffers (the memory plan's DiT estimate). Equal to activation_bytes() after such a forward.
+  static size_t activation_bytes(const DiTConfig& cfg, int B, int L, int h, int w, bool training);
 
   // x (B,C,h,w), t (B), txt (B,L,text_dim), txt_mask (B,L) 1 = valid; v (B,C,h,w) out.
   // All pointers are backend buffers. Position 0 of every text row must be valid (BOS): TextBatch
@@ -74,6 +78,7 @@ class DiT {
   static double forward_flops(const DiTConfig& cfg, int B, int L, int h, int w);
 
   struct Layer;  // pointers to one block's tensors (in params or grads)
+  struct LinearViews { WeightView qkv, out, w1, w2, w3, ada; };  // one block's quantisable weights as the forward reads them
 
  private:
   struct Acts;
@@ -93,7 +98,6 @@ class DiT {
   WFormat wfmt_ = WFormat::F32;
   ParamLayout full_layout_;                      // every tensor (layout_ lacks the quantised ones)
   std::map<std::string, QuantizedWeight> qw_;    // quantised weights (host memory or the mapped file)
-  struct LinearViews { WeightView qkv, out, w1, w2, w3, ada; };
   std::vector<LinearViews> lv_;
   std::unique_ptr<Acts> acts_;
   std::unique_ptr<GradScratch> gs_;

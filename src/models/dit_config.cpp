@@ -118,46 +118,7 @@ void DiTConfig::validate(const std::string& where) const {
   if (!(rope_theta > 1)) bad("rope_theta must be > 1");
 }
 
-ParamLayout dit_param_layout(const DiTConfig& c) {
-  const int64_t D = c.hidden_size, C = c.cond(), T = c.text_dim, F = c.ffn_hidden_size, P = c.features();
-  ParamLayout L;
-  L.add("t_embedder.mlp.0.weight", {C, 256});
-  L.add("t_embedder.mlp.0.bias", {C});
-  L.add("t_embedder.mlp.2.weight", {C, C});
-  L.add("t_embedder.mlp.2.bias", {C});
-  L.add("bos_embedder.mlp.0.weight", {C, T});
-  L.add("bos_embedder.mlp.0.bias", {C});
-  L.add("bos_embedder.mlp.2.weight", {C, C});
-  L.add("bos_embedder.mlp.2.bias", {C});
-  L.add("cap_embedder.0.weight", {T});
-  L.add("cap_embedder.1.weight", {D, T});
-  L.add("cap_embedder.1.bias", {D});
-  L.add("x_embedder.weight", {D, P});
-  L.add("x_embedder.bias", {D});
-  for (int i = 0; i < c.layers(); ++i) {
-    std::string p = "layers." + std::to_string(i) + ".";
-    L.add(p + "attention.qkv.weight", {3 * D, D});
-    L.add(p + "attention.q_norm.weight", {D});
-    L.add(p + "attention.q_norm.bias", {D});
-    L.add(p + "attention.k_norm.weight", {D});
-    L.add(p + "attention.k_norm.bias", {D});
-    L.add(p + "attention.out.weight", {D, D});
-    L.add(p + "feed_forward.w1.weight", {F, D});
-    L.add(p + "feed_forward.w2.weight", {D, F});
-    L.add(p + "feed_forward.w3.weight", {F, D});
-    L.add(p + "attention_norm1.weight", {D});
-    L.add(p + "attention_norm2.weight", {D});
-    L.add(p + "ffn_norm1.weight", {D});
-    L.add(p + "ffn_norm2.weight", {D});
-    L.add(p + "adaLN_modulation.1.weight", {4 * D, C});
-    L.add(p + "adaLN_modulation.1.bias", {4 * D});
-  }
-  L.add("final_layer.adaLN_modulation.1.weight", {D, C});
-  L.add("final_layer.adaLN_modulation.1.bias", {D});
-  L.add("final_layer.linear.weight", {P, D});
-  L.add("final_layer.linear.bias", {P});
-  return L;
-}
+// dit_param_layout (declared in dit_config.h) is defined in dit.cpp, from the DiT's tensor table.
 
 int64_t DiTConfig::param_count() const {
   int64_t n = 0;

@@ -10,8 +10,11 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "models/tensor_table.h"
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <type_traits>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -178,25 +181,72 @@ T5Config T5Config::infer(const TensorSource& src) {
   return c;
 }
 
-ParamLayout t5_param_layout(const T5Config& c) {
-  const int64_t V = c.vocab_size, D = c.d_model, I = c.inner(), F = c.d_ff;
-  ParamLayout L;
-  L.add(kShared, {V, D});
-  for (int i = 0; i < c.num_layers; ++i) {
-    std::string p = blk(i);
-    L.add(p + "layer.0.SelfAttention.q.weight", {I, D});
-    L.add(p + "layer.0.SelfAttention.k.weight", {I, D});
-    L.add(p + "layer.0.SelfAttention.v.weight", {I, D});
-    L.add(p + "layer.0.SelfAttention.o.weight", {D, I});
-    if (i == 0) L.add(kRelBias, {c.rel_buckets, c.num_heads});
-    L.add(p + "layer.0.layer_norm.weight", {D});
-    L.add(p + "layer.1.DenseReluDense.wi_0.weight", {F, D});
-    L.add(p + "layer.1.DenseReluDense.wi_1.weight", {F, D});
-    L.add(p + "layer.1.DenseReluDense.wo.weight", {D, F});
-    L.add(p + "layer.1.layer_norm.weight", {D});
-  }
-  L.add(kFinalNorm, {D});
-  return L;
+namespace {
+struct BlockW {
+  float *q, *k, *v, *o, *ln0, *wi0, *wi1, *wo, *ln1;
+  float* rel;  // block 0 only: the relative-attention bias table every block uses
+};
+struct Weights {
+  float *shared, *rel, *final_ln;
+  std::vector<BlockW> blocks;
+};
+
+// The T5's tensors, each declared once (models/tensor_table.h): the layout (t5_param_layout, HF T5EncoderModel
+// names, `shared.weight` first, the bias table in block 0 after its `o`), the pointers forward/backward read, the
+// quantisable weights and their views (t5_quantizable, T5Encoder::LinearViews) and init_weights' rules (Hugging Face
+// T5, factor 1: embedding N(0, 1), q N(0, 1/(d_model·d_kv)), k, v, wi_* and the bias table N(0, 1/d_model),
+// o N(0, 1/(H·d_kv)), wo N(0, 1/d_ff), norms 1).
+using T5Table = TensorTable<Weights, BlockW, T5Encoder::LinearViews>;
+std::array<int64_t, 7> t5_sizes(const T5Config& c) {
+  return {c.vocab_size, c.d_model, c.inner(), c.d_ff, c.rel_buckets, c.num_heads, (int64_t)c.d_model * c.d_kv};
+}
+const T5Table& t5_tensors() {
+  // V vocabulary, D d_model, I = H·d_kv, F d_ff, NB relative buckets, H heads, DK = d_model·d_kv (t5_sizes).
+  static constexpr Dim V{0}, D{1}, I{2}, F{3}, NB{4}, H{5}, DK{6};
+  using B = BlockW;
+  using LV = T5Encoder::LinearViews;
+  static const TensorDecl<Weights> head[] = {
+      {kShared, {V, D}, Role::Weight, normal_init(1.0), &Weights::shared},
+  };
+  static const TensorDecl<B, LV> block[] = {  // under "encoder.block.{i}."
+      {"layer.0.SelfAttention.q.weight", {I, D}, Role::Weight, normal_init(1.0, DK), &B::q, &LV::q},
+      {"layer.0.SelfAttention.k.weight", {I, D}, Role::Weight, normal_init(1.0, D), &B::k, &LV::k},
+      {"layer.0.SelfAttention.v.weight", {I, D}, Role::Weight, normal_init(1.0, D), &B::v, &LV::v},
+      {"layer.0.SelfAttention.o.weight", {D, I}, Role::Weight, normal_init(1.0, I), &B::o, &LV::o},
+      {"layer.0.SelfAttention.relative_attention_bias.weight", {NB, H}, Role::Weight, normal_init(1.0, D), &B::rel,
+       nullptr, /*first_block_only=*/true},  // = kRelBias
+      {"layer.0.layer_norm.weight", {D}, Role::Norm, kOnes, &B::ln0},
+      {"layer.1.DenseReluDense.wi_0.weight", {F, D}, Role::Weight, normal_init(1.0, D), &B::wi0, &LV::wi0},
+      {"layer.1.DenseReluDense.wi_1.weight", {F, D}, Role::Weight, normal_init(1.0, D), &B::wi1, &LV::wi1},
+      {"layer.1.DenseReluDense.wo.weight", {D, F}, Role::Weight, normal_init(1.0, F), &B::wo, &LV::wo},
+      {"layer.1.layer_norm.weight", {D}, Role::Norm, kOnes, &B::ln1},
+  };
+  static const TensorDecl<Weights> tail[] = {
+      {kFinalNorm, {D}, Role::Norm, kOnes, &Weights::final_ln},
+  };
+  static const T5Table table{head, "encoder.block.", block, tail};
+  return table;
+}
+
+Weights bind(const ParamLayout& L, float* base, int layers) {
+  Weights w{};
+  t5_tensors().bind_top(w, L, base);
+  w.blocks = t5_tensors().bind_blocks(L, base, layers);
+  w.rel = w.blocks.at(0).rel;  // declared in block 0, used by every block
+  return w;
+}
+}  // namespace
+
+ParamLayout t5_param_layout(const T5Config& c) { return t5_tensors().layout(c.num_layers, t5_sizes(c)); }
+
+bool t5_quantizable(const std::string& n) { return t5_tensors().quantizable(n); }
+
+double t5_init_stddev(const T5Config& c, const std::string& name) {
+  const auto sizes = t5_sizes(c);
+  double sd = 0;
+  if (!t5_tensors().find(name, [&](const auto& d) { sd = d.init.stddev(d.shape.of(sizes), sizes); }))
+    fail("t5_init_stddev: no T5 tensor is named ", name);
+  return sd;
 }
 
 int64_t T5Config::param_count() const {
@@ -209,34 +259,8 @@ int64_t T5Config::param_count() const {
 // ---------------------------------------------------------------------------------------------
 // Encoder
 
-namespace {
-struct BlockW {
-  float *q, *k, *v, *o, *ln0, *wi0, *wi1, *wo, *ln1;
-};
-struct Weights {
-  float *shared, *rel, *final_ln;
-  std::vector<BlockW> blocks;
-};
-Weights bind(const ParamLayout& L, float* base, int layers) {
-  auto p = [&](const std::string& n) -> float* {  // null for a tensor stored outside the flat buffer (quantised)
-    const ParamView* v = L.find(n);
-    return v ? base + v->offset : nullptr;
-  };
-  Weights w{p(kShared), p(kRelBias), p(kFinalNorm), {}};
-  for (int i = 0; i < layers; ++i) {
-    std::string b = blk(i);
-    w.blocks.push_back({p(b + "layer.0.SelfAttention.q.weight"), p(b + "layer.0.SelfAttention.k.weight"),
-                        p(b + "layer.0.SelfAttention.v.weight"), p(b + "layer.0.SelfAttention.o.weight"),
-                        p(b + "layer.0.layer_norm.weight"), p(b + "layer.1.DenseReluDense.wi_0.weight"),
-                        p(b + "layer.1.DenseReluDense.wi_1.weight"), p(b + "layer.1.DenseReluDense.wo.weight"),
-                        p(b + "layer.1.layer_norm.weight")});
-  }
-  return w;
-}
-}  // namespace
-
 struct T5Encoder::Impl {
-  Backend& be;
+  Backend* be;  // null in a dry run (activation_bytes): nothing is allocated
   std::vector<Buffer> owned;
   size_t floats = 0;
   int B = 0, L = 0;
@@ -256,41 +280,25 @@ struct T5Encoder::Impl {
   float *dh = nullptr, *dn = nullptr, *d_o = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *d_gg = nullptr, *d_h0 = nullptr, *d_h1 = nullptr, *d_rel = nullptr;
 
-  explicit Impl(Backend& b) : be(b) {}
+  explicit Impl(Backend* b) : be(b) {}
   float* take(size_t n) {
-    owned.push_back(be.alloc(n ? n : 1, DType::F32, "t5.activations"));
+    owned.push_back(be->alloc(n ? n : 1, DType::F32, "t5.activations"));
     floats += n;
     return owned.back().f32();
   }
   int32_t* take_ids(size_t n) {
-    owned.push_back(be.alloc(n ? n : 1, DType::I32, "t5.ids"));
+    owned.push_back(be->alloc(n ? n : 1, DType::I32, "t5.ids"));
     floats += n;  // 4 bytes each, as the F32 activations
     return owned.back().i32();
   }
   LayerActs& layer(int l) { return layers[training ? l : 0]; }
 };
 
-bool t5_quantizable(const std::string& n) {
-  if (!starts_with(n, "encoder.block.")) return false;
-  for (const char* s : {".layer.0.SelfAttention.q.weight", ".layer.0.SelfAttention.k.weight",
-                        ".layer.0.SelfAttention.v.weight", ".layer.0.SelfAttention.o.weight",
-                        ".layer.1.DenseReluDense.wi_0.weight", ".layer.1.DenseReluDense.wi_1.weight",
-                        ".layer.1.DenseReluDense.wo.weight"}) {
-    const size_t k = std::char_traits<char>::length(s);
-    if (n.size() > k && n.compare(n.size() - k, k, s) == 0) return true;
-  }
-  return false;
-}
-
 T5Encoder::T5Encoder(const T5Config& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be), wfmt_(weights) {
   cfg_.validate("T5 config");
   full_layout_ = t5_param_layout(cfg_);
-  if (wfmt_ == WFormat::F32) {
-    layout_ = full_layout_;
-  } else {
-    for (const auto& v : full_layout_.views())
-      if (!t5_quantizable(v.name)) layout_.add(v.name, v.shape);
-  }
+  if (wfmt_ == WFormat::F32) layout_ = full_layout_;
+  else layout_ = t5_tensors().layout(cfg_.num_layers, t5_sizes(cfg_), /*f32_only=*/true);
   params_buf_ = be_.alloc(layout_.total(), DType::F32, "t5.params");
   params_ = params_buf_.f32();
   bind_linear_views();
@@ -298,21 +306,12 @@ T5Encoder::T5Encoder(const T5Config& cfg, Backend& be, WFormat weights) : cfg_(c
 
 void T5Encoder::bind_linear_views() {
   for (auto& [n, q] : qw_) q.bind(be_);
-  lv_.assign(cfg_.num_layers, {});
-  for (int i = 0; i < cfg_.num_layers; ++i) {
-    const std::string b = blk(i);
-    auto view = [&](const char* s) -> WeightView {
-      const std::string n = b + s;
-      const ParamView& fv = full_layout_.at(n);
-      if (const ParamView* v = layout_.find(n)) return f32_view(params_ + v->offset, (int)fv.shape[0], (int)fv.shape[1]);
-      auto it = qw_.find(n);
-      return it == qw_.end() ? WeightView{} : it->second.view();
-    };
-    lv_[i] = {view("layer.0.SelfAttention.q.weight"),      view("layer.0.SelfAttention.k.weight"),
-              view("layer.0.SelfAttention.v.weight"),      view("layer.0.SelfAttention.o.weight"),
-              view("layer.1.DenseReluDense.wi_0.weight"), view("layer.1.DenseReluDense.wi_1.weight"),
-              view("layer.1.DenseReluDense.wo.weight")};
-  }
+  lv_ = t5_tensors().bind_views(cfg_.num_layers, [&](const std::string& n) -> WeightView {
+    const ParamView& fv = full_layout_.at(n);
+    if (const ParamView* v = layout_.find(n)) return f32_view(params_ + v->offset, (int)fv.shape[0], (int)fv.shape[1]);
+    auto it = qw_.find(n);
+    return it == qw_.end() ? WeightView{} : it->second.view();
+  });
 }
 
 void T5Encoder::require_f32(const char* what) const {
@@ -414,64 +413,72 @@ void T5Encoder::save(const std::string& path, const std::map<std::string, std::s
 
 void T5Encoder::init_weights(uint64_t seed) {
   require_f32("initialisation");
-  const double D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, dkv = cfg_.d_kv;
-  std::vector<float> host;
-  uint64_t stream = 0;
-  for (const auto& v : layout_.views()) {
-    host.assign(v.numel(), 0.f);
-    const std::string& n = v.name;
-    auto ends = [&](const char* suf) {
-      size_t k = std::char_traits<char>::length(suf);
-      return n.size() >= k && n.compare(n.size() - k, k, suf) == 0;
-    };
-    double sd = 0;
-    if (v.shape.size() == 1) std::fill(host.begin(), host.end(), 1.f);  // RMSNorm weights
-    else if (n == kShared) sd = 1.0;
-    else if (ends(".q.weight")) sd = 1.0 / std::sqrt(D * dkv);
-    else if (ends(".o.weight")) sd = 1.0 / std::sqrt(I);
-    else if (ends(".wo.weight")) sd = 1.0 / std::sqrt(F);
-    else sd = 1.0 / std::sqrt(D);  // k, v, wi_0, wi_1, relative_attention_bias
-    if (sd > 0) fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, (float)sd);
-    ++stream;
-    be_.upload(params_ + v.offset, host.data(), host.size());
+  t5_tensors().init(be_, layout_, params_, cfg_.num_layers, t5_sizes(cfg_), seed);
+}
+
+namespace {
+// Every activation buffer of a forward's plan (a.B, a.L, a.training set), in allocation order: take(member, floats).
+// plan() allocates them (Impl::take) and T5Encoder::activation_bytes(cfg, ...) only counts them: one list for both.
+// (The backward's scratch is allocated on the first backward.)
+template <class A, class Take>
+void declare_acts(const T5Config& cfg, A& a, Take&& take) {
+  const size_t M = (size_t)a.B * a.L, D = cfg.d_model, I = cfg.inner(), F = cfg.d_ff, H = cfg.num_heads;
+  const size_t R = 2 * (size_t)a.L - 1;
+  take(a.ids, M);
+  take(a.key_valid, M);
+  take(a.buckets, R);
+  take(a.rel, H * R);
+  take(a.stream, M * D);
+  take(a.tmp, M * D);
+  take(a.fin_rstd, M);
+  a.layers.resize(a.training ? cfg.num_layers : 1);
+  for (auto& la : a.layers) {
+    if (a.training) {
+      take(la.x_in, M * D);
+      take(la.x_mid, M * D);
+    }
+    take(la.rstd1, M);
+    take(la.n1, M * D);
+    take(la.q, M * I);
+    take(la.k, M * I);
+    take(la.v, M * I);
+    take(la.o, M * I);
+    take(la.lse, (size_t)a.B * H * a.L);
+    take(la.rstd2, M);
+    take(la.n2, M * D);
+    take(la.h0, M * F);
+    take(la.h1, M * F);
+    take(la.gg, M * F);
   }
+}
+}  // namespace
+
+size_t T5Encoder::activation_bytes(const T5Config& cfg, int B, int L, bool training) {
+  if (B <= 0 || L <= 0) fail("T5 encoder: empty batch (B=", B, ", L=", L, ")");
+  Impl a(nullptr);  // a dry run: nothing is allocated
+  a.B = B;
+  a.L = L;
+  a.training = training;
+  size_t floats = 0;
+  declare_acts(cfg, a, [&](auto*& ptr, size_t n) {
+    ptr = nullptr;
+    floats += n;
+  });
+  return floats * sizeof(float);
 }
 
 void T5Encoder::plan(int B, int L, bool training) {
   if (impl_ && impl_->B == B && impl_->L == L && impl_->training == training) return;
   impl_.reset();
-  auto a = std::make_unique<Impl>(be_);
+  auto a = std::make_unique<Impl>(&be_);
   a->B = B;
   a->L = L;
   a->training = training;
-  const size_t M = (size_t)B * L, D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, H = cfg_.num_heads;
+  declare_acts(cfg_, *a, [&](auto*& ptr, size_t n) {
+    if constexpr (std::is_same_v<std::remove_reference_t<decltype(ptr)>, int32_t*>) ptr = a->take_ids(n);
+    else ptr = a->take(n);
+  });
   const size_t R = 2 * (size_t)L - 1;
-  a->ids = a->take_ids(M);
-  a->key_valid = a->take(M);
-  a->buckets = a->take_ids(R);
-  a->rel = a->take(H * R);
-  a->stream = a->take(M * D);
-  a->tmp = a->take(M * D);
-  a->fin_rstd = a->take(M);
-  a->layers.resize(training ? cfg_.num_layers : 1);
-  for (auto& la : a->layers) {
-    if (training) {
-      la.x_in = a->take(M * D);
-      la.x_mid = a->take(M * D);
-    }
-    la.rstd1 = a->take(M);
-    la.n1 = a->take(M * D);
-    la.q = a->take(M * I);
-    la.k = a->take(M * I);
-    la.v = a->take(M * I);
-    la.o = a->take(M * I);
-    la.lse = a->take((size_t)B * H * L);
-    la.rstd2 = a->take(M);
-    la.n2 = a->take(M * D);
-    la.h0 = a->take(M * F);
-    la.h1 = a->take(M * F);
-    la.gg = a->take(M * F);
-  }
   std::vector<int32_t> bk(R);
   for (int n = -(L - 1); n <= L - 1; ++n) bk[n + L - 1] = t5_relative_bucket(n, cfg_.rel_buckets, cfg_.rel_max_distance);
   be_.upload(a->buckets, bk.data(), R);

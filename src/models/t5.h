@@ -37,7 +37,10 @@ int t5_relative_bucket(int n, int num_buckets, int max_distance);
 
 // T5 tensors that may be stored in a low-precision format (docs/formats.md): the blocks' attention q/k/v/o and FFN
 // wi_0/wi_1/wo weights. The shared embedding, the relative bias table and the norms never are.
+// Read from the T5's tensor table (t5.cpp), as t5_param_layout is.
 bool t5_quantizable(const std::string& name);
+// The standard deviation of T5Encoder::init_weights' normal draw for a tensor (0 for the norms, initialised to 1).
+double t5_init_stddev(const T5Config& c, const std::string& name);
 
 class T5Encoder {
  public:
@@ -78,7 +81,12 @@ class T5Encoder {
   // the embedding table and the shared relative-bias table (which receives the gradient of every layer).
   void backward(const float* dhidden);
   size_t num_params() const { return layout_.total(); }
-  size_t activation_bytes() const;
+  size_t activation_bytes() const;  // allocated so far: the forward's plan, plus the backward's scratch after one
+  // The bytes forward(B, L, training) plans, without allocating: a dry run over the same list of activation buffers
+  // (the memory plan's T5 estimate). Equal to activation_bytes() after such a forward.
+  static size_t activation_bytes(const T5Config& cfg, int B, int L, bool training);
+
+  struct LinearViews { WeightView q, k, v, o, wi0, wi1, wo; };  // one block's quantisable weights as forward reads them
 
  private:
   struct Impl;
@@ -95,7 +103,6 @@ class T5Encoder {
   WFormat wfmt_ = WFormat::F32;
   ParamLayout full_layout_;
   std::map<std::string, QuantizedWeight> qw_;
-  struct LinearViews { WeightView q, k, v, o, wi0, wi1, wo; };
   std::vector<LinearViews> lv_;
 };
 

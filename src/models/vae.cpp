@@ -197,6 +197,7 @@ WFormat parse_vae_wformat(const std::string& s, const std::string& what) {
 }
 
 bool vae_quantizable(const std::string& name, const Shape& shape) {
+  // The Role::Weight tensors of vae_tensors: its conv weights, the only tensors of rank >= 2 (check_role).
   return shape.size() == 4 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
 }
 
@@ -299,15 +300,18 @@ VaeConfig VaeConfig::infer(const std::map<std::string, Shape>& shapes, const std
   return c;
 }
 
-ParamLayout vae_param_layout(const VaeConfig& c) {
-  ParamLayout L;
+void vae_tensors(const VaeConfig& c, const std::function<void(const std::string&, const Shape&, Role)>& fn) {
+  auto add = [&](const std::string& n, const Shape& s, Role r) {
+    check_role(r, s, n);
+    fn(n, s, r);
+  };
   auto conv = [&](const std::string& n, int co, int ci, int k) {
-    L.add(n + ".weight", {co, ci, k, k});
-    L.add(n + ".bias", {co});
+    add(n + ".weight", {co, ci, k, k}, Role::Weight);
+    add(n + ".bias", {co}, Role::Bias);
   };
   auto norm = [&](const std::string& n, int ch) {
-    L.add(n + ".weight", {ch});
-    L.add(n + ".bias", {ch});
+    add(n + ".weight", {ch}, Role::Norm);
+    add(n + ".bias", {ch}, Role::Bias);
   };
   auto res = [&](const std::string& p, int ci, int co) {
     norm(p + "norm1", ci);
@@ -353,6 +357,11 @@ ParamLayout vae_param_layout(const VaeConfig& c) {
     norm("decoder.norm_out", c.ch);
     conv("decoder.conv_out", c.out_channels, c.ch, 3);
   }
+}
+
+ParamLayout vae_param_layout(const VaeConfig& c) {
+  ParamLayout L;
+  vae_tensors(c, [&](const std::string& n, const Shape& s, Role) { L.add(n, s); });
   return L;
 }
 
@@ -561,9 +570,10 @@ Vae::Vae(const VaeConfig& cfg, Backend& be, WFormat weights) : cfg_(cfg), be_(be
   full_layout_ = vae_param_layout(cfg_);
   if (wfmt_ == WFormat::F32) {
     layout_ = full_layout_;
-  } else {
-    for (const auto& v : full_layout_.views())
-      if (!vae_quantizable(v.name, v.shape)) layout_.add(v.name, v.shape);
+  } else {  // the conv weights are held in wfmt_
+    vae_tensors(cfg_, [&](const std::string& n, const Shape& s, Role r) {
+      if (r != Role::Weight) layout_.add(n, s);
+    });
   }
   params_buf_ = be_.alloc(layout_.total(), DType::F32, "vae.params");
   params_ = params_buf_.f32();
@@ -662,13 +672,13 @@ std::unique_ptr<Vae> Vae::load(const std::string& path, Backend& be, WFormat typ
 void Vae::init_random(uint64_t seed) {
   std::vector<float> host;
   uint64_t stream = 0;
-  for (const auto& v : full_layout_.views()) {
+  vae_tensors(cfg_, [&](const std::string& name, const Shape& shape, Role role) {
+    const ParamView& v = full_layout_.at(name);
     host.assign(v.numel(), 0.f);
-    const bool weight = v.name.size() > 7 && v.name.compare(v.name.size() - 7, 7, ".weight") == 0;
-    if (v.shape.size() == 4) {  // conv weight (O, I, kh, kw)
+    if (role == Role::Weight) {  // conv weight (O, I, kh, kw)
       const double fan_in = (double)v.shape[1] * v.shape[2] * v.shape[3];
       fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, (float)(1.0 / std::sqrt(fan_in)));
-    } else if (weight) {  // GroupNorm γ
+    } else if (role == Role::Norm) {  // GroupNorm γ
       fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 1.f, 0.1f);
     } else {  // biases, GroupNorm β
       fill_normal(host.data(), (int64_t)host.size(), seed, stream, 0, 0.f, 0.1f);
@@ -678,7 +688,7 @@ void Vae::init_random(uint64_t seed) {
       be_.upload(params_ + mine->offset, host.data(), host.size());
     else
       qw_[v.name] = quantize_weight(host.data(), (int)v.shape[0], (int)(v.numel() / v.shape[0]), wfmt_, v.name);
-  }
+  });
 }
 
 void Vae::save(const std::string& path) const {

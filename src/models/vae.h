@@ -9,7 +9,9 @@
 #pragma once
 #include "core/tensor.h"
 #include "models/params.h"
+#include "models/tensor_table.h"
 #include "ops/backend.h"
+#include <functional>
 #include <map>
 #include <optional>
 #include <memory>
@@ -42,7 +44,13 @@ struct VaeConfig {
   std::string describe() const;  // "ch 128, ch_mult [1,2,4,4], blocks 2/3, z 16"
 };
 
-// Every tensor of the config under its §8 name, encoder first.
+// Every tensor of the config under its §8 name, in layout order (encoder first), with its role: the one declaration
+// of the VAE's tensors, from which the layout, the low-precision set and init_random follow. A convolution (the mid
+// attention's q/k/v/proj_out are 1×1 ones) is a Role::Weight (O, I, k, k) — held in the low-precision format when
+// the VAE is asked for one (vae_quantizable), random N(0, 1/fan_in) — and a Role::Bias (O); a GroupNorm is a
+// Role::Norm γ and a Role::Bias β (C).
+void vae_tensors(const VaeConfig& c, const std::function<void(const std::string& name, const Shape& shape, Role role)>& fn);
+// Every tensor of the config under its §8 name, encoder first (vae_tensors' order).
 ParamLayout vae_param_layout(const VaeConfig& c);
 // §8 name of a tensor name from ae.safetensors or the diffusers layout (`encoder.down_blocks.{i}.resnets.{j}.*`,
 // `mid_block.attentions.0.to_q`, decoder `up_blocks.{k}` = `up.{levels−1−k}`, ...); names it does not recognise
@@ -57,7 +65,8 @@ std::string vae_diffusers_name(const std::string& name, int levels);
 void check_vae_wformat(WFormat f, const std::string& what);
 // "" → F32; else the format, checked as above (`what` names the option, e.g. "--vae-type").
 WFormat parse_vae_wformat(const std::string& s, const std::string& what);
-// Whether a tensor of the VAE layout is held in the low-precision format (conv and attention projection weights).
+// Whether a tensor of the VAE layout is held in the low-precision format (conv and attention projection weights: the
+// Role::Weight tensors of vae_tensors).
 bool vae_quantizable(const std::string& name, const Shape& shape);
 
 struct VaeRunOptions {

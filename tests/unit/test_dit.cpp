@@ -3,12 +3,14 @@
 // check of the backward (beside the PyTorch twin test, which checks every gradient).
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/sha256.h"
 #include "core/threads.h"
 #include "io/safetensors.h"
 #include "models/dit.h"
 #include "models/text_encoder.h"
 #include "ops/backend.h"
 #include <gtest/gtest.h>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -266,4 +268,84 @@ TEST(DiT, BadShapesAreClearErrors) {
   // token (the pooled BOS vector).
   e = error_of([&] { alloc_text_batch(cpu_backend(), 2, 3, 4, {2, 0}); });
   EXPECT_NE(e.find("text row 1 has no valid token"), std::string::npos) << e;
+}
+
+// Issue 15: every DiT tensor is declared once (the tensor table in dit.cpp). The layout — names, shapes, order and
+// offsets of the flat buffer that checkpoints and the optimiser's moments keep — is pinned to the one the
+// hand-written dit_param_layout produced before the table (sha256 of "name:shape@offset[Q]" lines, Q = quantisable).
+TEST(DiTConfig, LayoutAndQuantisableSetArePinned) {
+  auto dump = [](const ParamLayout& L) {
+    std::string s;
+    for (const auto& v : L.views())
+      s += v.name + ":" + shape_str(v.shape) + "@" + std::to_string(v.offset) + (dit_quantizable(v.name) ? "Q" : "") + "\n";
+    return sha256_hex(s).substr(0, 16);
+  };
+  EXPECT_EQ(dump(dit_param_layout(DiTConfig::preset("tiny", 64))), "bdb526dc26916e96");
+  EXPECT_EQ(dump(dit_param_layout(DiTConfig::preset("small", 64))), "67fed843e81d638e");
+  EXPECT_EQ(dump(dit_param_layout(DiTConfig::preset("oboro-1b", 64))), "9bdd1993268602ac");
+  // Quantisable: exactly the six big Linear weights of each block.
+  const DiTConfig c = small_cfg();
+  int q = 0;
+  const ParamLayout layout = dit_param_layout(c);  // keep alive: views() returns a reference
+  for (const auto& v : layout.views()) q += dit_quantizable(v.name);
+  EXPECT_EQ(q, 6 * c.layers());
+  EXPECT_TRUE(dit_quantizable("layers.3.feed_forward.w2.weight"));
+  EXPECT_TRUE(dit_quantizable("layers.0.adaLN_modulation.1.weight"));
+  for (const char* n : {"layers.3.attention_norm1.weight", "layers.0.adaLN_modulation.1.bias", "final_layer.linear.weight",
+                        "x_embedder.weight", "layers.x.attention.qkv.weight", "layers.1.attention.qkv.weight.x",
+                        "attention.qkv.weight", "layers..attention.qkv.weight"})
+    EXPECT_FALSE(dit_quantizable(n)) << n;
+}
+
+// init_weights follows the spec rules, written here independently of the table: adaLN modulation and the final layer
+// zero, biases zero, norm scales one, the t_embedder N(0, 0.02²), other matrices N(0, 2/(fan_in + fan_out)).
+TEST(DiT, InitWeightsFollowsTheSpecRules) {
+  DiTConfig c = small_cfg();
+  c.hidden_size = 128;
+  c.ffn_hidden_size = 256;
+  c.text_dim = 96;
+  DiT m(c, cpu_backend());
+  m.init_weights(5);
+  for (const auto& v : m.layout().views()) {
+    const float* p = m.params() + v.offset;
+    const std::string& n = v.name;
+    double s1 = 0, s2 = 0;
+    for (size_t i = 0; i < v.numel(); ++i) s1 += p[i], s2 += (double)p[i] * p[i];
+    const bool bias = n.ends_with(".bias");
+    if (bias || n.find("adaLN_modulation") != std::string::npos || n.rfind("final_layer.linear", 0) == 0) {
+      EXPECT_EQ(s2, 0.0) << n;
+    } else if (v.shape.size() == 1) {
+      EXPECT_EQ(s1, (double)v.numel()) << n;
+      EXPECT_EQ(s2, (double)v.numel()) << n;
+    } else {
+      const double want = n.rfind("t_embedder", 0) == 0 ? 0.02 : std::sqrt(2.0 / (v.shape[0] + v.shape[1]));
+      EXPECT_NEAR(std::sqrt(s2 / v.numel()), want, want * 0.1) << n;
+    }
+  }
+}
+
+// The activation plan the memory plan uses (DiT::activation_bytes(cfg, ...), a dry run) is exactly what forward()
+// allocates, for inference and training, for F32 and low-precision weights.
+TEST(DiT, PlannedActivationBytesEqualTheAllocation) {
+  Backend& be = cpu_backend();
+  const DiTConfig c = small_cfg();
+  DiT m(c, be);
+  m.init_random_all(2);
+  auto bf16 = m.converted(WFormat::BF16);
+  for (auto [B, L, h, w] : {std::array<int, 4>{2, 5, 4, 6}, std::array<int, 4>{1, 3, 8, 2}, std::array<int, 4>{3, 1, 2, 2}}) {
+    std::vector<float> x((size_t)B * c.latent_channels * h * w), t(B, 0.5f), txt((size_t)B * L * c.text_dim),
+        mask((size_t)B * L, 1.f), v(x.size());
+    fill_normal(x.data(), (int64_t)x.size(), 1, 0);
+    fill_normal(txt.data(), (int64_t)txt.size(), 1, 1);
+    for (bool training : {false, true}) {
+      m.forward(v.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, training);
+      EXPECT_EQ(DiT::activation_bytes(c, B, L, h, w, training), m.activation_bytes())
+          << B << " " << L << " " << h << "x" << w << " training " << training;
+    }
+    bf16->forward(v.data(), x.data(), t.data(), txt.data(), mask.data(), B, L, h, w, false);
+    EXPECT_EQ(DiT::activation_bytes(c, B, L, h, w, false), bf16->activation_bytes());
+  }
+  EXPECT_GT(DiT::activation_bytes(c, 1, 4, 8, 8, true), DiT::activation_bytes(c, 1, 4, 8, 8, false));
+  std::string e = error_of([&] { DiT::activation_bytes(c, 1, 2, 5, 6, false); });
+  EXPECT_NE(e.find("not divisible by the patch size 2"), std::string::npos) << e;
 }

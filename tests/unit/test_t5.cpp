@@ -3,6 +3,7 @@
 #include "test_util.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/sha256.h"
 #include "core/threads.h"
 #include "io/safetensors.h"
 #include "models/t5.h"
@@ -489,3 +490,60 @@ TEST(T5Cli, DebugT5ErrorsNameFileAndTensor) {
 }
 
 }  // namespace
+
+// Issue 15: every T5 tensor is declared once (the tensor table in t5.cpp). The layout (HF names, shapes, order and
+// offsets of the flat buffer) is pinned to the one the hand-written t5_param_layout produced before the table.
+TEST(T5Config, LayoutQuantisableSetAndInitRulesComeFromOneTable) {
+  T5Config c;
+  c.vocab_size = 50;
+  c.d_model = 32;
+  c.d_kv = 8;
+  c.num_heads = 4;
+  c.d_ff = 64;
+  c.num_layers = 3;
+  std::string s;
+  int q = 0;
+  const ParamLayout layout = t5_param_layout(c);  // keep alive: views() returns a reference
+  for (const auto& v : layout.views()) {
+    s += v.name + ":" + shape_str(v.shape) + "@" + std::to_string(v.offset) + (t5_quantizable(v.name) ? "Q" : "") + "\n";
+    q += t5_quantizable(v.name);
+  }
+  EXPECT_EQ(sha256_hex(s).substr(0, 16), "1cf87bdc10ec6f7a");
+  EXPECT_EQ(q, 7 * c.num_layers);
+  const std::string rel = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
+  EXPECT_FALSE(t5_quantizable(rel));
+  EXPECT_FALSE(t5_quantizable("shared.weight"));
+  EXPECT_FALSE(t5_quantizable("encoder.block.2.layer.1.layer_norm.weight"));
+  EXPECT_TRUE(t5_quantizable("encoder.block.2.layer.1.DenseReluDense.wo.weight"));
+  EXPECT_DOUBLE_EQ(t5_init_stddev(c, "shared.weight"), 1.0);
+  EXPECT_DOUBLE_EQ(t5_init_stddev(c, "encoder.block.1.layer.0.SelfAttention.q.weight"), 1.0 / std::sqrt(32.0 * 8));
+  EXPECT_DOUBLE_EQ(t5_init_stddev(c, "encoder.block.1.layer.0.SelfAttention.o.weight"), 1.0 / std::sqrt(32.0));
+  EXPECT_DOUBLE_EQ(t5_init_stddev(c, "encoder.block.2.layer.1.DenseReluDense.wo.weight"), 1.0 / 8);
+  EXPECT_DOUBLE_EQ(t5_init_stddev(c, rel), 1.0 / std::sqrt(32.0));
+  EXPECT_EQ(t5_init_stddev(c, "encoder.final_layer_norm.weight"), 0.0);  // norms: 1
+  // The bias table exists in block 0 only.
+  EXPECT_NE(error_of([&] { t5_init_stddev(c, "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"); })
+                .find("no T5 tensor"),
+            std::string::npos);
+}
+
+// The activation plan the memory plan uses (T5Encoder::activation_bytes(cfg, ...), a dry run) is exactly what
+// forward() allocates, for inference and training; the backward's scratch comes on top.
+TEST(T5Encoder, PlannedActivationBytesEqualTheAllocation) {
+  const T5Config c = tiny_cfg();
+  T5Encoder m(c, cpu_backend());
+  randomize(m, 4);
+  for (auto [B, L] : {std::pair{1, 1}, std::pair{2, 5}, std::pair{3, 9}}) {
+    const Batch b = make_batch(c, B, L, std::vector<int>(B, 0), 6);
+    for (bool training : {false, true}) {
+      run_fwd(m, b, training);
+      EXPECT_EQ(T5Encoder::activation_bytes(c, B, L, training), m.activation_bytes())
+          << B << "x" << L << " training " << training;
+    }
+    std::vector<float> dh((size_t)B * L * c.d_model, 0.1f);
+    m.zero_grads();
+    m.backward(dh.data());
+    EXPECT_GT(m.activation_bytes(), T5Encoder::activation_bytes(c, B, L, true));
+  }
+  EXPECT_NE(error_of([&] { T5Encoder::activation_bytes(c, 0, 3, false); }).find("empty batch"), std::string::npos);
+}

@@ -6,6 +6,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/sha256.h"
 #include "io/safetensors.h"
 #include "models/codec.h"
 #include "models/vae.h"
@@ -375,3 +376,36 @@ TEST(Vae, LatentCodec) {
 }
 
 }  // namespace
+
+// Issue 15: every VAE tensor is declared once (vae_tensors): the layout follows it (pinned to the one the
+// hand-written vae_param_layout produced before), and the low-precision set is exactly its Role::Weight tensors.
+TEST(Vae, TensorDeclarationsGiveLayoutRolesAndLowPrecisionSet) {
+  const VaeConfig c = VaeConfig::flux();
+  const ParamLayout L = vae_param_layout(c);
+  std::string s;
+  for (const auto& v : L.views()) s += v.name + ":" + shape_str(v.shape) + "@" + std::to_string(v.offset) + "\n";
+  EXPECT_EQ(sha256_hex(s).substr(0, 16), "a05a8e2f2581dbf3");
+  size_t i = 0;
+  int weights = 0, norms = 0;
+  vae_tensors(c, [&](const std::string& n, const Shape& shape, Role role) {
+    ASSERT_LT(i, L.views().size());
+    EXPECT_EQ(L.views()[i].name, n);
+    EXPECT_EQ(L.views()[i].shape, shape);
+    ++i;
+    EXPECT_EQ(vae_quantizable(n, shape), role == Role::Weight) << n;
+    weights += role == Role::Weight;
+    norms += role == Role::Norm;
+    if (role == Role::Norm) {
+      EXPECT_TRUE(n.find("norm") != std::string::npos && n.ends_with(".weight")) << n;
+    }
+    if (role == Role::Bias) {
+      EXPECT_TRUE(n.ends_with(".bias")) << n;
+    }
+  });
+  EXPECT_EQ(i, L.views().size());
+  // Encoder: conv_in, 8 blocks × 2 + 2 shortcuts, 3 downsamples, mid 4 + attention 4, conv_out = 31 convs and
+  // 16 + 4 + 1 + norm_out = 22 norms; decoder: conv_in, mid 8, 12 blocks × 2 + 2 shortcuts, 3 upsamples, conv_out
+  // = 39 convs and 5 + 24 + norm_out = 30 norms.
+  EXPECT_EQ(weights, 70);
+  EXPECT_EQ(norms, 52);
+}
