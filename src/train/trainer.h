@@ -1,70 +1,18 @@
 // `oboro train`: I-CFM training of the DiT (and optionally a small T5 from scratch, jointly),
 // with AdamW, LR schedules, gradient accumulation, EMA, checkpoints every N steps (atomic, last N
 // kept), bit-identical resume, a progress bar, JSONL logs and sample images.
+//
+// The parts: train_config.h (settings), train_state.h (models, optimizers, EMA, counters),
+// batch_source.h (folder or cache batches), checkpoint.h (state and model files), samples.h (previews),
+// train_log.h (log.jsonl, progress, loss plot); trainer.cpp holds the loop.
 #pragma once
+#include "ops/backend.h"
+#include "train/train_config.h"
 #include <cstdint>
 #include <string>
 #include <vector>
 
 namespace oboro {
-
-class Backend;
-
-struct TrainConfig {
-  // model
-  std::string pretrained_model;          // DiT file to fine-tune ("" = new model)
-  std::string model_preset = "tiny";     // tiny | small | oboro-1b (new model)
-  std::string head_schedule = "mmh";     // mmh | uniform
-  int hidden_size = 0, num_layers = 0, ffn_hidden_size = 0;  // override the preset when > 0
-  std::string codec = "pixels";
-  std::string vae;  // codec flux-vae: the FLUX.1 VAE file that encodes the training images (latent = scaled mean)
-  int pixels_stride = 1, patch_size = 2;
-  // text encoder
-  std::string text_encoder;              // frozen T5 file/dir; "" = train a small T5 from scratch
-  bool train_text_encoder = true;        // only for the from-scratch T5
-  int vocab_size = 256, t5_d_model = 64, t5_layers = 2, t5_heads = 4, t5_d_kv = 16, t5_d_ff = 128;
-  int max_token_length = 64;
-  // data
-  std::string train_data_dir, dataset_config;
-  // or pre-encoded data from `oboro data cache` (train/cached_data.h): batches per bucket, each bucket's size
-  std::string manifest, cache_dir;
-  int cache_stage = 1;
-  int width = 32, height = 32;           // `resolution`
-  // provenance (data/provenance.h): with a manifest.jsonl beside the images, every image must be
-  // listed with an allowed licence; require_license also refuses data without a manifest
-  std::vector<std::string> license_allow;  // SPDX ids; empty = LicensePolicy::default_allow()
-  bool require_license = false;
-  // run
-  std::string output_dir = "output", output_name = "oboro";
-  int train_batch_size = 16, gradient_accumulation_steps = 1;
-  int64_t max_train_steps = 1000;
-  double learning_rate = 2e-4;
-  std::string lr_scheduler = "constant_with_warmup";
-  double lr_warmup_steps = 0;            // steps, or a ratio of max_train_steps when < 1
-  double min_lr_ratio = 0.0;
-  std::string optimizer_type = "AdamW";
-  float adam_beta1 = 0.9f, adam_beta2 = 0.999f, adam_epsilon = 1e-8f, weight_decay = 0.01f;
-  float max_grad_norm = 1.0f;            // 0 = no clipping
-  float ema_decay = 0.f;                 // 0 = no EMA
-  uint64_t seed = 42;
-  float caption_dropout_rate = 0.1f;
-  std::string timestep_sampling = "uniform";
-  // "no" (F32) or "bf16": the Linear GEMMs (forward, dx, dw) of the DiT and the jointly trained T5 take BF16
-  // operands with F32 accumulation; master weights, optimizer, norms, softmax and attention stay F32
-  // (ops/backend.h, MatmulPrecision). kohya's name; "fp16" is refused (no F16 GEMM on the CPU).
-  std::string mixed_precision = "no";
-  int64_t save_every_n_steps = 0;        // 0 = only at the end
-  int64_t save_last_n_steps = 0;         // keep checkpoints of the last N steps (0 = keep all)
-  std::string sample_prompts;            // file, one kohya prompt line per line
-  int64_t sample_every_n_steps = 0;
-  int sample_steps = 20;
-  float sample_cfg = 4.f;
-  int threads = 0;
-  bool progress = true;
-
-  static TrainConfig from_toml(const std::string& path);
-  std::string to_json() const;  // for logs and model metadata
-};
 
 struct TrainResult {
   int64_t steps = 0;
@@ -75,7 +23,8 @@ struct TrainResult {
 
 // Runs (or resumes from `resume_state`, a state file or "latest" = newest in output_dir/state).
 // `stop_after` > 0 stops (with a checkpoint) after that many steps in this invocation: used to test
-// interrupt + resume.
+// interrupt + resume. `be` holds the models and every tensor of the run and runs every op (the CLI passes
+// cli::backend(), chosen by --backend).
 TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume_state = "", int64_t stop_after = 0);
 
 // Write inference files (`out`.safetensors + `out`.t5.safetensors) from a training state, with the

@@ -190,6 +190,90 @@ TEST(Train, GeneratedImagesDependOnTheirSeedOnly) {
   EXPECT_EQ(grid.width, 2 * 8 + 3 * 2);  // two columns (images per prompt) of 8 px, 2 px padding around
 }
 
+// The config's JSON (a checkpoint's `config`): exactly the settings that shape the weights, and from_json()
+// reads back what to_json() wrote. A changed key set changes every checkpoint's bytes.
+TEST(Train, ConfigJsonHasItsKeysAndRoundTrips) {
+  TrainConfig c;
+  c.pretrained_model = "p.safetensors";
+  c.model_preset = "small";
+  c.head_schedule = "uniform";
+  c.hidden_size = 96;
+  c.num_layers = 3;
+  c.codec = "flux-vae";
+  c.vae = "ae.safetensors";
+  c.pixels_stride = 4;
+  c.text_encoder = "t5";
+  c.train_text_encoder = false;
+  c.max_token_length = 77;
+  c.dataset_config = "ds.toml";
+  c.cache_stage = 2;
+  c.width = 48;
+  c.height = 80;
+  c.license_allow = {"MIT", "CC0-1.0"};
+  c.require_license = true;
+  c.max_train_steps = 1234567890123;
+  c.learning_rate = 3.7e-5;
+  c.lr_warmup_steps = 0.25;
+  c.adam_beta2 = 0.95f;
+  c.ema_decay = 0.999f;
+  c.seed = 18446744073709551557ull;
+  c.mixed_precision = "bf16";
+  // Not in the JSON: where and how often the run writes, samples and threads.
+  c.output_dir = "elsewhere";
+  c.output_name = "other";
+  c.save_every_n_steps = 7;
+  c.sample_prompts = "prompts.txt";
+  c.threads = 3;
+  const auto j = nlohmann::json::parse(c.to_json());
+  std::vector<std::string> keys;
+  for (auto& [k, v] : j.items()) keys.push_back(k);
+  const std::vector<std::string> want = {
+      "adam_beta1", "adam_beta2", "adam_epsilon", "cache_dir", "cache_stage", "caption_dropout_rate", "codec",
+      "dataset_config", "ema_decay", "ffn_hidden_size", "gradient_accumulation_steps", "head_schedule", "height",
+      "hidden_size", "learning_rate", "license_allow", "lr_scheduler", "lr_warmup_steps", "manifest",
+      "max_grad_norm", "max_token_length", "max_train_steps", "min_lr_ratio", "mixed_precision", "model_preset",
+      "num_layers", "optimizer_type", "patch_size", "pixels_stride", "pretrained_model", "require_license", "seed",
+      "t5_d_ff", "t5_d_kv", "t5_d_model", "t5_heads", "t5_layers", "text_encoder", "timestep_sampling",
+      "train_batch_size", "train_data_dir", "train_text_encoder", "vae", "vocab_size", "weight_decay", "width"};
+  EXPECT_EQ(keys, want);
+  EXPECT_TRUE(j["seed"].is_number_unsigned());
+  EXPECT_TRUE(j["max_train_steps"].is_number_integer());
+  EXPECT_EQ(j["adam_beta2"].get<double>(), (double)0.95f);  // floats are written as their exact value
+  const TrainConfig back = TrainConfig::from_json(j);
+  EXPECT_EQ(back.to_json(), c.to_json());
+  EXPECT_EQ(back.seed, c.seed);
+  EXPECT_EQ(back.license_allow, c.license_allow);
+  EXPECT_EQ(back.output_dir, TrainConfig().output_dir);  // not in the JSON: the default stays
+  EXPECT_EQ(back.threads, 0);
+  // Keys an older checkpoint lacks keep their defaults.
+  const TrainConfig partial = TrainConfig::from_json(nlohmann::json{{"width", 64}});
+  EXPECT_EQ(partial.width, 64);
+  EXPECT_EQ(partial.height, 32);
+  EXPECT_EQ(partial.to_json(), [] { TrainConfig d; d.width = 64; return d.to_json(); }());
+}
+
+TEST(Train, TomlTablesOnlyGroupAndPathsAreRelativeToTheFile) {
+  fs::path d = scratch("toml");
+  std::ofstream(d / "run.toml") << "seed = 7\nlearning_rate = 1\n[model]\nhidden_size = 64.0\ntrain_text_encoder = false\n"
+                                   "[data]\ntrain_data_dir = \"imgs\"\nresolution = \"48,32\"\nlicense_allow = [\"MIT\"]\n"
+                                   "sample_prompts = \"/abs/p.txt\"\noutput_dir = \"../out\"\n";
+  const TrainConfig c = TrainConfig::from_toml((d / "run.toml").string());
+  EXPECT_EQ(c.seed, 7u);
+  EXPECT_EQ(c.learning_rate, 1.0);
+  EXPECT_EQ(c.hidden_size, 64);
+  EXPECT_FALSE(c.train_text_encoder);
+  EXPECT_EQ(c.train_data_dir, (d / "imgs").string());
+  EXPECT_EQ(c.width, 48);
+  EXPECT_EQ(c.height, 32);
+  EXPECT_EQ(c.license_allow, std::vector<std::string>{"MIT"});
+  EXPECT_EQ(c.sample_prompts, "/abs/p.txt");
+  EXPECT_EQ(c.output_dir, (d.parent_path() / "out").string());
+  std::ofstream(d / "run.toml") << "resolution = 64\n";
+  const TrainConfig square = TrainConfig::from_toml((d / "run.toml").string());
+  EXPECT_EQ(square.width, 64);
+  EXPECT_EQ(square.height, 64);
+}
+
 TEST(Train, BadConfigsAreClearErrors) {
   fs::path d = scratch("badcfg");
   fs::path p = d / "run.toml";

@@ -1,0 +1,251 @@
+#include "train/train_config.h"
+#include "core/error.h"
+#include "flow/flow.h"
+#include "train/optim.h"
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <set>
+#include <type_traits>
+#include <variant>
+
+namespace oboro {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// ---------------------------------------------------------------- the field table
+
+// TOML `resolution` = N or "W,H": sets width and height (the JSON holds "width" and "height" instead).
+struct Resolution {};
+
+// A field's kind is the type of its member: std::string → string, int/int64_t/uint64_t/float/double → number
+// (TOML integer or float, cast to the member's type), bool → bool, std::vector<std::string> → array of
+// non-empty strings, Resolution → resolution.
+using Member = std::variant<std::string TrainConfig::*, int TrainConfig::*, int64_t TrainConfig::*,
+                            uint64_t TrainConfig::*, float TrainConfig::*, double TrainConfig::*, bool TrainConfig::*,
+                            std::vector<std::string> TrainConfig::*, Resolution>;
+
+enum Use : unsigned {
+  kToml = 1,  // read from the TOML file
+  kJson = 2,  // written by to_json() (checkpoints, model metadata) and read by from_json()
+  kPath = 4,  // a path: taken relative to the TOML file's folder
+};
+
+struct Field {
+  const char* key;
+  Member member;
+  unsigned use;
+};
+
+#define OBORO_FIELD(name, use) Field{#name, &TrainConfig::name, use}
+
+// In the order the TOML reader checks them (the first bad key is the one reported).
+// `progress` is API/CLI only and has no row.
+const Field kFields[] = {
+    OBORO_FIELD(pretrained_model, kToml | kJson | kPath),
+    OBORO_FIELD(model_preset, kToml | kJson),
+    OBORO_FIELD(head_schedule, kToml | kJson),
+    OBORO_FIELD(hidden_size, kToml | kJson),
+    OBORO_FIELD(num_layers, kToml | kJson),
+    OBORO_FIELD(ffn_hidden_size, kToml | kJson),
+    OBORO_FIELD(codec, kToml | kJson),
+    OBORO_FIELD(vae, kToml | kJson | kPath),
+    OBORO_FIELD(pixels_stride, kToml | kJson),
+    OBORO_FIELD(patch_size, kToml | kJson),
+    OBORO_FIELD(text_encoder, kToml | kJson | kPath),
+    OBORO_FIELD(train_text_encoder, kToml | kJson),
+    OBORO_FIELD(vocab_size, kToml | kJson),
+    OBORO_FIELD(t5_d_model, kToml | kJson),
+    OBORO_FIELD(t5_layers, kToml | kJson),
+    OBORO_FIELD(t5_heads, kToml | kJson),
+    OBORO_FIELD(t5_d_kv, kToml | kJson),
+    OBORO_FIELD(t5_d_ff, kToml | kJson),
+    OBORO_FIELD(max_token_length, kToml | kJson),
+    OBORO_FIELD(train_data_dir, kToml | kJson | kPath),
+    OBORO_FIELD(dataset_config, kToml | kJson | kPath),
+    OBORO_FIELD(manifest, kToml | kJson | kPath),
+    OBORO_FIELD(cache_dir, kToml | kJson | kPath),
+    OBORO_FIELD(cache_stage, kToml | kJson),
+    OBORO_FIELD(license_allow, kToml | kJson),
+    OBORO_FIELD(require_license, kToml | kJson),
+    Field{"resolution", Resolution{}, kToml},
+    OBORO_FIELD(width, kJson),
+    OBORO_FIELD(height, kJson),
+    OBORO_FIELD(output_dir, kToml | kPath),
+    OBORO_FIELD(output_name, kToml),
+    OBORO_FIELD(train_batch_size, kToml | kJson),
+    OBORO_FIELD(gradient_accumulation_steps, kToml | kJson),
+    OBORO_FIELD(max_train_steps, kToml | kJson),
+    OBORO_FIELD(learning_rate, kToml | kJson),
+    OBORO_FIELD(lr_scheduler, kToml | kJson),
+    OBORO_FIELD(lr_warmup_steps, kToml | kJson),
+    OBORO_FIELD(min_lr_ratio, kToml | kJson),
+    OBORO_FIELD(optimizer_type, kToml | kJson),
+    OBORO_FIELD(adam_beta1, kToml | kJson),
+    OBORO_FIELD(adam_beta2, kToml | kJson),
+    OBORO_FIELD(adam_epsilon, kToml | kJson),
+    OBORO_FIELD(weight_decay, kToml | kJson),
+    OBORO_FIELD(max_grad_norm, kToml | kJson),
+    OBORO_FIELD(ema_decay, kToml | kJson),
+    OBORO_FIELD(seed, kToml | kJson),
+    OBORO_FIELD(caption_dropout_rate, kToml | kJson),
+    OBORO_FIELD(timestep_sampling, kToml | kJson),
+    OBORO_FIELD(mixed_precision, kToml | kJson),
+    OBORO_FIELD(save_every_n_steps, kToml),
+    OBORO_FIELD(save_last_n_steps, kToml),
+    OBORO_FIELD(sample_prompts, kToml | kPath),
+    OBORO_FIELD(sample_every_n_steps, kToml),
+    OBORO_FIELD(sample_steps, kToml),
+    OBORO_FIELD(sample_cfg, kToml),
+    OBORO_FIELD(threads, kToml),
+};
+
+#undef OBORO_FIELD
+
+// The value of TOML node `v` into field `f` of `c`; `where` = "file: key" for errors.
+void read_toml_value(TrainConfig& c, const Field& f, const toml::node& v, const std::string& where) {
+  std::visit(
+      [&](auto m) {
+        using M = decltype(m);
+        if constexpr (std::is_same_v<M, Resolution>) {
+          if (auto i = v.as_integer()) c.width = c.height = (int)i->get();
+          else if (auto s = v.as_string()) {
+            if (std::sscanf(s->get().c_str(), "%d,%d", &c.width, &c.height) != 2) fail(where, " must be N or \"W,H\"");
+          } else fail(where, " must be N or \"W,H\"");
+        } else {
+          using T = std::remove_reference_t<decltype(c.*m)>;
+          T& dst = c.*m;
+          if constexpr (std::is_same_v<T, std::string>) {
+            if (!v.is_string()) fail(where, " must be a string");
+            dst = v.as_string()->get();
+          } else if constexpr (std::is_same_v<T, bool>) {
+            if (!v.is_boolean()) fail(where, " must be true or false");
+            dst = v.as_boolean()->get();
+          } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            // (the one array setting is license_allow: the messages name what it holds)
+            const toml::array* a = v.as_array();
+            if (!a) fail(where, " must be an array of SPDX licence ids, e.g. [\"CC0-1.0\", \"CC-BY-4.0\"]");
+            for (const auto& e : *a) {
+              if (!e.is_string() || e.as_string()->get().empty())
+                fail(where, " must hold non-empty strings (SPDX licence ids such as \"CC-BY-4.0\")");
+              dst.push_back(e.as_string()->get());
+            }
+          } else {  // a number
+            if (auto i = v.as_integer()) dst = (T)i->get();
+            else if (auto d = v.as_floating_point()) dst = (T)d->get();
+            else fail(where, " must be a number");
+          }
+        }
+      },
+      f.member);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- TOML
+
+TrainConfig TrainConfig::from_toml(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    fail(path, ":", e.source().begin.line, ": invalid TOML: ", e.description());
+  }
+  // Flat kohya-style keys; tables ([model], [train], ...) are only grouping and are flattened.
+  std::map<std::string, const toml::node*> keys;
+  std::function<void(const toml::table&)> flatten = [&](const toml::table& t) {
+    for (auto&& [k, v] : t) {
+      if (v.is_table()) flatten(*v.as_table());
+      else keys[std::string(k.str())] = &v;
+    }
+  };
+  flatten(root);
+  TrainConfig c;
+  std::set<std::string> used;
+  for (const Field& f : kFields) {
+    if (!(f.use & kToml)) continue;
+    auto it = keys.find(f.key);
+    if (it == keys.end()) continue;
+    used.insert(f.key);
+    read_toml_value(c, f, *it->second, str(path, ": ", f.key));
+  }
+  std::string unknown;
+  for (auto& [k, v] : keys)
+    if (!used.count(k)) unknown += (unknown.empty() ? "" : ", ") + k;
+  if (!unknown.empty()) fail(path, ": unknown setting(s): ", unknown, " — check the spelling (see docs/training.md)");
+  // Paths relative to the config file.
+  const fs::path base = fs::path(path).parent_path();
+  for (const Field& f : kFields) {
+    if (!(f.use & kPath)) continue;
+    std::string& p = c.*std::get<std::string TrainConfig::*>(f.member);
+    if (!p.empty() && fs::path(p).is_relative()) p = (base / p).lexically_normal().string();
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- JSON
+
+std::string TrainConfig::to_json() const {
+  json j = json::object();
+  for (const Field& f : kFields) {
+    if (!(f.use & kJson)) continue;
+    std::visit(
+        [&](auto m) {
+          if constexpr (!std::is_same_v<decltype(m), Resolution>) j[f.key] = this->*m;
+        },
+        f.member);
+  }
+  return j.dump();
+}
+
+TrainConfig TrainConfig::from_json(const json& config) {
+  TrainConfig c;
+  for (const Field& f : kFields) {
+    if (!(f.use & kJson) || !config.contains(f.key)) continue;
+    std::visit(
+        [&](auto m) {
+          if constexpr (!std::is_same_v<decltype(m), Resolution>) config.at(f.key).get_to(c.*m);
+        },
+        f.member);
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- validation
+
+void TrainConfig::validate() const {
+  if (optimizer_type != "AdamW" && optimizer_type != "adamw")
+    fail("optimizer_type '", optimizer_type, "' is not supported: use AdamW");
+  LrSchedule::validate_kind(lr_scheduler);
+  timestep_sampling_from_name(timestep_sampling);
+  if (mixed_precision == "fp16")
+    fail("mixed_precision = \"fp16\" is not supported (the CPU has no F16 GEMM, and F16's range needs loss "
+         "scaling): use \"bf16\" (F32's range, BF16 GEMMs) or \"no\" (F32)");
+  if (mixed_precision != "no" && mixed_precision != "bf16")
+    fail("mixed_precision = \"", mixed_precision, "\" is unknown: use \"no\" (F32) or \"bf16\"");
+  if (codec != "pixels" && codec != "flux-vae") fail("codec '", codec, "' is unknown: use pixels or flux-vae");
+  if (codec == "flux-vae" && vae.empty())
+    fail("codec 'flux-vae' needs vae = \"ae.safetensors\" (the FLUX.1 VAE that encodes the training images)");
+  if (train_batch_size < 1) fail("train_batch_size must be at least 1");
+  if (gradient_accumulation_steps < 1) fail("gradient_accumulation_steps must be at least 1");
+  if (max_train_steps < 1) fail("max_train_steps must be at least 1");
+  const int m = (codec == "flux-vae" ? 8 : pixels_stride) * patch_size;
+  if (width % m || height % m)
+    fail("resolution ", width, "x", height, " must be a multiple of the codec stride·patch_size = ", m);
+  const int sources = !train_data_dir.empty() + !dataset_config.empty() + !cache_dir.empty();
+  if (sources != 1)
+    fail("set exactly one of train_data_dir (a folder of images + .txt captions), dataset_config (a dataset TOML) "
+         "or cache_dir + manifest (latents from `oboro data cache`)");
+  if (cache_dir.empty() != manifest.empty())
+    fail("cache_dir and manifest go together: cache_dir = the --out of `oboro data cache`, manifest = its --manifest");
+  if (!cache_dir.empty() && cache_stage != 1 && cache_stage != 2)
+    fail("cache_stage must be 1 (256² crops) or 2 (~512² buckets), as in `oboro data bucket --stage`");
+}
+
+}  // namespace oboro

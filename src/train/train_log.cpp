@@ -1,0 +1,76 @@
+#include "train/train_log.h"
+#include "io/safetensors.h"
+#include "train/plot.h"
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <utility>
+#include <vector>
+
+namespace oboro {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string log_path(const TrainConfig& cfg) { return (fs::path(cfg.output_dir) / "log.jsonl").string(); }
+
+std::string fmt_time(double s) {
+  int t = (int)std::lround(s);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%d:%02d", t / 60, t % 60);
+  return buf;
+}
+
+}  // namespace
+
+TrainLog::TrainLog(const TrainConfig& cfg, int64_t start_step) : cfg_(cfg), start_step_(start_step) {
+  fs::create_directories(cfg.output_dir);
+  log_.open(log_path(cfg), std::ios::app);
+  tty_ = cfg.progress && isatty(2);
+  start_ = std::chrono::steady_clock::now();
+}
+
+void TrainLog::record(const StepRecord& r) {
+  json rec = {{"step", r.step},       {"loss", r.loss},   {"loss_ema", r.loss_ema},
+              {"lr", r.lr},           {"grad_norm", r.grad_norm}, {"samples_per_s", r.samples_per_s},
+              {"epoch", r.epoch},     {"skipped_images", r.skipped_images}};
+  log_ << rec.dump() << "\n";
+  log_.flush();
+  if (!cfg_.progress) return;
+  const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double eta = el / (double)(r.step - start_step_) * (double)(cfg_.max_train_steps - r.step);
+  const int width = 24, filled = (int)(width * r.step / cfg_.max_train_steps);
+  std::string bar(filled, '#');
+  bar.resize(width, '.');
+  if (tty_ || r.step % 50 == 0 || r.step == cfg_.max_train_steps)
+    std::fprintf(stderr, "%sstep %lld/%lld [%s] loss %.4f (avg %.4f) lr %.2e %.1f samples/s ETA %s%s", tty_ ? "\r" : "",
+                 (long long)r.step, (long long)cfg_.max_train_steps, bar.c_str(), r.loss, r.loss_ema, r.lr,
+                 r.samples_per_s, fmt_time(eta).c_str(), tty_ ? "   " : "\n");
+}
+
+void TrainLog::end_progress() {
+  if (tty_) std::fprintf(stderr, "\n");
+}
+
+void TrainLog::write_loss_plot() const {
+  // The whole run's curve from the log (it survives resumes).
+  std::ifstream f(log_path(cfg_));
+  std::vector<std::pair<double, double>> pts;
+  for (std::string l; std::getline(f, l);) {
+    try {
+      json j = json::parse(l);
+      pts.emplace_back(j.at("step").get<double>(), j.at("loss").get<double>());
+    } catch (...) {
+    }
+  }
+  if (pts.size() >= 2)
+    write_file_atomic((fs::path(cfg_.output_dir) / "loss.svg").string(),
+                      plot_loss_svg(pts, cfg_.output_name + ": training loss (light: per step, dark: moving average)"));
+}
+
+}  // namespace oboro

@@ -1,0 +1,39 @@
+// What a run reports: output_dir/log.jsonl (one JSON line per optimizer step, appended across resumes),
+// the progress line on stderr, and output_dir/loss.svg (the whole log's loss curve).
+#pragma once
+#include "train/train_config.h"
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+namespace oboro {
+
+// One line of log.jsonl (the keys are these names).
+struct StepRecord {
+  int64_t step = 0;  // optimizer steps done
+  double loss = 0, loss_ema = 0;
+  float lr = 0;
+  double grad_norm = 0;      // before clipping
+  double samples_per_s = 0;  // timing: differs between runs
+  int64_t epoch = 0, skipped_images = 0;
+};
+
+class TrainLog {
+ public:
+  // Opens output_dir/log.jsonl for appending (creating output_dir); the progress ETA counts from now and
+  // from `start_step` (the step this invocation starts at).
+  TrainLog(const TrainConfig& cfg, int64_t start_step);
+  void record(const StepRecord& r);  // the log line (flushed), and the progress line when cfg.progress
+  void end_progress();               // ends a terminal's progress line
+  void write_loss_plot() const;
+
+ private:
+  const TrainConfig& cfg_;
+  std::ofstream log_;
+  bool tty_;  // progress on a terminal: one line redrawn, else a line every 50 steps
+  std::chrono::steady_clock::time_point start_;
+  int64_t start_step_;
+};
+
+}  // namespace oboro
