@@ -38,7 +38,7 @@ json a1111_info(Context& cx, const Job& job, const json& snap) {
                {"sampler_name", "Euler"}, {"cfg_scale", rq.cfg_scale}, {"steps", rq.steps},
                {"batch_size", rq.batch_size}, {"n_iter", rq.n_iter}, {"restore_faces", false},
                {"sd_model_name", job.model}, {"sd_model_hash", ModelCatalog::hash10(rq.model)},
-               {"denoising_strength", rq.img2img() ? json(rq.strength) : rq.hires() ? json(rq.hr_strength) : json(nullptr)},
+               {"denoising_strength", job.kind == "img2img" ? json(rq.strength) : rq.hires() ? json(rq.hr_strength) : json(nullptr)},
                {"extra_generation_params", json::object()}, {"index_of_first_image", 0}, {"infotexts", infotexts},
                {"styles", json::array()}, {"job_timestamp", (long long)job.created}, {"clip_skip", 1},
                {"is_using_inpainting_conditioning", false}, {"version", "oboro 0.1.0"}, {"job_id", job.id},

@@ -41,7 +41,8 @@ class Server:
         raise RuntimeError("oboro serve did not answer /health:\n" + self.output())
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 
