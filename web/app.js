@@ -60,7 +60,7 @@ function fillPresets() {
   for (const [w, h, label] of sizePresets(state.info.resolution, state.info.limits.max_side)) {
     const o = document.createElement('option');
     o.value = w + 'x' + h;
-    o.textContent = w + ' × ' + h + ' (' + label + ')';
+    o.textContent = w + '×' + h + ' ' + label;
     sel.appendChild(o);
   }
   const custom = document.createElement('option');
@@ -297,6 +297,7 @@ function reuse() {
   if (it.steps) $('steps').value = it.steps;
   if (it.cfg_scale) $('cfg').value = it.cfg_scale;
   if (it.seed !== undefined) $('seed').value = it.seed;
+  $('batch').value = 1;
   if (it.model && Array.from($('model').options).some((o) => o.value === it.model)) $('model').value = it.model;
   syncOutputs();
   $('prompt').focus();
