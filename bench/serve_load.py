@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--max-queue", type=int, default=300)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=1800, help="give up polling after this many seconds")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the burst against the same server (RSS after each)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -66,42 +67,46 @@ def main():
         assert warm.status == 200, warm.body
         rss_before = rss(srv.proc.pid)
 
-        results = [None] * a.requests
-        gate = threading.Barrier(a.requests + 1)
+        rss_rounds, lost_total = [], 0
+        for rnd in range(a.rounds):
+            results = [None] * a.requests
+            gate = threading.Barrier(a.requests + 1)
 
-        def submit(i):
+            def submit(i):
+                gate.wait()
+                t0 = time.time()
+                try:
+                    r = call(srv.base, "POST", "/oboro/v1/jobs", dict(body, seed=1000 + i + 100000 * rnd), timeout=300)
+                    results[i] = (t0, r.status, r.json() if r.status == 202 else r.headers.get("Retry-After"))
+                except Exception as e:  # noqa: BLE001 (counted as lost)
+                    results[i] = (t0, "error: %s" % e, None)
+
+            threads = [threading.Thread(target=submit, args=(i,)) for i in range(a.requests)]
+            for t in threads:
+                t.start()
+            t_start = time.time()
             gate.wait()
-            t0 = time.time()
-            try:
-                r = call(srv.base, "POST", "/oboro/v1/jobs", dict(body, seed=1000 + i), timeout=300)
-                results[i] = (t0, r.status, r.json() if r.status == 202 else r.headers.get("Retry-After"))
-            except Exception as e:  # noqa: BLE001 (counted as lost)
-                results[i] = (t0, "error: %s" % e, None)
+            for t in threads:
+                t.join()
+            t_submitted = time.time()
 
-        threads = [threading.Thread(target=submit, args=(i,)) for i in range(a.requests)]
-        for t in threads:
-            t.start()
-        t_start = time.time()
-        gate.wait()
-        for t in threads:
-            t.join()
-        t_submitted = time.time()
-
-        accepted = {r[2]["id"]: r[0] for r in results if r and r[1] == 202}
-        rejected = [r for r in results if r and r[1] == 429]
-        with_retry_after = sum(1 for r in rejected if r[2] and int(r[2]) >= 1)
-        other = [r for r in results if not r or r[1] not in (202, 429)]
-        done, pending = {}, set(accepted)
-        deadline = time.time() + a.timeout
-        with ThreadPoolExecutor(8) as pool:
-            while pending and time.time() < deadline:
-                snaps = list(pool.map(lambda i: call(srv.base, "GET", "/oboro/v1/jobs/" + i), list(pending)))
-                for jid, s in zip(list(pending), snaps):
-                    if s.status == 200 and s.json()["status"] in ("completed", "failed", "cancelled"):
-                        done[jid] = s.json()
-                        pending.discard(jid)
-                if pending:
-                    time.sleep(0.5)
+            accepted = {r[2]["id"]: r[0] for r in results if r and r[1] == 202}
+            rejected = [r for r in results if r and r[1] == 429]
+            with_retry_after = sum(1 for r in rejected if r[2] and int(r[2]) >= 1)
+            other = [r for r in results if not r or r[1] not in (202, 429)]
+            done, pending = {}, set(accepted)
+            deadline = time.time() + a.timeout
+            with ThreadPoolExecutor(8) as pool:
+                while pending and time.time() < deadline:
+                    snaps = list(pool.map(lambda i: call(srv.base, "GET", "/oboro/v1/jobs/" + i), list(pending)))
+                    for jid, s in zip(list(pending), snaps):
+                        if s.status == 200 and s.json()["status"] in ("completed", "failed", "cancelled"):
+                            done[jid] = s.json()
+                            pending.discard(jid)
+                    if pending:
+                        time.sleep(0.5)
+            rss_rounds.append(round(rss(srv.proc.pid) / 2 ** 20, 1))
+            lost_total += len(pending) + len(other)
         rss_after = rss(srv.proc.pid)
         completed = {k: v for k, v in done.items() if v["status"] == "completed"}
         lat = [v["finished"] - accepted[k] for k, v in completed.items()]
@@ -117,13 +122,15 @@ def main():
             "other_responses": len(other), "completed": len(completed),
             "failed": sum(1 for v in done.values() if v["status"] == "failed"),
             "cancelled": sum(1 for v in done.values() if v["status"] == "cancelled"),
-            "lost": len(pending) + len(other),
+            "lost": len(pending) + len(other), "lost_all_rounds": lost_total,
             "submit_seconds": round(t_submitted - t_start, 2),
             "latency_p50_s": round(pct(lat, 50), 2), "latency_p99_s": round(pct(lat, 99), 2),
             "generation_s_per_image": round(sum(gen_times) / max(1, len(gen_times)), 3),
             "images_per_s": round(images / max(1e-9, t_last - t_start), 2),
             "rss_before_mib": round(rss_before / 2 ** 20, 1), "rss_after_mib": round(rss_after / 2 ** 20, 1),
+            "rss_after_each_round_mib": rss_rounds,
             "peak_rss_mib": round(float(peak[0].split()[1]) / 2 ** 20, 1) if peak else None,
+            "other_kinds": sorted({str(r[1])[:80] if r else "no result" for r in other}),
             "history_images": call(srv.base, "GET", "/oboro/v1/history?limit=1").json()["total"],
         }
     finally:
@@ -135,7 +142,7 @@ def main():
     else:
         for k, v in report.items():
             print("%-24s %s" % (k, v))
-    ok = report["lost"] == 0 and report["completed"] + report["rejected_429"] == a.requests and code == 0
+    ok = report["lost_all_rounds"] == 0 and report["completed"] + report["rejected_429"] == a.requests and code == 0
     print("OK: every request completed or got 429" if ok else "FAILED: requests were lost", file=sys.stderr)
     sys.exit(0 if ok else 1)
 

@@ -49,6 +49,26 @@ int find_connection_fd(const std::string& remote_addr, int remote_port, int loca
   return -1;
 }
 
+int widen_listen_backlog(int port, int backlog) {
+  int changed = 0;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    const int fd = std::atoi(e.path().filename().c_str());
+    std::error_code ec2;
+    if (std::filesystem::read_symlink(e.path(), ec2).string().rfind("socket:", 0) != 0 || ec2) continue;
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage self{};
+    socklen_t sl = sizeof self;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) != 0) continue;
+    int sport = -1;
+    addr_of(self, sport);
+    if (sport == port && ::listen(fd, backlog) == 0) ++changed;
+  }
+  return changed;
+}
+
 bool peer_closed(int fd) {
   if (fd < 0) return false;
   char c;

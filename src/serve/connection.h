@@ -11,4 +11,9 @@ int find_connection_fd(const std::string& remote_addr, int remote_port, int loca
 // True when the peer has closed (or reset) the connection; false while it is open or has unread data.
 bool peer_closed(int fd);
 
+// httplib 0.11 listens with a backlog of 5, so a burst of connections overflows the accept queue and clients see
+// resets. Calls listen() again on the process's listening socket(s) bound to `port` with `backlog` (Linux updates
+// the backlog of a listening socket). Returns how many sockets were changed.
+int widen_listen_backlog(int port, int backlog);
+
 }  // namespace oboro::serve

@@ -187,7 +187,9 @@ void JobQueue::finish(Job& job, JobStatus st, std::vector<ResultImage> images, c
   job.finished = unix_now();
   job.images = std::move(images);
   job.error = error;
-  job.rq.init_image_data = Image{};  // the decoded upload is not needed any more
+  job.rq.init_image_data = Image{};  // the decoded upload and the last preview are not needed any more
+  job.preview_b64.clear();
+  job.preview_b64.shrink_to_fit();
   if (st == JobStatus::Completed) {
     job.fraction = 1;
     ++stats_.completed;

@@ -9,6 +9,7 @@
 #include "io/file_hash.h"
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <chrono>
@@ -239,6 +240,7 @@ int run_server(const ServeOptions& opt, Backend& be) {
 
   if (!svr.bind_to_port(opt.host, opt.port))
     fail("cannot listen on ", opt.host, ":", opt.port, ": the port is in use or the address is not local (--host/--port)");
+  widen_listen_backlog(opt.port, SOMAXCONN);  // a burst of clients must queue, not be reset
   if (!is_loopback(opt.host) && opt.api_key.empty())
     std::fprintf(stderr, "warning: listening on %s without --api-key: anyone who can reach this address can generate "
                          "images and read the history; pass --api-key KEY (clients send 'Authorization: Bearer KEY')\n",

@@ -182,18 +182,21 @@ TEST(ServeJobQueue, RunsInOrderWithProgressAndPreview) {
   EXPECT_EQ(s["images"].size(), 1u);
   EXPECT_EQ(s["images"][0]["seed"], 20);
   EXPECT_EQ(s["preview_no"], 2);  // steps 2 and 4
-  const Image prev = decode_image(base64_decode(s["preview"]), "preview");
-  EXPECT_EQ(prev.width, 16);
+  EXPECT_FALSE(s.contains("preview"));  // a finished job keeps its images, not its last preview
   EXPECT_EQ(q.find(a->id), a);
   EXPECT_EQ(q.stats().completed, 2u);
   EXPECT_EQ(q.stats().images, 2u);
 }
 
 TEST(ServeJobQueue, FullQueueRefusesAndCancelRemovesOrStops) {
-  JobQueue q(fake_run, 2, 100);
+  JobQueue q(fake_run, 2, 100, 1, 16);
   auto running = fake_job(1000), q1 = fake_job(5), q2 = fake_job(5), q3 = fake_job(5);
   ASSERT_TRUE(q.submit(running));
   wait_for(q, *running, "running");
+  for (int i = 0; i < 200 && q.snapshot(*running)["preview_no"] == 0; ++i) q.wait(*running, q.snapshot(*running)["version"], 0.05);
+  const json live = q.snapshot(*running, true);
+  ASSERT_TRUE(live.contains("preview"));
+  EXPECT_EQ(decode_image(base64_decode(live["preview"]), "preview").width, 16);
   ASSERT_TRUE(q.submit(q1));
   ASSERT_TRUE(q.submit(q2));
   EXPECT_FALSE(q.submit(q3));  // 2 waiting already
