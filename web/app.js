@@ -185,6 +185,7 @@ function update(s, event) {
   row.querySelector('.st').textContent = text;
   const finished = ['completed', 'failed', 'cancelled'].includes(s.status);
   row.querySelector('.job-cancel').hidden = finished;
+  if (finished || event === 'status') refreshQueue();
   if (state.current !== s.id) return;
   $('progress').value = s.progress || 0;
   $('progress-text').textContent = text;
