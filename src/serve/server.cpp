@@ -168,9 +168,21 @@ bool same_secret(const std::string& a, const std::string& b) {
   return d == 0;
 }
 
-// Origin check, CORS headers, preflight, and the API key.
+// The host name of a Host header ("localhost:7860" → "localhost", "[::1]:7860" → "::1").
+std::string host_name(const std::string& host) {
+  if (!host.empty() && host[0] == '[') return host.substr(1, host.find(']') - 1);
+  return host.substr(0, host.find(':'));
+}
+
+// Host check (DNS rebinding), Origin check, CORS headers, preflight, and the API key.
 httplib::Server::HandlerResponse pre_route(const Context& cx, const httplib::Request& req, httplib::Response& res) {
   const ServeOptions& o = cx.opt;
+  if (is_loopback(o.host) && !is_loopback(host_name(req.get_header_value("Host")))) {
+    // A loopback server answers loopback names only: a web page whose name resolves to 127.0.0.1 cannot use it.
+    send_error(res, 403, "", "Host '" + req.get_header_value("Host") + "' refused: this server listens on " + o.host +
+                                 " and answers requests for localhost / 127.0.0.1 / [::1] only");
+    return httplib::Server::HandlerResponse::Handled;
+  }
   const std::string origin = req.get_header_value("Origin");
   if (!origin.empty() && origin != "http://" + req.get_header_value("Host")) {
     const bool allowed = !o.cors.empty() && (o.cors == "*" || o.cors == origin);

@@ -337,6 +337,10 @@ class ServeApi(unittest.TestCase):
         self.assertIsNone(self.get("/health").headers.get("Access-Control-Allow-Origin"))
         same = self.get("/health", headers={"Origin": self.base})
         self.assertEqual(same.status, 200)
+        # DNS rebinding: a loopback server answers loopback host names only.
+        r = self.get("/sdapi/v1/sd-models", headers={"Host": "evil.example:%d" % self.srv.port})
+        self.assertEqual(r.status, 403)
+        self.assertEqual(self.get("/health", headers={"Host": "localhost:%d" % self.srv.port}).status, 200)
 
 
 class ServeProcess(unittest.TestCase):
