@@ -159,6 +159,10 @@ class ServeApi(unittest.TestCase):
             time.sleep(0.05)
         self.assertEqual(p["state"]["job"], job)
         self.assertGreater(p["progress"], 0)
+        t0 = time.time()  # the other endpoints answer while the worker generates
+        for path in ["/health", "/sdapi/v1/sd-models", "/oboro/v1/history", "/metrics", "/"]:
+            self.assertEqual(self.get(path).status, 200, path)
+        self.assertLess(time.time() - t0, 5)
         self.assertEqual(p["state"]["sampling_steps"], 400)
         self.assertEqual(png_size(b64png(p["current_image"]))[0], 32)
         self.assertIsNone(self.get("/sdapi/v1/progress?skip_current_image=true").json()["current_image"])
