@@ -58,7 +58,10 @@ class ServeApi(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         if cls.srv:
-            cls.srv.stop()
+            code = cls.srv.stop()
+            out = cls.srv.output()
+            if code != 0 or "Sanitizer" in out or "runtime error" in out:
+                raise AssertionError("oboro serve exited with %d after SIGTERM:\n%s" % (code, out[-4000:]))
 
     def post(self, path, body=None, **kw):
         return call(self.base, "POST", path, body, **kw)
