@@ -19,7 +19,7 @@ void register_serve(CLI::App& app) {
   auto* c = app.add_subcommand("serve", "HTTP API (A1111, OpenAI, async jobs with progress) and a web UI");
   c->add_option("--host", o->s.host, "address to listen on (anything but loopback needs --api-key, or prints a warning)")
       ->capture_default_str();
-  c->add_option("--port", o->s.port, "TCP port")->capture_default_str();
+  c->add_option("--port", o->s.port, "TCP port (0: any free port, printed at start)")->capture_default_str();
   c->add_option("--model,-m", o->s.model, "the model loaded first (default: the bundled default model)");
   c->add_option("--models-dir", o->s.models_dir,
                 "ComfyUI-style models folder: every DIR/diffusion_models/*.safetensors is offered by name; T5 and VAE "

@@ -250,16 +250,17 @@ int run_server(const ServeOptions& opt, Backend& be) {
   register_a1111_routes(svr, cx);
   register_job_routes(svr, cx);
 
-  if (!svr.bind_to_port(opt.host, opt.port))
+  const int port = opt.port == 0 ? svr.bind_to_any_port(opt.host) : (svr.bind_to_port(opt.host, opt.port) ? opt.port : -1);
+  if (port <= 0)
     fail("cannot listen on ", opt.host, ":", opt.port, ": the port is in use or the address is not local (--host/--port)");
-  widen_listen_backlog(opt.port, SOMAXCONN);  // a burst of clients must queue, not be reset
+  widen_listen_backlog(port, SOMAXCONN);  // a burst of clients must queue, not be reset
   if (!is_loopback(opt.host) && opt.api_key.empty())
     std::fprintf(stderr, "warning: listening on %s without --api-key: anyone who can reach this address can generate "
                          "images and read the history; pass --api-key KEY (clients send 'Authorization: Bearer KEY')\n",
                  opt.host.c_str());
   if (!opt.quiet)
     std::fprintf(stderr, "oboro serve: http://%s:%d/ (model %s, outputs %s, queue %zu)\n",
-                 opt.host.find(':') != std::string::npos ? ("[" + opt.host + "]").c_str() : opt.host.c_str(), opt.port,
+                 opt.host.find(':') != std::string::npos ? ("[" + opt.host + "]").c_str() : opt.host.c_str(), port,
                  cx.models.current().name.c_str(), opt.outputs.c_str(), opt.max_queue);
 
   // SIGTERM / SIGINT: stop accepting, cancel the jobs, let the HTTP threads answer, exit 0.
