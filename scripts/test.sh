@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: install missing packages, build, run ctest (unit tests + PyTorch
-# twin tests), then rebuild everything under AddressSanitizer + UBSan and run the unit and twin tests again.
+# twin tests, the server's API and browser tests), then rebuild everything under AddressSanitizer + UBSan and run the
+# unit and twin tests and the server's quick API tests again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -14,4 +15,9 @@ if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
   ./build-asan/tests/oboro_tests --gtest_brief=1
   /usr/bin/python3 tests/twin/test_dit_twin.py --oboro build-asan/oboro --workdir build-asan/twin_dit
   /usr/bin/python3 tests/twin/test_t5_twin.py --oboro build-asan/oboro --workdir build-asan/twin_t5
+  # oboro serve's HTTP routes on the sanitized binary (the quick API tests; the server must exit 0, leak-free, on SIGTERM)
+  /usr/bin/python3 tests/serve/test_api.py --oboro build-asan/oboro --workdir build-asan/serve_api \
+    ServeApi.test_bad_inputs ServeApi.test_txt2img ServeApi.test_img2img ServeApi.test_openai ServeApi.test_png_info \
+    ServeApi.test_listings_and_options ServeApi.test_health_metrics_ui ServeApi.test_origin_checks \
+    ServeApi.test_job_lifecycle_and_events ServeProcess.test_api_key
 fi

@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 // The bundled default model (models/default/, trained on licensed data: see its README), found
 // beside the binary (build/oboro → ../models), in the source tree it was built from, or where
 // $OBORO_DEFAULT_MODEL points.
-static std::string default_model() {
+std::string default_model() {
   const char* kRel = "models/default/oboro-default.safetensors";
   std::vector<fs::path> tried;
   if (const char* e = std::getenv("OBORO_DEFAULT_MODEL")) tried.emplace_back(e);

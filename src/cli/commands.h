@@ -16,6 +16,9 @@ void register_eval(CLI::App& app);   // oboro eval shapes ...            (cmd_ev
 void register_train(CLI::App& app);  // oboro train --config run.toml    (cmd_train.cpp)
 void register_convert(CLI::App& app);  // oboro convert --from-state ...    (cmd_convert.cpp)
 void register_generate(CLI::App& app);  // oboro generate ...            (cmd_generate.cpp)
+void register_serve(CLI::App& app);     // oboro serve ...               (cmd_serve.cpp)
+// The bundled default model (cmd_generate.cpp): $OBORO_DEFAULT_MODEL, beside the binary, or in the source tree.
+std::string default_model();
 void register_vae_commands(CLI::App& app);  // oboro debug vae, oboro bench vae (cmd_vae.cpp; after debug, bench)
 void register_bench_pipeline(CLI::App& app);  // oboro bench pipeline (cmd_bench_pipeline.cpp; after bench)
 void register_bench_step(CLI::App& app);  // oboro bench step|t5|attention (cmd_bench_step.cpp; after bench)

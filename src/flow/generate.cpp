@@ -113,14 +113,14 @@ Prepared prepare(const GenerateRequest& in) {
   // Size: given; else the init image's (cropped down to a multiple of the model's granularity); else the
   // model's training resolution; else 64.
   const int m = p.stride * cfg.patch_size;
-  if (!rq.init_image.empty()) {
+  if (rq.img2img()) {
     if (!(rq.strength >= 0.f && rq.strength <= 1.f))
       fail("--strength must be between 0 and 1 (the fraction of noise: 0 keeps the image, 1 ignores it), got ",
            rq.strength);
     if (rq.hires())
       fail("the refine pass (--hr-scale / --hr-resize-x/y) is for txt2img, as A1111's hires fix: for a bigger "
            "img2img result give the init image and a larger --size");
-    p.init = load_image(rq.init_image);
+    p.init = !rq.init_image_data.empty() ? rq.init_image_data : load_image(rq.init_image);
   }
   int W = rq.width, H = rq.height;
   if (W <= 0 || H <= 0) {
@@ -128,7 +128,7 @@ Prepared prepare(const GenerateRequest& in) {
       W = p.init.width / m * m;
       H = p.init.height / m * m;
       if (W < m || H < m)
-        fail(rq.init_image, ": the image is ", p.init.width, "x", p.init.height, "; it must be at least ", m, "x", m,
+        fail(rq.init_image.empty() ? "the init image" : rq.init_image, ": the image is ", p.init.width, "x", p.init.height, "; it must be at least ", m, "x", m,
              " for this model");
     } else {
       W = H = 64;
@@ -272,14 +272,55 @@ struct StageClock {
   }
 };
 
+// Bytes of the components a cache holds that this plan also uses (already in the plan's baseline RSS).
+size_t cached_bytes(const ModelCache& c, const MemoryPlan& pl) {
+  size_t b = 0;
+  for (const WeightInfo& w : pl.weights) {
+    const bool held = (w.component == "DiT" && c.dit && c.dit_key.rfind(w.path + "|", 0) == 0) ||
+                      (w.component == "T5 v1.1 encoder" && c.te && c.te_key.rfind(w.path + "|", 0) == 0) ||
+                      (w.component == "VAE" && c.vae && c.codec_key.rfind(w.path + "|", 0) == 0);
+    if (held) b += w.resident_bytes;
+  }
+  return b;
+}
+
+// Whether every component can stay loaded: all weights + the largest stage's other bytes within the budget.
+bool all_resident_fits(const MemoryPlan& pl) {
+  size_t weights = 0, other = 0;
+  for (const WeightInfo& w : pl.weights) weights += w.resident_bytes;
+  for (const PlanStage& st : pl.stages) other = std::max(other, st.total() - st.weights);
+  return pl.baseline + weights + other <= pl.budget;
+}
+
 }  // namespace
+
+ModelCache::ModelCache() = default;
+ModelCache::~ModelCache() = default;
+void ModelCache::clear() {
+  te.reset();
+  dit.reset();
+  vae.reset();
+  te_key.clear();
+  dit_key.clear();
+  codec_key.clear();
+  resident = false;
+}
 
 MemoryPlan plan_generation(const GenerateRequest& req) { return prepare(req).plan; }
 
-std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, bool progress, GenerateStats* stats) {
+std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, bool progress, GenerateStats* stats,
+                                     const GenerateHooks* hooks) {
   Prepared p = prepare(in);
   const GenerateRequest& rq = p.rq;
   const DiTConfig& cfg = p.cfg;
+  ModelCache* cache = hooks ? hooks->cache : nullptr;
+  if (cache) p.plan.baseline -= std::min(p.plan.baseline, cached_bytes(*cache, p.plan));
+  const bool keep = cache && all_resident_fits(p.plan);
+  if (cache && !keep) cache->clear();
+  if (cache) cache->resident = keep;
+  auto check_cancel = [&] {
+    if (hooks && hooks->cancel && hooks->cancel->load()) throw Cancelled();
+  };
   if (stats) stats->plan = p.plan;
   if (progress) std::fprintf(stderr, "%s", p.plan.format().c_str());
   if (rq.check_memory && !p.plan.fits()) fail(p.plan.refusal());
@@ -300,11 +341,22 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
   const std::string model_name = fs::path(rq.model).stem().string();
   clock.end();
 
-  // 1. Text: the T5 loads, encodes the prompt and the negative prompt once, and is released.
+  // 1. Text: the T5 loads, encodes the prompt and the negative prompt once, and is released (unless kept).
+  check_cancel();
   clock.begin("text encoder");
   TextBatch cond, uncond;
   {
-    auto te = TextEncoder::load(p.te_path, be, weight_format(rq.te_type, "--te-type"));
+    std::unique_ptr<TextEncoder> te_local;
+    TextEncoder* te = nullptr;
+    const std::string te_key = p.te_path + "|" + rq.te_type;
+    if (keep && cache->te && cache->te_key == te_key) {
+      te = cache->te.get();
+    } else {
+      if (keep) { cache->te.reset(); cache->te_key.clear(); }
+      te_local = TextEncoder::load(p.te_path, be, weight_format(rq.te_type, "--te-type"));
+      te = te_local.get();
+      if (keep) { cache->te = std::move(te_local); cache->te_key = te_key; }
+    }
     if (te->dim() != cfg.text_dim)
       fail(p.te_path, ": the text encoder outputs width ", te->dim(), " but the model ", rq.model, " expects text_dim ",
            cfg.text_dim, ": use the text encoder the model was trained with");
@@ -313,16 +365,31 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
   }
   clock.end();
 
+  const std::string codec_key = rq.vae + "|" + rq.vae_type;
   auto open_codec = [&] {
+    if (keep && cfg.codec == "flux-vae" && cache->vae && cache->codec_key == codec_key) {
+      LatentCodec c;
+      c.vae = cache->vae;
+      c.stride = c.vae->config().stride();
+      c.vae_options = p.vae_opt;
+      return c;
+    }
+    if (keep) { cache->vae.reset(); cache->codec_key.clear(); }
     LatentCodec c = LatentCodec::open(cfg.codec, p.stride, rq.vae, be, "--vae", parse_vae_wformat(rq.vae_type, "--vae-type"));
     c.vae_options = p.vae_opt;
+    if (keep && c.vae) { cache->vae = c.vae; cache->codec_key = codec_key; }
     return c;
   };
+  // Previews of a VAE latent need the VAE's linear latent→RGB fit (computed once per VAE file).
+  std::vector<float> preview_fit;
+  if (hooks && hooks->on_step && cfg.codec == "flux-vae")
+    preview_fit = vae_preview_fit(rq.vae, rq.vae_type, be, keep ? open_codec().vae : nullptr);
   const size_t per1 = (size_t)cfg.latent_channels * p.h * p.w, per2 = (size_t)cfg.latent_channels * p.h2 * p.w2;
 
   // 2. img2img: the init image's latent.
   std::vector<float> init_lat;
   if (!p.init.empty()) {
+    check_cancel();
     clock.begin("VAE encode");
     LatentCodec codec = open_codec();
     std::vector<float> img((size_t)3 * p.H * p.W);
@@ -348,13 +415,27 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
       if (init_all) { so.init = init_all + (size_t)it * n * per; so.strength = strength; }
       if (stats) so.max_steps = stats->max_dit_steps;
       double ts = now_s();
-      so.on_step = [&](int s, int total, const auto&) {
+      so.on_step = [&](int s, int total, const std::function<std::vector<float>()>& latents) {
         const double t1 = now_s();
         clock.step(t1 - ts);
         ts = t1;
         if (progress && (tty || s == total))
           std::fprintf(stderr, "%s%sbatch %d/%d step %d/%d%s", tty ? "\r" : "", label, it + 1, rq.n_iter, s, total,
                        s == total ? "\n" : "");
+        if (hooks && hooks->on_step) {
+          StepEvent ev;
+          ev.pass = label[0] ? 1 : 0;
+          ev.batch = it;
+          ev.n_batches = rq.n_iter;
+          ev.step = s;
+          ev.total = total;
+          ev.preview = [&](int max_side) {
+            const std::vector<float> l = latents();
+            return latent_preview(l.data(), cfg.latent_channels, h, w, p.stride, preview_fit, max_side);
+          };
+          hooks->on_step(ev);
+        }
+        check_cancel();
       };
       std::vector<float> lat = sample_euler(dit, cond, uncond, h, w, seeds_of(it), so);
       out.insert(out.end(), lat.begin(), lat.end());
@@ -362,16 +443,29 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
     return out;
   };
 
-  // 3. The first pass.
+  // 3. The first pass. The DiT comes from the cache when kept there, else it is loaded for the pass.
+  std::unique_ptr<DiT> dit_local;
+  DiT* dit = nullptr;
+  const std::string dit_key = rq.model + "|" + rq.dit_type;
+  auto acquire_dit = [&](const std::string& path, bool cacheable) {
+    if (cacheable && keep && cache->dit && cache->dit_key == dit_key) return cache->dit.get();
+    if (cacheable && keep) { cache->dit.reset(); cache->dit_key.clear(); }
+    dit_local = DiT::load(path, be, weight_format(rq.dit_type, "--type"));
+    if (!cacheable || !keep) return dit_local.get();
+    cache->dit = std::move(dit_local);
+    cache->dit_key = dit_key;
+    return cache->dit.get();
+  };
+  check_cancel();
   clock.begin("DiT");
-  std::unique_ptr<DiT> dit = DiT::load(rq.model, be, weight_format(rq.dit_type, "--type"));
+  dit = acquire_dit(rq.model, true);
   std::vector<float> init_all;
   if (!rep_init.empty())
     for (int it = 0; it < rq.n_iter; ++it) init_all.insert(init_all.end(), rep_init.begin(), rep_init.end());
   std::vector<float> lat = run_dit(*dit, p.h, p.w, rq.steps, init_all.empty() ? nullptr : init_all.data(),
                                    rq.strength, 0, "");
   const bool keep_dit = p.hires && p.hr_latent && p.same_hr_model;
-  if (!keep_dit) dit.reset();
+  if (!keep_dit) { dit_local.reset(); dit = nullptr; }
   clock.end();
 
   // 4. The refine pass: upscale, re-noise to hr_strength with fresh noise (Philox stream 1 of the seed), denoise.
@@ -394,13 +488,16 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
       clock.end();
     }
     clock.begin("refine DiT");
-    if (!dit) dit = DiT::load(p.hr_model, be, weight_format(rq.dit_type, "--type"));
+    check_cancel();
+    if (!dit) dit = acquire_dit(p.hr_model, p.same_hr_model);
     lat = run_dit(*dit, p.h2, p.w2, rq.hr_steps > 0 ? rq.hr_steps : rq.steps, up.data(), rq.hr_strength, 1, "refine ");
-    dit.reset();
+    dit_local.reset();
+    dit = nullptr;
     clock.end();
   }
 
   // 5. Decode.
+  check_cancel();
   clock.begin("VAE decode");
   std::vector<GeneratedImage> out;
   {
@@ -428,7 +525,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
         if (!p.init.empty()) {
           kv.push_back({"Denoising strength", py_float32(rq.strength)});
           j["denoising_strength"] = rq.strength;
-          j["init_image"] = rq.init_image;
+          if (!rq.init_image.empty()) j["init_image"] = rq.init_image;
         }
         if (p.hires) {
           kv.push_back({"Denoising strength", py_float32(rq.hr_strength)});

@@ -5,13 +5,20 @@
 #pragma once
 #include "flow/memory_plan.h"
 #include "io/image.h"
+#include <atomic>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace oboro {
 
 class Backend;
+class DiT;
+class TextEncoder;
+class Vae;
 
 struct GenerateRequest {
   std::string prompt, negative_prompt;
@@ -29,7 +36,9 @@ struct GenerateRequest {
   // img2img (A1111 "denoising_strength"): encode the init image, start at t = 1 − strength from
   // x = t·latent + (1 − t)·noise and run round(steps·strength) steps.
   std::string init_image;
+  Image init_image_data;             // the init image already decoded (the server); used instead of init_image
   float strength = 0.75f;
+  bool img2img() const { return !init_image.empty() || !init_image_data.empty(); }
 
   // Refine pass (A1111 "hires fix"): upscale the first pass (latent or decoded pixels) by hr_scale or to
   // hr_resize_x × hr_resize_y, re-noise to hr_strength and denoise at that size (hr_steps, 0 = steps), with
@@ -71,10 +80,59 @@ struct GenerateStats {
   int max_dit_steps = 0;        // in: > 0 runs only this many steps per DiT pass (benchmarks)
 };
 
+// Components kept loaded between generate() calls (the server). generate() keeps a component here only when
+// the memory plan says the text encoder, the DiT and the codec fit in memory all at once (weights of all three +
+// the largest stage); otherwise it empties the cache and loads/releases each component per stage as without one.
+// Entries are keyed by path and weight format; a request for another model replaces them. The weights are never
+// written by inference, so a kept component gives the same images as a freshly loaded one.
+struct ModelCache {
+  std::string te_key, dit_key, codec_key;
+  std::unique_ptr<TextEncoder> te;
+  std::unique_ptr<DiT> dit;
+  std::shared_ptr<Vae> vae;
+  bool resident = false;  // out: the last run kept its components
+  ModelCache();
+  ~ModelCache();
+  void clear();
+};
+
+// One DiT step, as seen by GenerateHooks::on_step.
+struct StepEvent {
+  int pass = 0;                // 0 the first pass, 1 the refine pass
+  int batch = 0, n_batches = 1;  // which of the n_iter batches
+  int step = 0, total = 0;     // after `step` of `total` steps of this pass
+  // A small RGB preview of the batch's first image (longest side <= max_side), decoded cheaply from the current
+  // latents: the pixels codec's latents are pixels; the FLUX VAE's are mapped by a linear latent→RGB fit.
+  std::function<Image(int max_side)> preview;
+};
+
+// Thrown by generate() when GenerateHooks::cancel was set: nothing of the run is returned.
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("cancelled") {}
+};
+
+struct GenerateHooks {
+  std::function<void(const StepEvent&)> on_step;  // after every DiT step
+  const std::atomic<bool>* cancel = nullptr;      // checked before each stage and after every step
+  ModelCache* cache = nullptr;                    // keep the models loaded between runs (when the plan allows)
+};
+
 // The plan of a request (paths resolved, nothing loaded): what `--memory-plan` prints.
 MemoryPlan plan_generation(const GenerateRequest& req);
-// Runs on `be` (chosen by the caller: the command line's --backend).
+// Runs on `be` (chosen by the caller: the command line's --backend). `hooks` (the server): progress, cancel and the
+// model cache; without them, and with them, the images are the same bits.
 std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& req, bool progress = true,
-                                     GenerateStats* stats = nullptr);
+                                     GenerateStats* stats = nullptr, const GenerateHooks* hooks = nullptr);
+
+// Previews (flow/preview.cpp). The linear latent→RGB map of a VAE: for each of R, G, B, C weights and a bias,
+// fitted by least squares to solid colours encoded by the VAE itself (27 colours, one encode each); computed
+// once per (file, format) and remembered. Empty when the VAE has no encoder.
+std::vector<float> vae_preview_fit(const std::string& vae_path, const std::string& vae_type, Backend& be,
+                                   const std::shared_ptr<Vae>& loaded = nullptr);
+// The preview of one latent (C, h, w): the pixels codec (`fit` empty, C = 3·stride²) is rearranged exactly; a VAE
+// latent goes through `fit` (or, when that is empty, its first three channels normalised). Downscaled (nearest) so
+// the longest side is at most max_side.
+Image latent_preview(const float* latent, int C, int h, int w, int stride, const std::vector<float>& fit,
+                     int max_side);
 
 }  // namespace oboro
