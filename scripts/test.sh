@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: install missing packages, build, run ctest (unit tests + PyTorch
-# twin tests), then rebuild everything under AddressSanitizer + UBSan and run the unit and twin tests again.
+# twin tests), then rebuild everything under AddressSanitizer + UBSan and run the unit and twin tests again,
+# then build the libFuzzer harnesses (clang) and run each for OBORO_FUZZ_SECONDS (default 20) s.
+# OBORO_SKIP_SANITIZE=1 / OBORO_SKIP_FUZZ=1 skip those stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -14,4 +16,8 @@ if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
   ./build-asan/tests/oboro_tests --gtest_brief=1
   /usr/bin/python3 tests/twin/test_dit_twin.py --oboro build-asan/oboro --workdir build-asan/twin_dit
   /usr/bin/python3 tests/twin/test_t5_twin.py --oboro build-asan/oboro --workdir build-asan/twin_t5
+fi
+if [ "${OBORO_SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== fuzz: every libFuzzer harness for ${OBORO_FUZZ_SECONDS:-20} s (scripts/fuzz.sh; docs/reliability.md) =="
+  ./scripts/fuzz.sh "${OBORO_FUZZ_SECONDS:-20}"
 fi
