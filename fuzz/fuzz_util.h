@@ -29,7 +29,7 @@ inline int& diag_fd() {
 }
 
 // $TMPDIR/oboro-fuzz-<name>-XXXXXX, made on first use and removed when the process exits normally
-// (a crashing run leaves it: scripts/fuzz.sh points TMPDIR into build-fuzz/ and clears it).
+// (a crashing run leaves it: scripts/fuzz.sh gives each harness its own TMPDIR and removes it).
 class ScratchDir {
  public:
   static const fs::path& get(const char* name) {

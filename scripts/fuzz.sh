@@ -8,7 +8,8 @@
 # Prints execs, exec/s, edge coverage (cov:) and features (ft:) per harness. Exits non-zero on any crash,
 # leak, timeout or out-of-memory, leaving the reproducer in build-fuzz/artifacts/<harness>/ (rerun one
 # with: build-fuzz/<harness> build-fuzz/artifacts/<harness>/crash-...).
-# Environment: JOBS (build parallelism, default 2), OBORO_FUZZ_FLAGS (extra libFuzzer flags).
+# Environment: JOBS (build parallelism, default 2), OBORO_FUZZ_FLAGS (extra libFuzzer flags), OBORO_FUZZ_TMP
+# (scratch folder; default a fresh one in /dev/shm, removed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER=${1:-20}
@@ -48,6 +49,12 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OBORO_FUZZ_SPM=$PWD/$B/tokenizer.model
 export OBORO_THREADS=1
+# Per-harness scratch folders (each harness makes its own mkdtemp folder under TMPDIR and removes it): tmpfs
+# when there is one, so SQLite's fsyncs in fuzz_ingest_jsonl cost nothing; removed after each harness.
+if [ -z "${OBORO_FUZZ_TMP:-}" ]; then
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then OBORO_FUZZ_TMP=/dev/shm/oboro-fuzz-$(id -u)-$$; else OBORO_FUZZ_TMP=$PWD/$B/tmp; fi
+fi
+trap 'rm -rf "$OBORO_FUZZ_TMP"' EXIT
 failed=()
 printf '\n%-26s %6s %10s %8s %7s %7s %7s %6s  %s\n' harness s execs exec/s cov ft corpus new result
 for h in "${HARNESSES[@]}"; do
@@ -56,7 +63,7 @@ for h in "${HARNESSES[@]}"; do
   case $name in safetensors*) dict=fuzz/dict/safetensors.dict ;; esac
   corpus=$B/corpus/$h
   art=$B/artifacts/$h
-  tmp=$B/tmp/$h
+  tmp=$OBORO_FUZZ_TMP/$h
   log=$B/logs/$h.log
   mkdir -p "$corpus" "$art" "$tmp" "$B/logs"
   args=(-max_total_time="$SECONDS_PER" -timeout=10 -rss_limit_mb=2048 -close_fd_mask=3 -print_final_stats=1
@@ -66,7 +73,7 @@ for h in "${HARNESSES[@]}"; do
   set +e
   dirs=("$corpus" "$B/seeds/$h")
   [ -d "fuzz/regressions/$h" ] && dirs+=("fuzz/regressions/$h")  # past findings, replayed first
-  TMPDIR=$PWD/$tmp "$B/$h" "${args[@]}" ${OBORO_FUZZ_FLAGS:-} "${dirs[@]}" >"$log" 2>&1
+  TMPDIR=$tmp "$B/$h" "${args[@]}" ${OBORO_FUZZ_FLAGS:-} "${dirs[@]}" >"$log" 2>&1
   rc=$?
   set -e
   rm -rf "$tmp"

@@ -3,6 +3,7 @@
 // oboro::Error. The raw reproducers are in fuzz/regressions/<harness>/ (every fuzz run replays them).
 #include "data/provenance.h"
 #include "flow/infotext.h"
+#include "io/image.h"
 #include "train/trainer.h"
 #include "test_util.h"
 
@@ -46,6 +47,30 @@ TEST(FuzzRegressions, InfotextFormatInvalidUtf8) {
   // The fuzzer's input: infotext with an invalid byte in a value that is then written again.
   const Infotext it = parse_infotext("blue\nNegr: Euler,D>h\xb3\x10\xda\xe9\xc4le: 6.5, Seed: 4");
   EXPECT_NO_THROW(format_infotext(it.prompt, it.negative, it.params));
+}
+
+// fuzz_png_text: a 2 KB PNG whose second tEXt chunk declares 1,934,772,034 bytes made libpng allocate that much
+// (it only warns that the chunk is over its limit) before failing on the missing bytes: out of memory under
+// the fuzzer's 2 GB limit. A chunk longer than the rest of the file is now refused before libpng runs.
+TEST(FuzzRegressions, PngChunkLongerThanTheFile) {
+  Image px;
+  px.width = px.height = 2;
+  px.rgb.assign(12, 100);
+  const std::string head = encode_png(px).substr(0, 33);  // signature + IHDR
+  // Length field "sRGB" (a dictionary word the fuzzer put there) = 0x73524742 = 1934772034.
+  const std::string png = head + "sRGBtEXt" + std::string("oboro_request\0{\"c", 17) + std::string(64, 'x');
+  for (const std::string& e : {error_of([&] { read_png_text_bytes(png, "huge.png"); }),
+                               error_of([&] { decode_image(png, "huge.png"); })}) {
+    EXPECT_NE(e.find("huge.png: corrupt PNG (the file is truncated): chunk tEXt at byte 33 declares 1934772034 bytes"),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  }
+  // A whole PNG still reads; one cut inside its last chunk says where.
+  const std::string ok = encode_png(px, {{"parameters", "a cat\nSteps: 2"}});
+  EXPECT_EQ(read_png_text_bytes(ok, "ok.png").size(), 1u);
+  const std::string e = error_of([&] { decode_image(ok.substr(0, ok.size() - 20), "cut.png"); });
+  EXPECT_NE(e.find("cut.png: corrupt PNG (the file is truncated): chunk IDAT"), std::string::npos) << e;
 }
 
 // fuzz_manifest_jsonl: `oboro.dataset` metadata (read by `oboro info` from any model file) with a float count
