@@ -13,6 +13,7 @@ PACKAGES=(
   chromium                   # the web UI's browser test (driven by npm playwright-core; never downloads a browser)
   librsvg2-bin               # rsvg-convert: DiceBear SVG avatars → PNG (scripts/get-data)
   libgtest-dev googletest    # tests
+  clang libclang-rt-14-dev   # libFuzzer harnesses (fuzz/, scripts/fuzz.sh): clang's fuzzer + ASan/UBSan runtimes
   python3 python3-torch python3-numpy   # the PyTorch twin (test oracle)
 )
 missing=()

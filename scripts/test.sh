@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: install missing packages, build, run ctest (unit tests + PyTorch
 # twin tests, the server's API and browser tests), then rebuild everything under AddressSanitizer + UBSan and run the
-# unit and twin tests and the server's quick API tests again.
+# unit and twin tests and the server's quick API tests again, then build the libFuzzer harnesses (clang) and run each
+# for OBORO_FUZZ_SECONDS (default 20) s. OBORO_SKIP_SANITIZE=1 / OBORO_SKIP_FUZZ=1 skip those stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -20,4 +21,8 @@ if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
     ServeApi.test_bad_inputs ServeApi.test_txt2img ServeApi.test_img2img ServeApi.test_openai ServeApi.test_png_info \
     ServeApi.test_listings_and_options ServeApi.test_health_metrics_ui ServeApi.test_origin_checks \
     ServeApi.test_job_lifecycle_and_events ServeProcess.test_api_key
+fi
+if [ "${OBORO_SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== fuzz: every libFuzzer harness for ${OBORO_FUZZ_SECONDS:-20} s (scripts/fuzz.sh; docs/reliability.md) =="
+  ./scripts/fuzz.sh "${OBORO_FUZZ_SECONDS:-20}"
 fi

@@ -181,11 +181,20 @@ DatasetSummary DatasetSummary::from_json(const std::string& text) {
   const auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) fail("oboro.dataset is not a JSON object");
   DatasetSummary s;
+  // Counts must be non-negative integers: a float such as 1e300 would otherwise be cast to size_t (undefined
+  // behaviour) and a negative one would wrap.
+  auto shown = [](const nlohmann::json& v) { return v.dump().substr(0, 60); };
+  auto count = [&](const nlohmann::json& v, const std::string& what) -> size_t {
+    if (!v.is_number_unsigned()) fail("oboro.dataset: ", what, " must be a non-negative integer, got ", shown(v));
+    return v.get<size_t>();
+  };
   try {
     s.digest = j.at("digest").get<std::string>();
-    s.images = j.at("images").get<size_t>();
-    for (const auto& [k, v] : j.at("licenses").items()) s.licenses[k] = v.get<size_t>();
-    for (const auto& [k, v] : j.at("sources").items()) s.sources[k] = v.get<size_t>();
+    s.images = count(j.at("images"), "\"images\"");
+    for (const char* key : {"licenses", "sources"})
+      if (!j.at(key).is_object()) fail("oboro.dataset: \"", key, "\" must be an object of counts, got ", shown(j.at(key)));
+    for (const auto& [k, v] : j.at("licenses").items()) s.licenses[k] = count(v, "the count of licence " + k);
+    for (const auto& [k, v] : j.at("sources").items()) s.sources[k] = count(v, "the count of source " + k);
     s.attribution = j.at("attribution").get<std::vector<std::string>>();
   } catch (const nlohmann::json::exception& e) {
     fail("oboro.dataset: ", e.what());

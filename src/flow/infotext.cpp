@@ -1,6 +1,7 @@
 #include "flow/infotext.h"
 #include "core/error.h"
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -41,7 +42,9 @@ std::string py_float32(float v) {
 
 static std::string quote_if_needed(const std::string& v) {
   if (v.find_first_of(",:\n") == std::string::npos) return v;
-  return nlohmann::json(v).dump();
+  // Invalid UTF-8 (a value read from a hostile PNG, a non-UTF-8 file name) becomes U+FFFD, as the PNG
+  // writer does, instead of the JSON library's exception.
+  return nlohmann::json(v).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string format_infotext(const std::string& prompt, const std::string& negative,
@@ -81,7 +84,7 @@ Infotext parse_infotext(const std::string& text) {
       if (v0 < last.size() && last[v0] == '"') {
         end = v0 + 1;
         while (end < last.size() && last[end] != '"') end += last[end] == '\\' ? 2 : 1;
-        ++end;
+        end = std::min(end + 1, last.size());  // an unterminated quote (or a final backslash) runs to the end
         try { val = nlohmann::json::parse(last.substr(v0, end - v0)).get<std::string>(); } catch (...) { val = last.substr(v0, end - v0); }
       } else {
         end = last.find(", ", v0);

@@ -13,6 +13,7 @@
 #include <webp/decode.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <csetjmp>
@@ -80,6 +81,26 @@ bool png_reaches_iend(const std::string& b) {
   return false;
 }
 
+// libpng allocates an ancillary chunk's declared length before it reads the chunk (and only warns when the
+// length is over its limit): a 2 KB file declaring a 1.9 GB tEXt chunk got a 1.9 GB buffer before failing.
+// The whole file is in memory here, so a chunk that claims more bytes than the file holds is refused first.
+void check_png_chunk_lengths(const std::string& b, const std::string& label) {
+  size_t pos = 8;
+  while (pos + 8 <= b.size()) {
+    const uint32_t len = (uint32_t(uint8_t(b[pos])) << 24) | (uint32_t(uint8_t(b[pos + 1])) << 16) |
+                         (uint32_t(uint8_t(b[pos + 2])) << 8) | uint32_t(uint8_t(b[pos + 3]));
+    std::string type = b.substr(pos + 4, 4);
+    if (type == "IEND") return;
+    for (char& c : type)
+      if (!std::isalnum((unsigned char)c)) c = '?';
+    const uint64_t left = b.size() - pos - 8;  // bytes after the length and type fields
+    if ((uint64_t)len + 4 > left)
+      fail(label, ": corrupt PNG (the file is truncated): chunk ", type, " at byte ", pos, " declares ", len,
+           " bytes of data but the file has ", left < 4 ? 0 : left - 4, " left");
+    pos += 12 + (size_t)len;
+  }
+}
+
 // A JPEG is complete when an EOI marker follows the last start-of-scan marker.
 bool jpeg_complete(const std::string& b) {
   size_t last_sos = std::string::npos;
@@ -116,6 +137,7 @@ Image from_rgba(const uint8_t* rgba, int w, int h) {
 }
 
 Image decode_png(const std::string& bytes, const std::string& label) {
+  check_png_chunk_lengths(bytes, label);
   png_image im;
   std::memset(&im, 0, sizeof im);
   im.version = PNG_IMAGE_VERSION;
@@ -624,6 +646,7 @@ void save_png(const std::string& path, const Image& img, const TextChunks& text)
 
 TextChunks read_png_text_bytes(const std::string& bytes, const std::string& label) {
   if (sniff(bytes) != Format::Png) fail(label, ": not a PNG file (no PNG signature)");
+  check_png_chunk_lengths(bytes, label);
   PngCtx ctx;
   ctx.data = u8(bytes);
   ctx.size = bytes.size();
