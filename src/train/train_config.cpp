@@ -1,8 +1,11 @@
 #include "train/train_config.h"
 #include "core/error.h"
 #include "flow/flow.h"
+#include "flow/infotext.h"
 #include "train/optim.h"
 #include <nlohmann/json.hpp>
+#include <cmath>
+#include <limits>
 #include <toml++/toml.h>
 #include <cstdio>
 #include <filesystem>
@@ -136,10 +139,23 @@ void read_toml_value(TrainConfig& c, const Field& f, const toml::node& v, const 
                 fail(where, " must hold non-empty strings (SPDX licence ids such as \"CC-BY-4.0\")");
               dst.push_back(e.as_string()->get());
             }
-          } else {  // a number
-            if (auto i = v.as_integer()) dst = (T)i->get();
-            else if (auto d = v.as_floating_point()) dst = (T)d->get();
+          } else if constexpr (std::is_integral_v<T>) {  // an integer setting: integral values in T's range only
+            using Lim = std::numeric_limits<T>;
+            const long double lo = (long double)Lim::min(), hi = (long double)Lim::max();
+            long double x;
+            if (auto i = v.as_integer()) x = (long double)i->get();
+            else if (auto d = v.as_floating_point()) x = (long double)d->get();
             else fail(where, " must be a number");
+            if (!std::isfinite(x) || x != std::floor(x) || x < lo || x > hi)
+              fail(where, " must be an integer in [", Lim::min(), ", ", Lim::max(), "], got ", py_float((double)x));
+            dst = (T)x;
+          } else {  // a real setting
+            double x;
+            if (auto i = v.as_integer()) x = (double)i->get();
+            else if (auto d = v.as_floating_point()) x = d->get();
+            else fail(where, " must be a number");
+            if (!std::isfinite(x)) fail(where, " must be a finite number, got ", py_float(x));
+            dst = (T)x;
           }
         }
       },

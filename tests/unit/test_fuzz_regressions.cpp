@@ -93,11 +93,9 @@ TEST(FuzzRegressions, DatasetSummaryCountsMustBeNonNegativeIntegers) {
 
 // fuzz_train_toml (seen while writing the harness, confirmed by it under UBSan): an integer setting given as a
 // float outside the integer's range (hidden_size = 1e10, seed = -1.0) is converted with a C cast in
-// TrainConfig::from_toml (src/train/trainer.cpp, get_num): undefined behaviour, and 2.5 silently becomes 2.
-// OPEN: src/train is being reorganised by its owner, so the fix is described in docs/reliability.md rather than
-// made here; enable this test with it. Until then the fuzz build compiles src/train without the
-// float-cast-overflow check (fuzz/CMakeLists.txt).
-TEST(FuzzRegressions, DISABLED_TrainTomlIntegerKeyGivenAFloat) {
+// TrainConfig::from_toml: undefined behaviour, and 2.5 silently became 2. Fixed in src/train/train_config.cpp
+// (read_toml_value): integer settings take integral values in their type's range, real settings finite ones.
+TEST(FuzzRegressions, TrainTomlIntegerKeyGivenAFloat) {
   const auto dir = oboro::test::process_tmpdir("fuzz_regressions");
   for (const char* text : {"hidden_size = 1e10\n", "seed = -1.0\n", "train_batch_size = 2.5\n", "threads = nan\n"}) {
     const std::string path = (dir / "run.toml").string();
