@@ -16,7 +16,7 @@ S=$OUT/seeds
 rm -rf "$W" "$S"
 mkdir -p "$W" "$S"
 for h in safetensors safetensors_sharded image png_text infotext train_toml dataset_toml manifest_jsonl \
-         ingest_jsonl tokenizer; do
+         ingest_jsonl tokenizer serve_request; do
   mkdir -p "$S/fuzz_$h"
 done
 export OBORO_THREADS=1
@@ -233,6 +233,17 @@ cat >"$S/fuzz_ingest_jsonl/own.jsonl" <<EOF
 {"file": "a.png", "sha256": "$A", "source": "npm:x@1", "original": {"style": "pixel-art"}, "license": "CC-BY-4.0 OR MIT", "attribution": "someone", "captions": ["a caption", " ", "red circle"]}
 EOF
 printf '%s\n' '{"file": "a.png", "license": "GPL-3.0-only"}' >"$S/fuzz_ingest_jsonl/license-only.jsonl"
+
+# ---- server request bodies: the A1111 txt2img/img2img and OpenAI bodies the tests and the web UI send, one with a
+# base64 PNG init image (the tiny PNG above) and one with a data: URL prefix.
+SR=$S/fuzz_serve_request
+B64=$(base64 -w0 "$W/tiny.png")
+printf '%s' '{"prompt":"a red circle, pixel art","negative_prompt":"blurry","steps":4,"cfg_scale":5,"width":32,"height":32,"seed":7,"batch_size":2,"n_iter":1,"sampler_name":"Euler"}' >"$SR/txt2img.json"
+printf '%s' '{"prompt":"x","enable_hr":true,"hr_scale":2,"hr_second_pass_steps":2,"denoising_strength":0.5,"override_settings":{"sd_model_checkpoint":"oboro-default [0123456789]"}}' >"$SR/hires.json"
+printf '{"prompt":"blue","init_images":["%s"],"denoising_strength":0.6,"steps":3}' "$B64" >"$SR/img2img.json"
+printf '{"prompt":"blue","init_images":["data:image/png;base64,%s"],"resize_mode":0}' "$B64" >"$SR/img2img-dataurl.json"
+printf '%s' '{"prompt":"an avatar","n":2,"size":"32x32","response_format":"b64_json","model":"oboro-default"}' >"$SR/openai.json"
+printf '%s' '{"prompt":"caf\u00e9 \u2603","seed":-1,"width":0,"height":0}' >"$SR/unicode.json"
 
 # ---- tokenizer: a vocabulary trained by `oboro data vocab` on the shapes captions; seeds are captions and
 # prompts, each prefixed by the token-limit byte.
