@@ -2,6 +2,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "ops/backend.h"
+#include <cmath>
 #include <set>
 
 namespace oboro {
@@ -109,7 +110,57 @@ static QuantizedWeight stored_weight(const TensorSource& src, const std::string&
   return q;
 }
 
+static Tensor read_weight_f32_unchecked(const TensorSource& src, const std::string& name, const Shape& shape,
+                                        const std::string& what);
+
+namespace {
+
+// NaN / inf in a weight: a model whose weights are not finite gives an all-black (or all-NaN) image with exit 0, so
+// it is refused where the weight is read, naming the tensor and the first bad element.
+[[noreturn]] void nonfinite(const TensorSource& src, const std::string& name, int64_t at, const char* why) {
+  fail(src.path(), ": tensor ", name, " holds ", why, " (element ", at, "): the model file is damaged or its "
+       "training diverged — use an earlier checkpoint or download the file again");
+}
+
+void check_finite_f32(const TensorSource& src, const std::string& name, const float* v, int64_t n) {
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) bad |= !std::isfinite(v[i]);  // branch-free: vectorises
+  if (!bad) return;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) nonfinite(src, name, i, std::isnan(v[i]) ? "NaN" : "an infinite value");
+}
+
+// A weight used as stored (memory-mapped): its raw bits, without converting it.
+void check_finite_stored(const TensorSource& src, const std::string& name, const QuantizedWeight& q) {
+  const int64_t n = q.data.numel();
+  auto scan16 = [&](uint16_t exp_mask) {
+    const auto* b = q.data.data<uint16_t>();
+    for (int64_t i = 0; i < n; ++i)
+      if ((b[i] & exp_mask) == exp_mask) nonfinite(src, name, i, "NaN or an infinite value");
+  };
+  if (q.fmt == WFormat::BF16) scan16(0x7F80);
+  else if (q.fmt == WFormat::F16) scan16(0x7C00);
+  else if (q.fmt == WFormat::F8) {
+    const auto* b = q.data.data<uint8_t>();
+    for (int64_t i = 0; i < n; ++i)
+      if ((b[i] & 0x7F) == 0x7F) nonfinite(src, name, i, "NaN");  // E4M3FN: S.1111.111 is its only NaN, no inf
+  }
+  if (q.scale.defined() && q.scale.numel() > 0 && q.scale.dtype() == DType::F32) {
+    const Tensor sc = q.scale.contiguous();
+    check_finite_f32(src, scale_companion(name), sc.data<float>(), sc.numel());
+  }
+}
+
+}  // namespace
+
 Tensor read_weight_f32(const TensorSource& src, const std::string& name, const Shape& shape, const std::string& what) {
+  Tensor t = read_weight_f32_unchecked(src, name, shape, what);
+  check_finite_f32(src, name, t.f32(), t.numel());
+  return t;
+}
+
+static Tensor read_weight_f32_unchecked(const TensorSource& src, const std::string& name, const Shape& shape,
+                                        const std::string& what) {
   const TensorInfo& info = src.info(name);
   if (info.shape != shape)
     fail(src.path(), ": tensor ", name, " has shape ", shape_str(info.shape), " but ", what, " expects ",
@@ -131,7 +182,10 @@ QuantizedWeight load_weight(const TensorSource& src, const std::string& name, co
          shape_str(shape), " — the file's config does not match its tensors");
   if (stored_format(src, name) == fmt && fmt != WFormat::F32) {
     QuantizedWeight q = stored_weight(src, name, fmt);
-    if (q.data.is_contiguous()) return q;  // memory-mapped, no copy
+    if (q.data.is_contiguous()) {  // memory-mapped, no copy
+      check_finite_stored(src, name, q);
+      return q;
+    }
   }
   Tensor t = read_weight_f32(src, name, shape, what);
   return quantize_weight(t.f32(), (int)shape[0], (int)shape[1], fmt, src.path() + ": " + name);
