@@ -437,6 +437,13 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
         check_cancel();
       };
       std::vector<float> lat = sample_euler(dit, cond, uncond, h, w, seeds_of(it), so);
+      // Finite weights and options can still overflow (an f16/f8 format, an extreme CFG scale): never a black image
+      // with exit 0.
+      for (float v : lat)
+        if (!std::isfinite(v))
+          fail(label[0] ? "the refine pass" : "sampling", " produced non-finite latents (NaN/inf) with ", rq.model,
+               " (CFG scale ", rq.cfg_scale, rq.dit_type.empty() ? "" : ", --type " + rq.dit_type,
+               "): try a lower --cfg-scale or --type f32/bf16");
       out.insert(out.end(), lat.begin(), lat.end());
     }
     return out;

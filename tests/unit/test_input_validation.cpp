@@ -316,6 +316,32 @@ TEST(InputValidation, NonFiniteWeightsAreRefusedAtLoadNamingTheTensor) {
   EXPECT_TRUE(has(e, "(element 7)")) << e;
 }
 
+TEST(InputValidation, OverflowDuringSamplingFailsInsteadOfABlackImage) {
+  // Finite but enormous weights: the forward pass overflows to inf/NaN.
+  const fs::path d = fresh("overflow");
+  fs::copy_file(fs::path(kModel).parent_path() / "oboro-default.t5.safetensors", d / "oboro-default.t5.safetensors");
+  auto f = SafetensorsFile::open(kModel);
+  SafetensorsWriter wr;
+  std::vector<Tensor> keep;
+  for (const auto& info : f->tensors()) {
+    Tensor t = f->tensor(info.name).to_f32().clone();
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] *= 1e30f;
+    keep.push_back(t);
+  }
+  size_t k = 0;
+  for (const auto& info : f->tensors()) wr.add(info.name, keep[k++]);
+  for (const auto& [key, val] : f->metadata())
+    if (key != "oboro.weight_format") wr.set_metadata(key, val);
+  wr.write((d / "huge.safetensors").string());
+  GenerateRequest rq;
+  rq.model = (d / "huge.safetensors").string();
+  rq.prompt = "a cat";
+  rq.steps = 2;
+  rq.seed = 1;
+  const std::string e = error_of([&] { generate(cpu_backend(), rq, false); });
+  EXPECT_TRUE(has(e, "produced non-finite latents")) << e;
+}
+
 namespace {
 // A grey ramp as a 16-bit PNG with no gAMA / sRGB chunk (as Pillow and most tools write it), via libpng.
 void write_png16_ramp(const std::string& path, int W) {
