@@ -3,6 +3,7 @@
 #include "io/safetensors.h"
 #include "ops/backend.h"
 #include <cmath>
+#include <cstring>
 #include <set>
 
 namespace oboro {
@@ -122,10 +123,24 @@ namespace {
        "training diverged — use an earlier checkpoint or download the file again");
 }
 
+// NaN/inf = all exponent bits set. Tested on the bits, branch-free, so it vectorises (std::isfinite does not):
+// 16.9 GB/s against 2.4 GB/s on the 2-core AMD EPYC (Zen 4) — docs/reliability.md.
+// (memcpy loads: a memory-mapped tensor need not be aligned to its element size.)
+template <class U>
+U load_bits(const void* data, int64_t i) {
+  U x;
+  std::memcpy(&x, static_cast<const unsigned char*>(data) + (size_t)i * sizeof(U), sizeof(U));
+  return x;
+}
+template <class U>
+bool any_all_ones(const void* data, int64_t n, U mask) {
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= (U)((U)(load_bits<U>(data, i) & mask) == mask);
+  return bad != 0;
+}
+
 void check_finite_f32(const TensorSource& src, const std::string& name, const float* v, int64_t n) {
-  bool bad = false;
-  for (int64_t i = 0; i < n; ++i) bad |= !std::isfinite(v[i]);  // branch-free: vectorises
-  if (!bad) return;
+  if (!any_all_ones<uint32_t>(v, n, 0x7F800000u)) return;
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(v[i])) nonfinite(src, name, i, std::isnan(v[i]) ? "NaN" : "an infinite value");
 }
@@ -133,18 +148,15 @@ void check_finite_f32(const TensorSource& src, const std::string& name, const fl
 // A weight used as stored (memory-mapped): its raw bits, without converting it.
 void check_finite_stored(const TensorSource& src, const std::string& name, const QuantizedWeight& q) {
   const int64_t n = q.data.numel();
-  auto scan16 = [&](uint16_t exp_mask) {
-    const auto* b = q.data.data<uint16_t>();
+  auto scan = [&](auto mask, const char* why) {
+    using U = decltype(mask);
+    if (!any_all_ones<U>(q.data.raw(), n, mask)) return;
     for (int64_t i = 0; i < n; ++i)
-      if ((b[i] & exp_mask) == exp_mask) nonfinite(src, name, i, "NaN or an infinite value");
+      if ((U)(load_bits<U>(q.data.raw(), i) & mask) == mask) nonfinite(src, name, i, why);
   };
-  if (q.fmt == WFormat::BF16) scan16(0x7F80);
-  else if (q.fmt == WFormat::F16) scan16(0x7C00);
-  else if (q.fmt == WFormat::F8) {
-    const auto* b = q.data.data<uint8_t>();
-    for (int64_t i = 0; i < n; ++i)
-      if ((b[i] & 0x7F) == 0x7F) nonfinite(src, name, i, "NaN");  // E4M3FN: S.1111.111 is its only NaN, no inf
-  }
+  if (q.fmt == WFormat::BF16) scan((uint16_t)0x7F80, "NaN or an infinite value");
+  else if (q.fmt == WFormat::F16) scan((uint16_t)0x7C00, "NaN or an infinite value");
+  else if (q.fmt == WFormat::F8) scan((uint8_t)0x7F, "NaN");  // E4M3FN: S.1111.111 is its only NaN, no inf
   if (q.scale.defined() && q.scale.numel() > 0 && q.scale.dtype() == DType::F32) {
     const Tensor sc = q.scale.contiguous();
     check_finite_f32(src, scale_companion(name), sc.data<float>(), sc.numel());
