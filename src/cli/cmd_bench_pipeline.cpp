@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "flow/generate.h"
+#include "flow/request_check.h"
 #include "flow/memory_plan.h"
 #include "io/safetensors.h"
 #include "models/convert_weights.h"
@@ -73,8 +74,8 @@ T5Config t5_xxl(int layers) {
 void run(const PipeOpts& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   int W, H;
-  if (std::sscanf(o.size.c_str(), "%dx%d", &W, &H) != 2 || W <= 0 || H <= 0 || W % 16 || H % 16)
-    fail("--size must be WxH with both sides multiples of 16 (e.g. 736x416), got '", o.size, "'");
+  parse_size(o.size, "--size", W, H);  // "736x416x3", "0x0": refused, not read as 736x416
+  if (W % 16 || H % 16) fail("--size must be WxH with both sides multiples of 16 (e.g. 736x416), got '", o.size, "'");
   if (o.steps < 1) fail("--steps must be at least 1");
   const int run_steps = o.run_steps > 0 ? std::min(o.run_steps, o.steps) : o.steps;
   Backend& be = cli::backend();
