@@ -9,10 +9,12 @@
 #include "core/utf8.h"
 #include "data/audit.h"
 #include "data/manifest.h"
+#include "data/quality.h"
 #include "data/sqlite_db.h"
 #include "data/synth.h"
 #include "flow/generate.h"
 #include "flow/infotext.h"
+#include "flow/memory_plan.h"
 #include "flow/model_paths.h"
 #include "flow/request_check.h"
 #include "io/image.h"
@@ -247,6 +249,13 @@ TEST(InputValidation, NonFiniteAndOutOfRangeGenerateOptionsAreRefused) {
   EXPECT_TRUE(has(error_of([] { parse_prompt_line("a cat --w -64"); }), "--w (width)"));
   EXPECT_EQ(parse_prompt_line("a cat --s 12 --l 4.5 ").steps, 12);
   EXPECT_TRUE(has(error_of([] { parse_prompt_line("caf\xe9 --s 12"); }), "prompt line: not valid UTF-8 at byte 3"));
+
+  // Other numeric text: sizes in bytes, score thresholds.
+  EXPECT_TRUE(has(error_of([] { parse_bytes("1e300G", "--max-memory"); }), "--max-memory '1e300G'"));
+  EXPECT_TRUE(has(error_of([] { parse_bytes("nan", "--max-memory"); }), "give a size like 6G"));
+  EXPECT_EQ(parse_bytes("6G", "--max-memory"), 6ull << 30);
+  EXPECT_TRUE(has(error_of([] { QualityThresholds::parse("inf,5,4"); }), "--thresholds"));
+  EXPECT_TRUE(has(error_of([] { QualityThresholds::parse("6,nan,4"); }), "--thresholds"));
 
   // The CLI: each a one-line error naming the option, exit != 0, before any model is loaded.
   for (const char* args : {"--cfg-scale nan", "--cfg-scale inf", "--threads -3", "--hr-scale 0", "--steps 2.5",
