@@ -6,6 +6,7 @@
 #include "flow/memory_plan.h"
 #include "ops/weights.h"
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -196,16 +197,26 @@ void register_bench(CLI::App& app) {
                                           : "Forward time of one CFG step (batch 2) of the DiT with random weights");
     d->add_option("--config", o->preset, "model preset: oboro-1b, small, tiny")->capture_default_str();
     d->add_option("--schedule", o->schedule, "head schedule: mmh or uniform")->capture_default_str();
-    d->add_option("--text-dim", o->text_dim, "text encoder width (4096 for T5-XXL)")->capture_default_str();
-    d->add_option("--latent-channels", o->latent_channels, "latent channels (16 FLUX VAE, 12 pixels stride 2)")->capture_default_str();
-    d->add_option("--latent-stride", o->latent_stride, "pixels per latent pixel (8 FLUX VAE)")->capture_default_str();
-    d->add_option("--height", o->height, "image height in pixels")->capture_default_str();
-    d->add_option("--width", o->width, "image width in pixels")->capture_default_str();
-    d->add_option("--batch", o->batch, "batch (2 = cond + uncond of one CFG step)")->capture_default_str();
-    d->add_option("--text-len", o->text_len, "text tokens")->capture_default_str();
-    d->add_option("--repeats", o->repeats, "timed runs")->capture_default_str();
-    d->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str();
-    d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+    d->add_option("--text-dim", o->text_dim, "text encoder width (4096 for T5-XXL)")->capture_default_str()
+      ->check(int_in(1, 65536));
+    d->add_option("--latent-channels", o->latent_channels, "latent channels (16 FLUX VAE, 12 pixels stride 2)")->capture_default_str()
+      ->check(int_in(1, 1024));
+    d->add_option("--latent-stride", o->latent_stride, "pixels per latent pixel (8 FLUX VAE)")->capture_default_str()
+      ->check(int_in(1, 64));
+    d->add_option("--height", o->height, "image height in pixels")->capture_default_str()
+      ->check(int_in(1, 16384));
+    d->add_option("--width", o->width, "image width in pixels")->capture_default_str()
+      ->check(int_in(1, 16384));
+    d->add_option("--batch", o->batch, "batch (2 = cond + uncond of one CFG step)")->capture_default_str()
+      ->check(int_in(1, 4096));
+    d->add_option("--text-len", o->text_len, "text tokens")->capture_default_str()
+      ->check(int_in(1, 4096));
+    d->add_option("--repeats", o->repeats, "timed runs")->capture_default_str()
+      ->check(int_in(1, 100000));
+    d->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str()
+      ->check(int_in(0, 100000));
+    d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str()
+      ->check(int_in(0, 4096, " (0 = all cores)"));
     d->add_flag("--twin", o->twin, "also time the PyTorch twin in the same run");
     d->add_option("--twin-dtypes", o->twin_dtypes, "the twin's precisions, best taken: float32,bfloat16 (autocast)")
         ->capture_default_str();

@@ -1,6 +1,7 @@
 // `oboro bench formats`: for each weight format (docs/formats.md), the Linear kernels' GFLOP/s on the DiT's real
 // shapes and the DiT velocity's relative error vs F32 (the quality guard) with the forward time.
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -223,15 +224,24 @@ void register_bench_formats(CLI::App& app) {
   c->add_option("--config", o->preset, "model preset: oboro-1b, small, tiny")->capture_default_str();
   c->add_option("--schedule", o->schedule, "head schedule: mmh or uniform")->capture_default_str();
   c->add_option("--types", o->types, "comma-separated formats to compare with f32")->capture_default_str();
-  c->add_option("--text-dim", o->text_dim, "text encoder width")->capture_default_str();
-  c->add_option("--latent-channels", o->latent_channels, "latent channels")->capture_default_str();
-  c->add_option("--latent-stride", o->latent_stride, "pixels per latent pixel")->capture_default_str();
-  c->add_option("--height", o->height, "image height in pixels")->capture_default_str();
-  c->add_option("--width", o->width, "image width in pixels")->capture_default_str();
-  c->add_option("--batch", o->batch, "batch (2 = one CFG step)")->capture_default_str();
-  c->add_option("--text-len", o->text_len, "text tokens")->capture_default_str();
-  c->add_option("--repeats", o->repeats, "timed GEMM runs (best is reported)")->capture_default_str();
-  c->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+  c->add_option("--text-dim", o->text_dim, "text encoder width")->capture_default_str()
+      ->check(int_in(1, 65536));
+  c->add_option("--latent-channels", o->latent_channels, "latent channels")->capture_default_str()
+      ->check(int_in(1, 1024));
+  c->add_option("--latent-stride", o->latent_stride, "pixels per latent pixel")->capture_default_str()
+      ->check(int_in(1, 64));
+  c->add_option("--height", o->height, "image height in pixels")->capture_default_str()
+      ->check(int_in(1, 16384));
+  c->add_option("--width", o->width, "image width in pixels")->capture_default_str()
+      ->check(int_in(1, 16384));
+  c->add_option("--batch", o->batch, "batch (2 = one CFG step)")->capture_default_str()
+      ->check(int_in(1, 4096));
+  c->add_option("--text-len", o->text_len, "text tokens")->capture_default_str()
+      ->check(int_in(1, 4096));
+  c->add_option("--repeats", o->repeats, "timed GEMM runs (best is reported)")->capture_default_str()
+      ->check(int_in(1, 100000));
+  c->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str()
+      ->check(int_in(0, 4096, " (0 = all cores)"));
   c->add_flag("--no-gemm", o->no_gemm, "skip the kernel GFLOP/s part");
   c->add_flag("--no-quality", o->no_quality, "skip the DiT velocity error part");
   c->add_flag("--no-time", o->no_time, "one forward per format, untimed (no warm-up forward)");
@@ -243,12 +253,18 @@ void register_bench_formats(CLI::App& app) {
   c->add_option("--t5", o->text_encoder, "with --model: its text encoder (default: the one beside it)");
   c->add_option("--vae", o->vae, "with --model: FLUX.1 VAE file (flux-vae models)");
   c->add_option("--prompts", o->prompts, "with --model: prompts separated by '|'")->capture_default_str();
-  c->add_option("--steps", o->steps, "with --model: sampling steps")->capture_default_str();
-  c->add_option("--cfg-scale", o->cfg_scale, "with --model: CFG scale")->capture_default_str();
-  c->add_option("--images", o->images, "with --model: images per prompt (seeds seed, seed+1, ...)")->capture_default_str();
-  c->add_option("--seed", o->seed, "with --model: first seed (prompt p starts at seed + 100p)")->capture_default_str();
-  c->add_option("--gen-width", o->gen_width, "with --model: image width (0 = the model's resolution)");
-  c->add_option("--gen-height", o->gen_height, "with --model: image height (0 = the model's resolution)");
+  c->add_option("--steps", o->steps, "with --model: sampling steps")->capture_default_str()
+      ->check(int_in(1, 1000));
+  c->add_option("--cfg-scale", o->cfg_scale, "with --model: CFG scale")->capture_default_str()
+      ->check(real_in(0, 100));
+  c->add_option("--images", o->images, "with --model: images per prompt (seeds seed, seed+1, ...)")->capture_default_str()
+      ->check(int_in(1, 10000));
+  c->add_option("--seed", o->seed, "with --model: first seed (prompt p starts at seed + 100p)")->capture_default_str()
+      ->check(int_in(0, 4294967295));
+  c->add_option("--gen-width", o->gen_width, "with --model: image width (0 = the model's resolution)")
+      ->check(int_in(0, 16384, " (0 = the model's resolution)"));
+  c->add_option("--gen-height", o->gen_height, "with --model: image height (0 = the model's resolution)")
+      ->check(int_in(0, 16384, " (0 = the model's resolution)"));
   c->callback([o] { run(*o); });
 }
 

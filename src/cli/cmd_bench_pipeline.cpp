@@ -6,10 +6,12 @@
 // may run a prefix of the schedule (--run-steps K): the full-schedule time is then projected (and labelled so).
 #include "cli/bench_util.h"
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/base64.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "flow/generate.h"
+#include "flow/request_check.h"
 #include "flow/memory_plan.h"
 #include "io/safetensors.h"
 #include "models/convert_weights.h"
@@ -72,8 +74,8 @@ T5Config t5_xxl(int layers) {
 void run(const PipeOpts& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   int W, H;
-  if (std::sscanf(o.size.c_str(), "%dx%d", &W, &H) != 2 || W <= 0 || H <= 0 || W % 16 || H % 16)
-    fail("--size must be WxH with both sides multiples of 16 (e.g. 736x416), got '", o.size, "'");
+  parse_size(o.size, "--size", W, H);  // "736x416x3", "0x0": refused, not read as 736x416
+  if (W % 16 || H % 16) fail("--size must be WxH with both sides multiples of 16 (e.g. 736x416), got '", o.size, "'");
   if (o.steps < 1) fail("--steps must be at least 1");
   const int run_steps = o.run_steps > 0 ? std::min(o.run_steps, o.steps) : o.steps;
   Backend& be = cli::backend();
@@ -260,17 +262,22 @@ void register_bench_pipeline(CLI::App& app) {
                                               "weights of the true sizes: time and peak RSS per stage");
   c->add_option("--config", o->config, "DiT preset (oboro-1b, small, tiny)")->capture_default_str();
   c->add_option("--size", o->size, "WxH in pixels (the report's --image_size [416,736] is 736x416)")->capture_default_str();
-  c->add_option("--steps", o->steps, "sampling steps of the schedule")->capture_default_str();
+  c->add_option("--steps", o->steps, "sampling steps of the schedule")->capture_default_str()
+      ->check(int_in(1, 1000));
   c->add_option("--run-steps", o->run_steps,
-                "DiT steps actually run (default all); fewer: the full-schedule time is projected from the steady step time");
-  c->add_option("--cfg", o->cfg, "CFG scale (not 1: cond and uncond in one batch of 2)")->capture_default_str();
+                "DiT steps actually run (default all); fewer: the full-schedule time is projected from the steady step time")
+      ->check(int_in(0, 1000));
+  c->add_option("--cfg", o->cfg, "CFG scale (not 1: cond and uncond in one batch of 2)")->capture_default_str()
+      ->check(real_in(0, 100));
   c->add_option("--t5-layers", o->t5_layers,
                 "T5 layers to build (1-24; default: as many as fit in 60% of MemAvailable); fewer than 24 are "
-                "extrapolated to 24");
+                "extrapolated to 24")
+      ->check(int_in(0, 1024));
   c->add_option("--prompt", o->prompt, "prompt (its token count sets the T5 and text lengths)");
   c->add_option("--workdir", o->workdir, "folder in which a temporary oboro-bench-pipeline-PID folder holds the weight files (default $TMPDIR)");
   c->add_flag("--keep", o->keep, "keep the weight files");
-  c->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+  c->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str()
+      ->check(int_in(0, 4096, " (0 = all cores)"));
   c->add_flag("--json", o->json, "print JSON");
   c->add_option("--type", o->type, "hold the DiT's Linear weights in this format: f32, bf16, f16, f8, q8_0");
   c->add_option("--te-type", o->te_type, "hold the T5's Linear weights in this format: f32, bf16, f16, f8, q8_0");

@@ -3,6 +3,7 @@
 #include "cli/bench_dit.h"
 #include "cli/bench_util.h"
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -459,13 +460,20 @@ void register_bench_step(CLI::App& app) {
     d->add_option("--config", so->b.preset, "model preset: oboro-1b, small, tiny")->capture_default_str();
     d->add_option("--size", so->size, "image HEIGHTxWIDTH in pixels")->capture_default_str();
     d->add_option("--schedule", so->b.schedule, "head schedule: mmh or uniform")->capture_default_str();
-    d->add_option("--text-dim", so->b.text_dim, "text encoder width (4096 for T5-XXL)")->capture_default_str();
-    d->add_option("--text-len", so->b.text_len, "text tokens")->capture_default_str();
-    d->add_option("--batch", so->b.batch, "batch (2 = cond + uncond of one CFG step)")->capture_default_str();
-    d->add_option("--repeats", so->b.repeats, "timed steps (best reported)")->capture_default_str();
-    d->add_option("--warmup", so->b.warmup, "untimed steps first")->capture_default_str();
-    d->add_option("--threads", so->b.threads, "threads (0 = all cores)")->capture_default_str();
-    d->add_option("--sgemm-size", so->sgemm_n, "n of the n^3 SGEMM peak measurement (0 = skip)")->capture_default_str();
+    d->add_option("--text-dim", so->b.text_dim, "text encoder width (4096 for T5-XXL)")->capture_default_str()
+      ->check(int_in(1, 65536));
+    d->add_option("--text-len", so->b.text_len, "text tokens")->capture_default_str()
+      ->check(int_in(1, 4096));
+    d->add_option("--batch", so->b.batch, "batch (2 = cond + uncond of one CFG step)")->capture_default_str()
+      ->check(int_in(1, 4096));
+    d->add_option("--repeats", so->b.repeats, "timed steps (best reported)")->capture_default_str()
+      ->check(int_in(1, 100000));
+    d->add_option("--warmup", so->b.warmup, "untimed steps first")->capture_default_str()
+      ->check(int_in(0, 100000));
+    d->add_option("--threads", so->b.threads, "threads (0 = all cores)")->capture_default_str()
+      ->check(int_in(0, 4096, " (0 = all cores)"));
+    d->add_option("--sgemm-size", so->sgemm_n, "n of the n^3 SGEMM peak measurement (0 = skip)")->capture_default_str()
+      ->check(int_in(0, 65536, " (0 = skip)"));
     d->add_flag("--compare-torch", so->compare_torch, "also time the PyTorch twin (best of F32 and BF16 autocast)");
     d->add_option("--twin-dtypes", so->b.twin_dtypes, "the twin's precisions")->capture_default_str();
     d->add_option("--twin-script", so->b.twin_script, "path of bench/twin_dit_bench.py")->capture_default_str();
@@ -480,14 +488,19 @@ void register_bench_step(CLI::App& app) {
     auto* d = bench->add_subcommand("t5", "T5 v1.1 encoder forward with random weights (F32 or --type), optionally vs the "
                                           "PyTorch twin");
     d->add_option("--config", o->config, "xxl, xl, large, base, small (T5 v1.1 shapes) or tiny")->capture_default_str();
-    d->add_option("--tokens", o->tokens, "prompt tokens (all valid)")->capture_default_str();
+    d->add_option("--tokens", o->tokens, "prompt tokens (all valid)")->capture_default_str()
+      ->check(int_in(1, 4096));
     d->add_option("--type", o->type, "Linear weight format: f32, bf16, f16, f8, q8_0 (docs/formats.md)");
     d->add_option("--layers", o->layers, "time only N layers and extrapolate the full model (0 = all)")
-        ->capture_default_str();
-    d->add_option("--batch", o->batch, "prompts")->capture_default_str();
-    d->add_option("--repeats", o->repeats, "timed runs (best reported)")->capture_default_str();
-    d->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str();
-    d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+        ->capture_default_str()
+      ->check(int_in(0, 1024, " (0 = all)"));
+    d->add_option("--batch", o->batch, "prompts")->capture_default_str()->check(int_in(1, 4096));
+    d->add_option("--repeats", o->repeats, "timed runs (best reported)")->capture_default_str()
+      ->check(int_in(1, 100000));
+    d->add_option("--warmup", o->warmup, "untimed runs first")->capture_default_str()
+      ->check(int_in(0, 100000));
+    d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str()
+      ->check(int_in(0, 4096, " (0 = all cores)"));
     d->add_flag("--compare-torch", o->compare_torch, "also time the PyTorch twin (best of F32 and BF16 autocast)");
     d->add_option("--twin-dtypes", o->twin_dtypes, "the twin's precisions")->capture_default_str();
     d->add_option("--twin-script", o->twin_script, "path of bench/twin_t5_bench.py")->capture_default_str();
@@ -501,16 +514,19 @@ void register_bench_step(CLI::App& app) {
     auto* d = bench->add_subcommand("attention", "Attention working memory (peak RSS increase) and time vs tokens, "
                                                  "optionally vs the PyTorch twin's S x S attention");
     d->add_option("--tokens", o->tokens, "comma-separated sequence lengths")->capture_default_str();
-    d->add_option("--heads", o->heads, "heads")->capture_default_str();
-    d->add_option("--head-dim", o->head_dim, "head width")->capture_default_str();
-    d->add_option("--batch", o->batch, "batch")->capture_default_str();
-    d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+    d->add_option("--heads", o->heads, "heads")->capture_default_str()->check(int_in(1, 1024));
+    d->add_option("--head-dim", o->head_dim, "head width")->capture_default_str()
+      ->check(int_in(1, 4096));
+    d->add_option("--batch", o->batch, "batch")->capture_default_str()->check(int_in(1, 4096));
+    d->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str()
+      ->check(int_in(0, 4096, " (0 = all cores)"));
     d->add_option("--precision", o->precision,
                   "forward arithmetic: f32, or bf16 (BF16 Q·Kᵀ and P·V with F32 softmax, the low-precision DiT's "
                   "inference attention)")
         ->capture_default_str();
     d->add_option("--repeats", o->repeats, "timed forward calls per length (best time reported; memory from the first)")
-        ->capture_default_str();
+        ->capture_default_str()
+      ->check(int_in(1, 100000));
     d->add_flag("--backward", o->backward, "also measure attention_backward");
     d->add_flag("--compare-torch", o->compare_torch, "also measure the twin (naive, baddbmm+softmax, SDPA)");
     d->add_option("--twin-script", o->twin_script, "path of bench/twin_attention_mem.py")->capture_default_str();

@@ -29,6 +29,7 @@ void register_convert(CLI::App& app) {
         fail("convert: give either --from-state STATE -o FILE or --type FMT IN OUT, not both "
              "(convert the exported files with --type afterwards)");
       if (o->output.empty()) fail("convert --from-state needs --output/-o FILE");
+      refuse_output_over_input(o->state, o->output);
       export_from_state(cli::backend(), o->state, o->weights == "ema", o->output);
       return;
     }

@@ -2,6 +2,7 @@
 //   oboro data vocab --captions FILE_OR_DIR --vocab-size N --out PREFIX
 // (add further subcommands as register_data_<name>(CLI::App& data) and call them from register_data).
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "models/tokenizer.h"
 #include <algorithm>
@@ -83,7 +84,7 @@ void register_data_vocab(CLI::App& data) {
   c->add_option("--captions", o->captions, "captions file (one per line) or dataset folder of .txt sidecars")
       ->required();
   c->add_option("--vocab-size", o->vocab_size, "number of pieces (an upper limit for small corpora)")
-      ->check(CLI::Range(4, 1 << 20));
+      ->check(int_in(8, 1000000));
   c->add_option("--out", o->out, "output prefix: writes PREFIX.model and PREFIX.vocab")->required();
   c->callback([o] {
     std::vector<std::string> lines = read_captions(o->captions);

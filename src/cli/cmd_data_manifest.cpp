@@ -7,6 +7,7 @@
 //   stats --manifest M.db                                 synth -o DIR -n N (generated test images)
 // Registered on the `data` group from main.cpp.
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/audit.h"
@@ -18,6 +19,7 @@
 #include "data/synth.h"
 
 #include <cstdio>
+#include <ctime>
 #include <memory>
 #include <string>
 
@@ -25,7 +27,8 @@ namespace oboro::cli {
 namespace {
 
 void threads_option(CLI::App* c, int* threads) {
-  c->add_option("--threads", *threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  c->add_option("--threads", *threads, "worker threads (default: all cores)")
+      ->check(int_in(1, 1024));
 }
 void apply_threads(int threads) {
   if (threads > 0) set_num_threads(threads);
@@ -49,7 +52,8 @@ void register_ingest(CLI::App& data) {
   c->add_option("--extractor", o->extractor, "embedding extractor for dedup")->capture_default_str();
   c->add_option("--shard", o->shard, "i/n: this process handles 1/n of the files (run n processes), or mpi (rank and "
                                      "size from mpirun)");
-  c->add_option("--batch", o->batch, "images per transaction")->check(CLI::Range(1, 100000))->capture_default_str();
+  c->add_option("--batch", o->batch, "images per transaction")->capture_default_str()
+      ->check(int_in(1, 100000));
   threads_option(c, &o->threads);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar");
   c->callback([o] {
@@ -107,9 +111,12 @@ void register_dedup(CLI::App& data) {
                                          "random member per cluster plus noise, repeat until the kept set stops changing");
   c->add_option("--manifest", o->manifest, "the manifest file")->required();
   c->add_option("--eps", o->d.eps, "DBSCAN radius as cosine distance (0.1 = similarity 0.9, the report's value)")
-      ->capture_default_str();
-  c->add_option("--min-samples", o->d.min_samples, "DBSCAN min_samples, counting the point itself")->capture_default_str();
-  c->add_option("--subset-size", o->d.subset_size, "images per subset")->capture_default_str();
+      ->capture_default_str()
+      ->check(real_in(0, 2, true, " (cosine distance)"));
+  c->add_option("--min-samples", o->d.min_samples, "DBSCAN min_samples, counting the point itself")->capture_default_str()
+      ->check(int_in(1, 1000000));
+  c->add_option("--subset-size", o->d.subset_size, "images per subset")->capture_default_str()
+      ->check(int_in(2, 1000000000));
   c->add_option("--split", o->d.split, "graph: subsets from whole LSH neighbour components (no pair is cut); random: "
                                        "the report's random subsets")
       ->check(CLI::IsMember({"graph", "random"}))
@@ -117,12 +124,15 @@ void register_dedup(CLI::App& data) {
   c->add_option("--index", o->d.index, "neighbour search within random subsets: lsh or exact (all pairs, SGEMM)")
       ->check(CLI::IsMember({"lsh", "exact"}))
       ->capture_default_str();
-  c->add_option("--lsh-tables", o->d.lsh_tables, "LSH hash tables")->check(CLI::Range(1, 256))->capture_default_str();
+  c->add_option("--lsh-tables", o->d.lsh_tables, "LSH hash tables")->capture_default_str()
+      ->check(int_in(1, 256));
   c->add_option("--lsh-bits", o->d.lsh_bits, "bits per LSH table (0: about 4 images per bucket)")
-      ->check(CLI::Range(0, 30))
-      ->capture_default_str();
-  c->add_option("--seed", o->d.seed, "seed of the kept-member choice and of the LSH hyperplanes")->capture_default_str();
-  c->add_option("--max-rounds", o->d.max_rounds, "stop after this many rounds")->check(CLI::Range(1, 100000))->capture_default_str();
+      ->capture_default_str()
+      ->check(int_in(0, 30, " (0 = automatic)"));
+  c->add_option("--seed", o->d.seed, "seed of the kept-member choice and of the LSH hyperplanes")->capture_default_str()
+      ->check(int_in(0, 4294967295));
+  c->add_option("--max-rounds", o->d.max_rounds, "stop after this many rounds")->capture_default_str()
+      ->check(int_in(1, 100000));
   c->add_option("--extractor", o->extractor, "embedding extractor")->capture_default_str();
   threads_option(c, &o->threads);
   c->add_flag("--quiet,-q", o->quiet, "no progress lines");
@@ -239,7 +249,8 @@ void register_bucket(CLI::App& data) {
   c->add_option("--stage", o->b.stage, "1 or 2")->required()->check(CLI::IsMember({1, 2}));
   c->add_flag("--dry-run", o->dry_run, "print every image's bucket and crop; change nothing");
   c->add_flag("--upscale", o->b.upscale, "allow upscaling small images to the full bucket");
-  c->add_option("--seed", o->b.seed, "seed of the stage-1 random crops")->capture_default_str();
+  c->add_option("--seed", o->b.seed, "seed of the stage-1 random crops")->capture_default_str()
+      ->check(int_in(0, 4294967295));
   c->callback([o] {
     auto m = Manifest::open(o->manifest, false);
     const BucketReport r = assign_buckets(*m, o->b, o->dry_run, [&](const std::string& l) {
@@ -269,10 +280,13 @@ void register_cache(CLI::App& data) {
   c->add_option("--codec", o->c.codec, "latent codec: pixels or flux-vae")->check(CLI::IsMember({"pixels", "flux-vae"}))
       ->capture_default_str();
   c->add_option("--vae", o->c.vae, "FLUX.1 VAE file (ae.safetensors) for --codec flux-vae");
-  c->add_option("--pixels-stride", o->c.pixels_stride, "pixel_unshuffle stride of the pixels codec")->capture_default_str();
+  c->add_option("--pixels-stride", o->c.pixels_stride, "pixel_unshuffle stride of the pixels codec")->capture_default_str()
+      ->check(int_in(1, 64));
   c->add_option("--text-encoder", o->c.text_encoder, "frozen T5 file/dir for the text cache (none: text cache skipped)");
-  c->add_option("--max-tokens", o->c.max_tokens, "prompt tokens for the text cache")->capture_default_str();
-  c->add_option("--shard-mb", o->shard_mb, "size of each cache file")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  c->add_option("--max-tokens", o->c.max_tokens, "prompt tokens for the text cache")->capture_default_str()
+      ->check(int_in(1, 4096));
+  c->add_option("--shard-mb", o->shard_mb, "size of each cache file")->capture_default_str()
+      ->check(int_in(1, 1 << 20));
   c->add_option("--shard", o->shard, "i/n or mpi: this process encodes 1/n of the images");
   threads_option(c, &o->threads);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar");
@@ -403,7 +417,14 @@ void register_remove(CLI::App& data) {
   c->callback([o] {
     auto m = Manifest::open(o->manifest, false);
     const RemoveReport r = remove_image(*m, o->hash, o->reason);
-    for (const auto& row : r.rows) std::printf("removed %s (%s): %s\n", row.path.c_str(), row.sha256.c_str(), o->reason.c_str());
+    for (const auto& row : r.removed) std::printf("removed %s (%s): %s\n", row.path.c_str(), row.sha256.c_str(), o->reason.c_str());
+    for (const auto& a : r.already) {  // exit 0: the image is removed, as asked; the first reason stays the record
+      char day[32] = "an unknown date";
+      const std::time_t t = (std::time_t)a.removed_at;
+      if (a.removed_at > 0) std::strftime(day, sizeof day, "%Y-%m-%d %H:%M UTC", std::gmtime(&t));
+      std::printf("already removed %s (%s) on %s because: %s — the first reason is kept (new reason not recorded)\n",
+                  a.row.path.c_str(), a.row.sha256.c_str(), day, a.row.reason.c_str());
+    }
     if (r.models.empty()) {
       std::printf("no registered model was trained with it\n");
     } else {
@@ -422,10 +443,13 @@ void register_synth(CLI::App& data) {
   auto* c = data.add_subcommand("synth", "Write generated photo-like test images with planted near-duplicates "
                                          "(duplicates.tsv is the ground truth), CC0");
   c->add_option("--out,-o", o->out_dir, "output folder")->required();
-  c->add_option("--count,-n", o->count, "images in all")->capture_default_str();
-  c->add_option("--size", o->size, "image side in pixels")->capture_default_str();
-  c->add_option("--dup-fraction", o->dup_fraction, "share of planted near-duplicates")->capture_default_str();
-  c->add_option("--seed", o->seed, "seed")->capture_default_str();
+  c->add_option("--count,-n", o->count, "images in all")->capture_default_str()
+      ->check(int_in(1, 100000000));
+  c->add_option("--size", o->size, "image side in pixels")->capture_default_str()
+      ->check(int_in(8, 16384));
+  c->add_option("--dup-fraction", o->dup_fraction, "share of planted near-duplicates")->capture_default_str()
+      ->check(real_in(0, 1));
+  c->add_option("--seed", o->seed, "seed")->capture_default_str()->check(int_in(0, 4294967295));
   c->add_option("--license", o->license, "licence written to manifest.jsonl")->capture_default_str();
   c->add_flag("--force", o->force, "replace a synthetic dataset already in the folder");
   c->callback([o] {

@@ -1,13 +1,16 @@
 // `oboro generate`: prompt → PNG files with A1111 infotext. Accepts the report's own flags
 // (--prompts, --image_size '[H,W]', --cfg_scale, --model_path, --output_dir) unchanged.
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "flow/generate.h"
 #include "flow/infotext.h"
+#include "flow/request_check.h"
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -51,11 +54,30 @@ static int next_index(const fs::path& dir) {
   return best + 1;
 }
 
+// --grid: a new file, or (with --force) a file to replace — but never one this run reads (the model, the text
+// encoder, the VAE, the init image, the prompt file), compared by file-system identity (links, "./a" vs "a").
+static void check_grid_path(const std::string& grid, bool force, const GenerateRequest& rq, const std::string& from_file) {
+  std::error_code ec;
+  if (!fs::exists(grid, ec)) return;
+  if (fs::is_directory(grid, ec)) fail("--grid ", grid, ": is a folder: give a file name, e.g. ", (fs::path(grid) / "grid.png").string());
+  for (const std::string* in : {&rq.model, &rq.text_encoder, &rq.vae, &rq.init_image, &rq.hr_model, &from_file})
+    if (!in->empty() && fs::exists(*in, ec) && fs::equivalent(grid, *in, ec))
+      fail("--grid ", grid, ": is an input of this run (", *in, "): choose another file name for the grid");
+  if (!force) fail("--grid ", grid, ": the file exists: choose a new name, or pass --force to replace it");
+  char sig[8] = {};
+  std::ifstream f(grid, std::ios::binary);
+  f.read(sig, 8);
+  if (f.gcount() != 8 || std::memcmp(sig, "\x89PNG\r\n\x1a\n", 8) != 0)
+    fail("--grid ", grid, ": the file exists and is not a PNG image: --force replaces only an earlier grid; choose "
+         "another file name");
+}
+
 void register_generate(CLI::App& app) {
   struct Opts {
     GenerateRequest rq;
     std::string prompt_pos, image_size, size, output_dir, from_file, grid, max_memory;
     int grid_columns = 0;
+    bool force = false;
     bool no_metadata = false, no_shift = false, memory_plan = false, no_memory_check = false;
     int threads = 0;
   };
@@ -78,17 +100,22 @@ void register_generate(CLI::App& app) {
                 "size, cropped to a multiple of 16)");
   c->add_option("--strength,--denoising-strength,--denoising_strength", o->rq.strength,
                 "img2img: fraction of noise added to the init image (0 keeps it, 1 ignores it); steps*strength steps run")
-      ->capture_default_str();
-  c->add_option("--hr-scale,--hr_scale", o->rq.hr_scale, "refine pass (hires fix): upscale the first pass by this factor");
-  c->add_option("--hr-resize-x,--hr_resize_x", o->rq.hr_resize_x, "refine pass: target width (instead of --hr-scale)");
-  c->add_option("--hr-resize-y,--hr_resize_y", o->rq.hr_resize_y, "refine pass: target height (instead of --hr-scale)");
+      ->capture_default_str()->check(real_in(0, 1));
+  c->add_option("--hr-scale,--hr_scale", o->rq.hr_scale, "refine pass (hires fix): upscale the first pass by this factor")
+      ->check(real_in(0, kMaxHrScale, true));
+  c->add_option("--hr-resize-x,--hr_resize_x", o->rq.hr_resize_x, "refine pass: target width (instead of --hr-scale)")
+      ->check(int_in(1, kMaxImageSide));
+  c->add_option("--hr-resize-y,--hr_resize_y", o->rq.hr_resize_y, "refine pass: target height (instead of --hr-scale)")
+      ->check(int_in(1, kMaxImageSide));
   c->add_option("--hr-upscaler,--hr_upscaler", o->rq.hr_upscaler,
                 "refine pass upscaler: Latent (bilinear on latents), \"Latent (nearest)\", Lanczos or Nearest "
                 "(decoded pixels, then encoded again)")->capture_default_str();
   c->add_option("--hr-steps,--hr_second_pass_steps", o->rq.hr_steps,
-                "refine pass steps before strength (0 = --steps); hr-steps*hr-strength steps run")->capture_default_str();
+                "refine pass steps before strength (0 = --steps); hr-steps*hr-strength steps run")->capture_default_str()
+      ->check(int_in(0, kMaxSteps));
   c->add_option("--hr-strength,--hr-denoising-strength", o->rq.hr_strength,
-                "refine pass: fraction of noise added to the upscaled first pass")->capture_default_str();
+                "refine pass: fraction of noise added to the upscaled first pass")->capture_default_str()
+      ->check(real_in(0, 1, true));
   c->add_option("--hr-model,--hr-checkpoint", o->rq.hr_model,
                 "refine pass: a separate refiner DiT (same text encoder and codec); default the --model");
   c->add_option("--max-memory", o->max_memory,
@@ -96,28 +123,35 @@ void register_generate(CLI::App& app) {
   c->add_flag("--memory-plan,--dry-run", o->memory_plan, "print the memory plan and exit without loading the models");
   c->add_flag("--no-memory-check", o->no_memory_check, "run even when the memory plan exceeds the budget");
   c->add_flag("--vae-tiling", o->rq.vae_tiling, "always decode/encode in tiles (default: only above 3 GiB of activations)");
-  c->add_option("--vae-tile", o->rq.vae_tile, "VAE tile side in latent pixels (x8 image pixels)")->capture_default_str();
+  c->add_option("--vae-tile", o->rq.vae_tile, "VAE tile side in latent pixels (x8 image pixels)")->capture_default_str()
+      ->check(int_in(8, 4096));
   c->add_option("--vae-type", o->rq.vae_type, "VAE conv weight format: f32, bf16, f16 (default f32; converted while loading)");
   c->add_option("--type", o->rq.dit_type, "DiT weight format: f32, bf16, f16, f8, q8_0 (default: as the file stores it)");
   c->add_option("--te-type", o->rq.te_type, "text-encoder weight format: f32, bf16, f16, f8, q8_0 (default: as stored)");
-  c->add_option("--width,-W", o->rq.width, "width in pixels");
-  c->add_option("--height,-H", o->rq.height, "height in pixels");
+  c->add_option("--width,-W", o->rq.width, "width in pixels")->check(int_in(1, kMaxImageSide));
+  c->add_option("--height,-H", o->rq.height, "height in pixels")->check(int_in(1, kMaxImageSide));
   c->add_option("--size", o->size, "WxH, e.g. 64x64");
   c->add_option("--image_size", o->image_size, "'[H,W]' as in the oboro report");
-  c->add_option("--steps", o->rq.steps, "sampling steps")->capture_default_str();
-  c->add_option("--cfg-scale,--cfg_scale", o->rq.cfg_scale, "classifier-free guidance scale")->capture_default_str();
-  c->add_option("--seed", o->rq.seed, "seed (-1 = random); image i uses seed + i")->capture_default_str();
-  c->add_option("--batch-size,--batch_size", o->rq.batch_size, "images per batch")->capture_default_str();
-  c->add_option("--n-iter,--n_iter", o->rq.n_iter, "number of batches")->capture_default_str();
+  c->add_option("--steps", o->rq.steps, "sampling steps")->capture_default_str()->check(int_in(1, kMaxSteps));
+  c->add_option("--cfg-scale,--cfg_scale", o->rq.cfg_scale, "classifier-free guidance scale")->capture_default_str()
+      ->check(real_in(0, kMaxCfgScale));
+  c->add_option("--seed", o->rq.seed, "seed (-1 = random, else 0 to 4294967295); image i uses seed + i")
+      ->capture_default_str()->check(int_in(-1, kMaxSeed));
+  c->add_option("--batch-size,--batch_size", o->rq.batch_size, "images per batch")->capture_default_str()
+      ->check(int_in(1, kMaxBatch));
+  c->add_option("--n-iter,--n_iter", o->rq.n_iter, "number of batches")->capture_default_str()
+      ->check(int_in(1, kMaxNIter));
   c->add_option("--output-dir,--output_dir,-o", o->output_dir, "output folder (default outputs/YYYY-MM-DD)");
   c->add_flag("--no-metadata", o->no_metadata, "do not embed infotext / request JSON in the PNG");
   c->add_flag("--no-shift", o->no_shift, "disable the resolution-dependent timestep shift");
-  c->add_option("--threads", o->threads, "CPU threads (default: all cores)");
+  c->add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(int_in(1, 4096));
   c->add_option("--from-file", o->from_file,
                 "one prompt per line, kohya sample syntax: 'a cat --n blurry --w 64 --h 64 --d 42 --s 20 --l 5' "
                 "(flags given here are the defaults)");
-  c->add_option("--grid", o->grid, "also write every image of this run into one grid PNG");
-  c->add_option("--grid-columns", o->grid_columns, "grid columns (default: images per prompt, or 8)");
+  c->add_option("--grid", o->grid, "also write every image of this run into one grid PNG (a new file: see --force)");
+  c->add_option("--grid-columns", o->grid_columns, "grid columns (default: images per prompt, or 8)")
+      ->check(int_in(1, 4096));
+  c->add_flag("--force,--overwrite", o->force, "let --grid replace an existing file (never one of this run's inputs)");
   c->callback([o] {
     if (o->threads > 0) set_num_threads(o->threads);
     GenerateRequest rq = o->rq;
@@ -132,10 +166,15 @@ void register_generate(CLI::App& app) {
       rq.model = default_model();
       std::fprintf(stderr, "model: %s (the bundled default; --model to choose another)\n", rq.model.c_str());
     }
-    if (!o->size.empty() && std::sscanf(o->size.c_str(), "%dx%d", &rq.width, &rq.height) != 2)
-      fail("--size must look like WxH (e.g. 64x64), got '", o->size, "'");
-    if (!o->image_size.empty() && std::sscanf(o->image_size.c_str(), " [ %d , %d ]", &rq.height, &rq.width) != 2)
-      fail("--image_size must look like '[H,W]' (e.g. '[416,736]'), got '", o->image_size, "'");
+    if (!o->size.empty()) parse_size(o->size, "--size", rq.width, rq.height);
+    if (!o->image_size.empty()) {
+      int n = 0;
+      if (std::sscanf(o->image_size.c_str(), " [ %d , %d ] %n", &rq.height, &rq.width, &n) != 2 ||
+          n != (int)o->image_size.size() || rq.width < 1 || rq.height < 1 || rq.width > kMaxImageSide ||
+          rq.height > kMaxImageSide)
+        fail("--image_size must look like '[H,W]' with H and W whole numbers from 1 to ", kMaxImageSide,
+             " (e.g. '[416,736]'), got '", o->image_size, "'");
+    }
     fs::path dir = o->output_dir;
     if (dir.empty()) {
       std::time_t now = std::time(nullptr);
@@ -166,6 +205,8 @@ void register_generate(CLI::App& app) {
     } else {
       rqs.push_back(rq);
     }
+    if (!o->grid.empty()) check_grid_path(o->grid, o->force, rq, o->from_file);
+    for (const auto& r : rqs) check_request(r);  // before any model is loaded (generate() checks again)
     if (o->memory_plan) {
       for (const auto& r : rqs) {
         MemoryPlan plan = plan_generation(r);

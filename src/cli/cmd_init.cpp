@@ -1,5 +1,6 @@
 // `oboro init`: write a freshly initialised DiT model file (a preset or explicit sizes).
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "models/dit.h"
 #include "ops/backend.h"
@@ -18,10 +19,13 @@ void register_init(CLI::App& app) {
   auto* c = app.add_subcommand("init", "Write a freshly initialised oboro DiT model file");
   c->add_option("--preset", o->preset, "oboro-1b, small or tiny")->capture_default_str();
   c->add_option("--schedule", o->schedule, "head schedule: mmh (8/16/24/48) or uniform")->capture_default_str();
-  c->add_option("--text-dim", o->text_dim, "text encoder width (4096 = T5-XXL)")->capture_default_str();
-  c->add_option("--latent-channels", o->latent_channels, "latent channels (16 = FLUX VAE)")->capture_default_str();
-  c->add_option("--patch", o->patch, "patch size")->capture_default_str();
-  c->add_option("--seed", o->seed, "initialisation seed")->capture_default_str();
+  c->add_option("--text-dim", o->text_dim, "text encoder width (4096 = T5-XXL)")->capture_default_str()
+      ->check(int_in(1, 65536));
+  c->add_option("--latent-channels", o->latent_channels, "latent channels (16 = FLUX VAE)")->capture_default_str()
+      ->check(int_in(1, 1024));
+  c->add_option("--patch", o->patch, "patch size")->capture_default_str()->check(int_in(1, 64));
+  c->add_option("--seed", o->seed, "initialisation seed")->capture_default_str()
+      ->check(int_in(0, 4294967295));
   c->add_flag("--random-all", o->random_all, "randomise every tensor, zero-init layers included (for tests)");
   c->add_option("--title", o->title, "modelspec.title");
   c->add_option("--output,-o", o->output, "output .safetensors")->required();

@@ -1,5 +1,6 @@
 // `oboro train --config run.toml [--resume latest|STATE]`
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "train/trainer.h"
 #include <cstdio>
 
@@ -11,8 +12,10 @@ void register_train(CLI::App& app) {
   auto* c = app.add_subcommand("train", "Train (or fine-tune) a model with the I-CFM flow-matching objective");
   c->add_option("--config,--config_file", o->config, "training config (kohya-style TOML)")->required()->check(CLI::ExistingFile);
   c->add_option("--resume", o->resume, "continue from a checkpoint: 'latest' or a state file");
-  c->add_option("--stop-after", o->stop_after, "stop (with a checkpoint) after N steps of this run");
-  c->add_option("--threads", o->threads, "CPU threads (default: all cores)");
+  c->add_option("--stop-after", o->stop_after, "stop (with a checkpoint) after N steps of this run")
+      ->check(int_in(1, 1000000000000LL));
+  c->add_option("--threads", o->threads, "CPU threads (default: all cores)")
+      ->check(int_in(1, 4096));
   c->callback([o] {
     TrainConfig cfg = TrainConfig::from_toml(o->config);
     if (o->threads > 0) cfg.threads = o->threads;

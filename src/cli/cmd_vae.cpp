@@ -2,6 +2,7 @@
 // FLUX.1 VAE with random weights of the true size).
 #include "cli/bench_util.h"
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -47,8 +48,10 @@ void add_tiling_options(CLI::App* c, VaeCliOpts& o) {
   c->add_flag("--tiled", o.tiled,
               "always tile (default: tile only when an untiled pass needs more than 3 GiB of activations)");
   c->add_flag("--no-tiling", o.no_tiling, "never tile");
-  c->add_option("--tile", o.tile, "tile side in latent pixels (x8 image pixels)")->capture_default_str();
-  c->add_option("--overlap", o.overlap, "tile overlap in latent pixels, blended linearly")->capture_default_str();
+  c->add_option("--tile", o.tile, "tile side in latent pixels (x8 image pixels)")->capture_default_str()
+      ->check(int_in(8, 4096, " latent pixels"));
+  c->add_option("--overlap", o.overlap, "tile overlap in latent pixels, blended linearly")->capture_default_str()
+      ->check(int_in(0, 1024, " latent pixels"));
 }
 
 // Spec §8: --encode: IN `image` (B,3,H,W) F32 in [-1,1] → OUT `latent` (B,16,H/8,W/8), scaled;
@@ -206,10 +209,14 @@ void register_vae_commands(CLI::App& app) {
   auto* bench = app.get_subcommand("bench");
   auto* d = bench->add_subcommand("vae", "FLUX.1 VAE decode (and encode) with random weights of the true size: "
                                          "time, GFLOP, peak RSS");
-  d->add_option("--height", b->height, "image height in pixels")->capture_default_str();
-  d->add_option("--width", b->width, "image width in pixels")->capture_default_str();
-  d->add_option("--repeats", b->repeats, "timed runs (best reported)")->capture_default_str();
-  d->add_option("--threads", b->threads, "threads (0 = all cores)")->capture_default_str();
+  d->add_option("--height", b->height, "image height in pixels")->capture_default_str()
+      ->check(int_in(1, 16384));
+  d->add_option("--width", b->width, "image width in pixels")->capture_default_str()
+      ->check(int_in(1, 16384));
+  d->add_option("--repeats", b->repeats, "timed runs (best reported)")->capture_default_str()
+      ->check(int_in(1, 100000));
+  d->add_option("--threads", b->threads, "threads (0 = all cores)")->capture_default_str()
+      ->check(int_in(0, 4096, " (0 = all cores)"));
   d->add_flag("--encode", b->encode, "also time the encoder");
   d->add_option("--type", b->type, "conv weight format: f32, bf16, f16 (default f32)");
   d->add_flag("--conv-direct", b->conv_direct,

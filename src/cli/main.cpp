@@ -8,6 +8,10 @@ int main(int argc, char** argv) {
   CLI::App app{"oboro — train and run the oboro text-to-image model"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "oboro 0.1.0");
+  // A bad flag or value is one line, as every other error (CLI11's default adds a second, "Run with --help ...").
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("oboro: error: ") + e.what() + " (--help lists the options)\n";
+  });
   oboro::cli::add_backend_option(app);
   oboro::cli::register_info(app);
   oboro::cli::register_debug(app);

@@ -78,6 +78,14 @@ std::string digest_of(sql::Stmt& s) {
 
 }  // namespace
 
+namespace {
+bool recorded_export(Manifest& m, const fs::path& dir) {
+  sql::Stmt s(m.db(), "SELECT 1 FROM exports WHERE dir=? LIMIT 1");
+  s.bind(1, dir.string());
+  return s.step();
+}
+}  // namespace
+
 ExportReport export_dataset(Manifest& m, const ExportOptions& opt) {
   ExportReport rep;
   if (opt.out_dir.empty()) fail("data export: pass -o DIR (the training folder to write)");
@@ -88,6 +96,12 @@ ExportReport export_dataset(Manifest& m, const ExportOptions& opt) {
   if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
     if (!opt.force)
       fail(opt.out_dir, ": is not empty: pass --force to replace a previous export there, or choose another -o");
+    // --force replaces only what oboro wrote: a folder with the export marker, or one this manifest recorded as an
+    // export (exports made before the marker existed). Never the user's own images and manifest.jsonl (e.g. the
+    // ingested source folder), which would be deleted or rewritten.
+    if (!fs::exists(dir / kExportMarker, ec) && !recorded_export(m, dir))
+      fail(opt.out_dir, ": is not empty and is not a previous oboro export (no ", kExportMarker,
+           " file): --force replaces only an export; choose an empty or new folder for -o");
     if (fs::exists(mpath, ec)) {  // remove the previous export's files
       std::ifstream f(mpath);
       for (std::string line; std::getline(f, line);) {
@@ -105,6 +119,11 @@ ExportReport export_dataset(Manifest& m, const ExportOptions& opt) {
   }
   fs::create_directories(dir, ec);
   if (ec) fail(opt.out_dir, ": cannot create the folder: ", ec.message());
+  {  // the marker first: a folder this export has begun writing into is recognised as one
+    std::ofstream mk(dir / kExportMarker, std::ios::binary | std::ios::trunc);
+    write_all(mk, "written by `oboro data export`; `--force` may replace this folder's export\n",
+              (dir / kExportMarker).string());
+  }
 
   sql::Db& db = m.db();
   sql::Transaction tx(db);
@@ -302,9 +321,22 @@ RemoveReport remove_image(Manifest& m, const std::string& hash, const std::strin
   sql::Db& db = m.db();
   sql::Transaction tx(db);
   sql::Stmt up(db, "UPDATE images SET status='removed', reason=?, reason_kind='manual', updated_at=? WHERE id=?");
+  sql::Stmt when(db, "SELECT updated_at FROM images WHERE id=?");
   std::set<int64_t> model_ids, export_ids;
   for (const auto& r : rep.rows) {
-    up.bind(1, trim_copy(reason)).bind(2, now_unix()).bind(3, r.id).run();
+    // The audit trail: a manual removal is recorded once; removing it again keeps the first reason and date and
+    // reports them. An image removed automatically (duplicate, licence, score, ...) becomes a manual removal — so it
+    // stays removed when that rule changes — with the earlier reason kept in the text.
+    if (r.status == "removed" && r.reason_kind == "manual") {
+      when.bind(1, r.id);
+      rep.already.push_back({r, when.step() ? when.i64(0) : 0});
+      when.reset();
+    } else {
+      std::string text = trim_copy(reason);
+      if (r.status == "removed") text += str(" (earlier removed: ", r.reason_kind, ": ", r.reason, ")");
+      up.bind(1, text).bind(2, now_unix()).bind(3, r.id).run();
+      rep.removed.push_back(r);
+    }
     for (const auto& mr : models_using(m, r.id))
       if (model_ids.insert(mr.id).second) rep.models.push_back(mr);
     sql::Stmt e(db, "SELECT e.id, e.dir FROM export_images ei JOIN exports e ON e.id=ei.export_id WHERE ei.image_id=?");

@@ -32,10 +32,14 @@ struct ModelDataset {
 // Reads `oboro.dataset` from a model file (or sharded checkpoint). Errors name the file and the fix.
 ModelDataset read_model_dataset(const std::string& model);
 
+// The file `oboro data export` writes into every export folder; `--force` replaces only a folder that has it (or
+// that the manifest recorded as an export).
+inline constexpr const char* kExportMarker = ".oboro-export";
+
 struct ExportOptions {
   std::string out_dir;
   std::string mode = "link";  // link (hard link, copy across file systems) | copy | symlink
-  bool force = false;         // replace a previous export in out_dir
+  bool force = false;         // replace a previous export in out_dir (never a folder oboro did not export to)
   bool progress = true;
 };
 struct ExportReport {
@@ -58,8 +62,14 @@ struct ModelRef {
 };
 std::vector<ModelRef> models_using(Manifest& m, int64_t image_id);
 
+struct AlreadyRemoved {
+  ImageRow row;          // its status, reason as first recorded
+  int64_t removed_at = 0;  // unix seconds of that removal
+};
 struct RemoveReport {
-  std::vector<ImageRow> rows;    // the rows marked removed (same content at several paths: all)
+  std::vector<ImageRow> rows;    // the rows with that content (same content at several paths: all)
+  std::vector<ImageRow> removed;          // the rows this call marked removed
+  std::vector<AlreadyRemoved> already;    // rows removed by hand before: their first reason is kept
   std::vector<ModelRef> models;  // registered models trained with the image
   std::vector<std::pair<int64_t, std::string>> exports;  // (export id, folder) that contain it
 };

@@ -309,6 +309,7 @@ std::unique_ptr<Manifest> Manifest::open(const std::string& path, bool create) {
     if (std::atoi(v.c_str()) > kSchemaVersion)
       fail(path, ": manifest schema version ", v, " is newer than this oboro (", kSchemaVersion, "): update oboro");
   }
+  db.configure();  // the first write (WAL mode is stored in the file): only now that it is known to be a manifest
   sql::Transaction tx(db);
   db.exec(kSchema);
   db.exec("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");

@@ -71,7 +71,7 @@ QualityThresholds QualityThresholds::parse(const std::string& s) {
       cur += c;
     }
   }
-  if (v.size() != 3 || !(v[0] > v[1] && v[1] > v[2]))
+  if (v.size() != 3 || !(v[0] > v[1] && v[1] > v[2]) || !std::isfinite(v[0]) || !std::isfinite(v[2]))
     fail("--thresholds \"", s, "\": expected three decreasing numbers excellent,good,average (e.g. 6,5.2,4)");
   t.excellent = v[0], t.good = v[1], t.average = v[2];
   return t;

@@ -44,15 +44,18 @@ Db::Db(const std::string& path, bool create) : path_(path) {
   }
   sqlite3_extended_result_codes(db_, 1);
   sqlite3_busy_timeout(db_, 600000);
-  // A file that is not a database only shows up at the first read.
+  // A file that is not a database only shows up at the first read: a read, which changes nothing. The journal mode
+  // (a write: WAL mode is stored in the file) is set by configure(), after the caller has checked the schema.
   try {
-    exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=FILE;");
+    exec("PRAGMA foreign_keys=ON; PRAGMA temp_store=FILE; SELECT count(*) FROM sqlite_master;");
   } catch (...) {
     sqlite3_close_v2(db_);  // the destructor does not run for a constructor that throws
     db_ = nullptr;
     throw;
   }
 }
+
+void Db::configure() { exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); }
 
 Db::~Db() {
   if (db_) sqlite3_close_v2(db_);

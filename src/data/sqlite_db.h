@@ -50,9 +50,11 @@ class Stmt {
 
 class Db {
  public:
-  // Opens (creating when `create`) with WAL journal, synchronous=NORMAL and a busy timeout, so
-  // several processes (one per --shard) can write the same file.
+  // Opens (creating when `create`) with a busy timeout; reads only, so a file that turns out not to be the caller's
+  // database is left exactly as it was. configure() then sets the WAL journal and synchronous=NORMAL, so several
+  // processes (one per --shard) can write the same file — call it once the schema is known to be the right one.
   Db(const std::string& path, bool create);
+  void configure();
   Db(const Db&) = delete;
   Db& operator=(const Db&) = delete;
   ~Db();

@@ -5,6 +5,7 @@
 #include "flow/flow.h"
 #include "flow/infotext.h"
 #include "flow/model_paths.h"
+#include "flow/request_check.h"
 #include "flow/sampler.h"
 #include "flow/upscale.h"
 #include "io/safetensors.h"
@@ -68,8 +69,7 @@ Prepared prepare(const GenerateRequest& in) {
   p.rq = in;
   GenerateRequest& rq = p.rq;
   if (rq.model.empty()) fail("no model given: pass --model FILE.safetensors");
-  if (rq.steps < 1 || rq.steps > 1000) fail("--steps must be between 1 and 1000, got ", rq.steps);
-  if (rq.batch_size < 1 || rq.n_iter < 1) fail("--batch-size and --n-iter must be at least 1");
+  check_request(rq);  // every number finite and in range, the prompts UTF-8: before anything is opened
   const std::string dir = models_dir_or_env(rq.models_dir);
   rq.model = locate_model(rq.model, dir, "diffusion_models", "--model");
   TensorSource src = TensorSource::open(rq.model);
@@ -84,8 +84,7 @@ Prepared prepare(const GenerateRequest& in) {
     if (named.empty())
       fail(rq.model, ": the model names no text encoder (metadata 'oboro.text_encoder'): pass --t5 DIR_OR_FILE "
                      "(the T5 v1.1 folder with its shards and spiece.model, or one .safetensors file)");
-    const fs::path beside = fs::path(rq.model).parent_path() / named;
-    p.te_path = fs::exists(beside) ? beside.string() : locate_model(named, dir, "text_encoders", "the model's text encoder");
+    p.te_path = locate_named_by_model(named, rq.model, "oboro.text_encoder", dir, "text_encoders");
   }
 
   // Codec: pixels, or the FLUX VAE (--vae, or DIR/vae/ae.safetensors).
@@ -438,6 +437,13 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
         check_cancel();
       };
       std::vector<float> lat = sample_euler(dit, cond, uncond, h, w, seeds_of(it), so);
+      // Finite weights and options can still overflow (an f16/f8 format, an extreme CFG scale): never a black image
+      // with exit 0.
+      for (float v : lat)
+        if (!std::isfinite(v))
+          fail(label[0] ? "the refine pass" : "sampling", " produced non-finite latents (NaN/inf) with ", rq.model,
+               " (CFG scale ", rq.cfg_scale, rq.dit_type.empty() ? "" : ", --type " + rq.dit_type,
+               "): try a lower --cfg-scale or --type f32/bf16");
       out.insert(out.end(), lat.begin(), lat.end());
     }
     return out;

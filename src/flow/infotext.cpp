@@ -1,7 +1,10 @@
 #include "flow/infotext.h"
 #include "core/error.h"
+#include "core/utf8.h"
 #include <nlohmann/json.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -100,6 +103,7 @@ Infotext parse_infotext(const std::string& text) {
 }
 
 PromptLine parse_prompt_line(const std::string& line) {
+  check_utf8(line, "prompt line");  // here, where a prompt file enters: not after the images are made
   PromptLine p;
   std::string rest = line;
   size_t pos = rest.find(" --");
@@ -110,18 +114,33 @@ PromptLine parse_prompt_line(const std::string& line) {
     if (opt.empty()) { pos = next; continue; }
     char f = opt[0];
     std::string val = opt.size() > 2 ? opt.substr(2) : "";
-    try {
-      switch (f) {
-        case 'n': p.negative = val; break;
-        case 'w': p.width = std::stoi(val); break;
-        case 'h': p.height = std::stoi(val); break;
-        case 'd': p.seed = std::stoll(val); break;
-        case 's': p.steps = std::stoi(val); break;
-        case 'l': p.cfg = std::stof(val); break;
-        default: fail("unknown flag --", f, " in sample prompt line: ", line, " (known: --n --w --h --d --s --l)");
+    // Whole numbers in range for --w --h --s --d, a finite number for --l: "--s 2.5" or "--l nan" is refused, never
+    // truncated or passed on (the ranges are generate's: flow/request_check.h).
+    while (!val.empty() && std::isspace((unsigned char)val.back())) val.pop_back();
+    auto whole = [&](long long lo, long long hi, const char* what) {
+      char* end = nullptr;
+      errno = 0;
+      const long long v = std::strtoll(val.c_str(), &end, 10);
+      if (val.empty() || *end != '\0' || errno || v < lo || v > hi)
+        fail("--", f, " (", what, ") must be a whole number in [", lo, ", ", hi, "], got '", val,
+             "' in sample prompt line: ", line);
+      return v;
+    };
+    switch (f) {
+      case 'n': p.negative = val; break;
+      case 'w': p.width = (int)whole(1, 16384, "width"); break;
+      case 'h': p.height = (int)whole(1, 16384, "height"); break;
+      case 'd': p.seed = whole(-1, 4294967295LL, "seed, -1 = random"); break;
+      case 's': p.steps = (int)whole(1, 1000, "steps"); break;
+      case 'l': {
+        char* end = nullptr;
+        const double v = std::strtod(val.c_str(), &end);
+        if (val.empty() || *end != '\0' || !std::isfinite(v) || v < 0 || v > 100)
+          fail("--l (CFG scale) must be a finite number in [0, 100], got '", val, "' in sample prompt line: ", line);
+        p.cfg = (float)v;
+        break;
       }
-    } catch (const std::logic_error&) {
-      fail("bad value for --", f, " in sample prompt line: ", line);
+      default: fail("unknown flag --", f, " in sample prompt line: ", line, " (known: --n --w --h --d --s --l)");
     }
     pos = next;
   }

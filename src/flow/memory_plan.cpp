@@ -290,7 +290,7 @@ size_t parse_bytes(const std::string& s, const std::string& what) {
   else if (u == "M" || u == "MB" || u == "MIB") mul = 1048576.0;
   else if (u == "G" || u == "GB" || u == "GIB") mul = 1073741824.0;
   else if (u == "T" || u == "TB" || u == "TIB") mul = 1099511627776.0;
-  if (n < 1 || mul == 0 || !(v > 0) || !std::isfinite(v))
+  if (n < 1 || mul == 0 || !(v > 0) || !std::isfinite(v) || v * mul >= 9.2e18)  // (size_t) of more: undefined
     fail(what, " '", s, "': give a size like 6G, 6GiB, 512M or a number of bytes");
   return (size_t)(v * mul);
 }

@@ -38,6 +38,25 @@ std::string locate_model(const std::string& given, const std::string& models_dir
   fail(what, " ", given, ": not found; looked in:", list, "\n", fix);
 }
 
+std::string locate_named_by_model(const std::string& named, const std::string& model, const std::string& key,
+                                  const std::string& models_dir, const std::string& sub) {
+  const fs::path rel(named);
+  bool ok = !named.empty() && named.size() <= 1024 && rel.is_relative() && !rel.has_root_name() &&
+            named.find('\0') == std::string::npos && named.find('\\') == std::string::npos;
+  for (const auto& part : rel)
+    if (part == ".." || part == "." || part.empty()) ok = false;
+  if (!ok)
+    fail(model, ": metadata '", key, "' = '", named, "' is not a file name inside the model's folder (no absolute paths, "
+         "no '..'): the file may be tampered with; pass the text encoder yourself with --t5 FILE");
+  std::error_code ec;
+  const fs::path beside = fs::path(model).parent_path() / rel;
+  if (fs::exists(beside, ec)) return beside.string();
+  if (named.find('/') == std::string::npos && !models_dir.empty()) return locate_model(named, models_dir, sub, str("'", key, "'"));
+  fail(model, ": metadata '", key, "' names '", named, "', which is not in the model's folder (",
+       fs::absolute(beside, ec).string(), "): put it there, or pass it with --t5 FILE",
+       models_dir.empty() ? str(" (or put it in DIR/", sub, " and pass --models-dir DIR)") : "");
+}
+
 std::string default_vae(const std::string& models_dir) {
   if (models_dir.empty()) return "";
   std::error_code ec;

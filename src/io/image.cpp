@@ -152,6 +152,12 @@ Image decode_png(const std::string& bytes, const std::string& label) {
     png_image_free(&im);
     throw;
   }
+  // 16-bit files: libpng's simplified API takes 16-bit samples as *linear* light unless the file has a gAMA or sRGB
+  // chunk, and re-encodes them to sRGB for 8-bit output — a ramp comes back brighter (a linear 0.5 becomes 188/255).
+  // Nearly every 16-bit PNG in the wild (Pillow, ImageMagick, Photoshop exports, scanners) stores sRGB-encoded values
+  // without saying so, as 8-bit files do, so read them as sRGB: the samples are scaled to 8 bits, not re-encoded.
+  // A file that does carry gAMA / sRGB is still converted by what it says. (Flag only settable after begin_read.)
+  im.flags |= PNG_IMAGE_FLAG_16BIT_sRGB;
   im.format = PNG_FORMAT_RGBA;
   std::vector<uint8_t> rgba(PNG_IMAGE_SIZE(im));
   if (!png_image_finish_read(&im, nullptr, rgba.data(), 0, nullptr)) {

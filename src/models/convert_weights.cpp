@@ -12,8 +12,34 @@
 
 namespace oboro {
 
+void refuse_output_over_input(const std::string& in, const std::string& out) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(out, ec)) return;
+  // The same file by file-system identity (hard links, "./m" vs "m", symlinks), or a shard of the input checkpoint
+  // (a sharded index or HF folder: a .safetensors file there that an index names).
+  bool same = fs::equivalent(in, out, ec);
+  if (!same && (fs::is_directory(in, ec) || fs::path(in).extension() == ".json")) {
+    const fs::path dir = fs::is_directory(in, ec) ? fs::path(in) : fs::path(in).parent_path();
+    std::string index;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().string().size() > 11 && e.path().string().ends_with(".index.json")) {
+        std::ifstream f(e.path(), std::ios::binary);
+        index += std::string(std::istreambuf_iterator<char>(f), {});
+      }
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().extension() == ".safetensors" && index.find(e.path().filename().string()) != std::string::npos &&
+          fs::equivalent(e.path(), out, ec))
+        same = true;
+  }
+  if (same)
+    fail(out, ": is the input (", in, "): convert writes a new file and never replaces its input; choose another "
+              "output name");
+}
+
 ConvertStats convert_weights(const std::string& in, const std::string& out, WFormat fmt) {
   namespace fs = std::filesystem;
+  refuse_output_over_input(in, out);
   TensorSource src = TensorSource::open(in);
   std::map<std::string, std::string> md = src.metadata();
   ConvertStats st;

@@ -18,4 +18,8 @@ struct ConvertStats {
 // self-contained. Weights already stored in `fmt` are copied unchanged (no second rounding).
 ConvertStats convert_weights(const std::string& in, const std::string& out, WFormat fmt);
 
+// Fails when OUT exists and is IN (by file-system identity) or one of IN's shards: a conversion never replaces its
+// input (`oboro convert IN IN` would).
+void refuse_output_over_input(const std::string& in, const std::string& out);
+
 }  // namespace oboro

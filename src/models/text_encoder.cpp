@@ -13,9 +13,22 @@ TextEncoder::TextEncoder(Tokenizer tok, std::unique_ptr<T5Encoder> t5) : tok_(st
          " rows: they do not belong together");
 }
 
+// Another kind of model given where the text encoder belongs (--t5 pointing at the DiT, the VAE): said by name,
+// from the file's metadata and tensor names, before the search for a tokenizer that such a file never has.
+static void check_is_text_encoder(const TensorSource& src, const std::string& path) {
+  const auto& md = src.metadata();
+  const auto arch = md.find("modelspec.architecture");
+  if (md.count("oboro.config") || (arch != md.end() && arch->second.rfind("oboro-dit", 0) == 0))
+    fail(path, " is an oboro DiT model, not a T5 text encoder: pass it as --model (its text encoder is the "
+               ".t5.safetensors file the model names)");
+  if (src.has("decoder.conv_in.weight") || src.has("encoder.conv_in.weight") || src.has("decoder.conv_in.conv.weight"))
+    fail(path, " is a VAE (autoencoder), not a T5 text encoder: pass it as --vae");
+}
+
 Tokenizer TextEncoder::load_tokenizer(const std::string& path) {
   namespace fs = std::filesystem;
   TensorSource src = TensorSource::open(path);
+  check_is_text_encoder(src, path);
   auto it = src.metadata().find("oboro.tokenizer");
   if (it != src.metadata().end()) return Tokenizer::from_serialized(base64_decode(it->second));
   // HF layouts: spiece.model beside the weights, or in the tokenizer folder next to the text-encoder folder

@@ -1,6 +1,7 @@
 #include "serve/request.h"
 #include "core/base64.h"
 #include "core/error.h"
+#include "core/utf8.h"
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -59,6 +60,30 @@ std::optional<bool> get_bool(const json& b, const char* f) {
   return b.at(f).get<bool>();
 }
 
+// The key whose value holds the byte where a body stops being valid JSON: a SAX pass over the body records the last
+// key before the error (keys of nested objects are joined with '.'). "" when the error is outside any value.
+struct LastKey : nlohmann::json_sax<json> {
+  std::vector<std::string> path{""};
+  std::string key_at_error;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { path.push_back(""); return true; }
+  bool key(string_t& k) override { path.back() = k; return true; }
+  bool end_object() override { path.pop_back(); return true; }
+  bool start_array(std::size_t) override { path.push_back(""); return true; }
+  bool end_array() override { path.pop_back(); return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    for (const auto& k : path)
+      if (!k.empty()) key_at_error += (key_at_error.empty() ? "" : ".") + k;
+    return false;
+  }
+};
+
 long long random_seed() {
   std::random_device rd;
   return (long long)(rd() & 0x7fffffff);
@@ -103,6 +128,16 @@ json parse_body(const std::string& body) {
   try {
     j = json::parse(body);
   } catch (const json::exception& e) {
+    // Text that is not UTF-8 (a prompt pasted from a Latin-1 file): 422 naming the field, not a JSON parser message.
+    if (const size_t at = utf8_invalid_at(body); at != std::string::npos) {
+      LastKey k;
+      json::sax_parse(body, &k);
+      const std::string field = k.key_at_error.empty() ? "body" : k.key_at_error;
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02X", (unsigned)(unsigned char)body[at]);
+      throw RequestError(422, field, str(field, ": not valid UTF-8 at byte ", at, " of the body (", hex,
+                                         "); send the text as UTF-8"));
+    }
     throw RequestError(400, "", std::string("the body is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) throw RequestError(400, "", "the body must be a JSON object");

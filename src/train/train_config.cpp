@@ -40,13 +40,23 @@ enum Use : unsigned {
   kPath = 4,  // a path: taken relative to the TOML file's folder
 };
 
+// The valid values of a numeric setting: [lo, hi], with `open` bit 1 making lo exclusive and bit 2 hi exclusive.
+// Checked on every number the TOML gives (and by validate(), for settings that came another way); the message names
+// the key, the range and what it means.
+enum Open : unsigned { kClosed = 0, kOpenLo = 1, kOpenHi = 2 };
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
 struct Field {
   const char* key;
   Member member;
   unsigned use;
+  double lo = -kInf, hi = kInf;
+  unsigned open = kClosed;
+  const char* meaning = "";
 };
 
 #define OBORO_FIELD(name, use) Field{#name, &TrainConfig::name, use}
+#define OBORO_FIELD_R(name, use, lo, hi, open, meaning) Field{#name, &TrainConfig::name, use, lo, hi, open, meaning}
 
 // In the order the TOML reader checks them (the first bad key is the one reported).
 // `progress` is API/CLI only and has no row.
@@ -54,27 +64,27 @@ const Field kFields[] = {
     OBORO_FIELD(pretrained_model, kToml | kJson | kPath),
     OBORO_FIELD(model_preset, kToml | kJson),
     OBORO_FIELD(head_schedule, kToml | kJson),
-    OBORO_FIELD(hidden_size, kToml | kJson),
-    OBORO_FIELD(num_layers, kToml | kJson),
-    OBORO_FIELD(ffn_hidden_size, kToml | kJson),
+    OBORO_FIELD_R(hidden_size, kToml | kJson, 0, 65536, kClosed, " (0 = the preset's)"),
+    OBORO_FIELD_R(num_layers, kToml | kJson, 0, 1024, kClosed, " (0 = the preset's)"),
+    OBORO_FIELD_R(ffn_hidden_size, kToml | kJson, 0, 262144, kClosed, " (0 = the preset's)"),
     OBORO_FIELD(codec, kToml | kJson),
     OBORO_FIELD(vae, kToml | kJson | kPath),
-    OBORO_FIELD(pixels_stride, kToml | kJson),
-    OBORO_FIELD(patch_size, kToml | kJson),
+    OBORO_FIELD_R(pixels_stride, kToml | kJson, 1, 64, kClosed, ""),
+    OBORO_FIELD_R(patch_size, kToml | kJson, 1, 64, kClosed, ""),
     OBORO_FIELD(text_encoder, kToml | kJson | kPath),
     OBORO_FIELD(train_text_encoder, kToml | kJson),
-    OBORO_FIELD(vocab_size, kToml | kJson),
-    OBORO_FIELD(t5_d_model, kToml | kJson),
-    OBORO_FIELD(t5_layers, kToml | kJson),
-    OBORO_FIELD(t5_heads, kToml | kJson),
-    OBORO_FIELD(t5_d_kv, kToml | kJson),
-    OBORO_FIELD(t5_d_ff, kToml | kJson),
-    OBORO_FIELD(max_token_length, kToml | kJson),
+    OBORO_FIELD_R(vocab_size, kToml | kJson, 2, 1048576, kClosed, ""),
+    OBORO_FIELD_R(t5_d_model, kToml | kJson, 1, 65536, kClosed, ""),
+    OBORO_FIELD_R(t5_layers, kToml | kJson, 1, 1024, kClosed, ""),
+    OBORO_FIELD_R(t5_heads, kToml | kJson, 1, 1024, kClosed, ""),
+    OBORO_FIELD_R(t5_d_kv, kToml | kJson, 1, 65536, kClosed, ""),
+    OBORO_FIELD_R(t5_d_ff, kToml | kJson, 1, 262144, kClosed, ""),
+    OBORO_FIELD_R(max_token_length, kToml | kJson, 1, 4096, kClosed, " tokens"),
     OBORO_FIELD(train_data_dir, kToml | kJson | kPath),
     OBORO_FIELD(dataset_config, kToml | kJson | kPath),
     OBORO_FIELD(manifest, kToml | kJson | kPath),
     OBORO_FIELD(cache_dir, kToml | kJson | kPath),
-    OBORO_FIELD(cache_stage, kToml | kJson),
+    OBORO_FIELD_R(cache_stage, kToml | kJson, 1, 2, kClosed, " (the --stage of oboro data bucket)"),
     OBORO_FIELD(license_allow, kToml | kJson),
     OBORO_FIELD(require_license, kToml | kJson),
     Field{"resolution", Resolution{}, kToml},
@@ -82,34 +92,42 @@ const Field kFields[] = {
     OBORO_FIELD(height, kJson),
     OBORO_FIELD(output_dir, kToml | kPath),
     OBORO_FIELD(output_name, kToml),
-    OBORO_FIELD(train_batch_size, kToml | kJson),
-    OBORO_FIELD(gradient_accumulation_steps, kToml | kJson),
-    OBORO_FIELD(max_train_steps, kToml | kJson),
-    OBORO_FIELD(learning_rate, kToml | kJson),
+    OBORO_FIELD_R(train_batch_size, kToml | kJson, 1, 65536, kClosed, ""),
+    OBORO_FIELD_R(gradient_accumulation_steps, kToml | kJson, 1, 65536, kClosed, ""),
+    OBORO_FIELD_R(max_train_steps, kToml | kJson, 1, 1e12, kClosed, ""),
+    OBORO_FIELD_R(learning_rate, kToml | kJson, 0, kInf, kOpenLo | kOpenHi, " (a positive number)"),
     OBORO_FIELD(lr_scheduler, kToml | kJson),
-    OBORO_FIELD(lr_warmup_steps, kToml | kJson),
-    OBORO_FIELD(min_lr_ratio, kToml | kJson),
+    OBORO_FIELD_R(lr_warmup_steps, kToml | kJson, 0, 1e12, kClosed, " (steps, or a fraction of max_train_steps when < 1)"),
+    OBORO_FIELD_R(min_lr_ratio, kToml | kJson, 0, 1, kClosed, " (a fraction of learning_rate)"),
     OBORO_FIELD(optimizer_type, kToml | kJson),
-    OBORO_FIELD(adam_beta1, kToml | kJson),
-    OBORO_FIELD(adam_beta2, kToml | kJson),
-    OBORO_FIELD(adam_epsilon, kToml | kJson),
-    OBORO_FIELD(weight_decay, kToml | kJson),
-    OBORO_FIELD(max_grad_norm, kToml | kJson),
-    OBORO_FIELD(ema_decay, kToml | kJson),
+    OBORO_FIELD_R(adam_beta1, kToml | kJson, 0, 1, kOpenHi, ""),
+    OBORO_FIELD_R(adam_beta2, kToml | kJson, 0, 1, kOpenHi, ""),
+    OBORO_FIELD_R(adam_epsilon, kToml | kJson, 0, 1, kOpenLo, ""),
+    OBORO_FIELD_R(weight_decay, kToml | kJson, 0, 10, kClosed, ""),
+    OBORO_FIELD_R(max_grad_norm, kToml | kJson, 0, 1e6, kClosed, " (0 = no clipping)"),
+    OBORO_FIELD_R(ema_decay, kToml | kJson, 0, 1, kOpenHi, " (0 = no EMA; e.g. 0.999)"),
     OBORO_FIELD(seed, kToml | kJson),
-    OBORO_FIELD(caption_dropout_rate, kToml | kJson),
+    OBORO_FIELD_R(caption_dropout_rate, kToml | kJson, 0, 1, kClosed, " (the fraction of captions dropped)"),
     OBORO_FIELD(timestep_sampling, kToml | kJson),
     OBORO_FIELD(mixed_precision, kToml | kJson),
-    OBORO_FIELD(save_every_n_steps, kToml),
-    OBORO_FIELD(save_last_n_steps, kToml),
+    OBORO_FIELD_R(save_every_n_steps, kToml, 0, 1e12, kClosed, " (0 = only at the end)"),
+    OBORO_FIELD_R(save_last_n_steps, kToml, 0, 1e12, kClosed, " (0 = keep all)"),
     OBORO_FIELD(sample_prompts, kToml | kPath),
-    OBORO_FIELD(sample_every_n_steps, kToml),
-    OBORO_FIELD(sample_steps, kToml),
-    OBORO_FIELD(sample_cfg, kToml),
-    OBORO_FIELD(threads, kToml),
+    OBORO_FIELD_R(sample_every_n_steps, kToml, 0, 1e12, kClosed, " (0 = no samples)"),
+    OBORO_FIELD_R(sample_steps, kToml, 1, 1000, kClosed, ""),
+    OBORO_FIELD_R(sample_cfg, kToml, 0, 100, kClosed, ""),
+    OBORO_FIELD_R(threads, kToml, 0, 4096, kClosed, " (0 = all cores)"),
 };
 
 #undef OBORO_FIELD
+#undef OBORO_FIELD_R
+
+void check_range(const Field& f, double x, const std::string& where) {
+  const bool lo_ok = (f.open & kOpenLo) ? x > f.lo : x >= f.lo, hi_ok = (f.open & kOpenHi) ? x < f.hi : x <= f.hi;
+  if (std::isfinite(x) && lo_ok && hi_ok) return;
+  fail(where, " must be in ", (f.open & kOpenLo) ? "(" : "[", py_float(f.lo), ", ", py_float(f.hi), (f.open & kOpenHi) ? ")" : "]",
+       f.meaning, ", got ", py_float(x));
+}
 
 // The value of TOML node `v` into field `f` of `c`; `where` = "file: key" for errors.
 void read_toml_value(TrainConfig& c, const Field& f, const toml::node& v, const std::string& where) {
@@ -148,6 +166,7 @@ void read_toml_value(TrainConfig& c, const Field& f, const toml::node& v, const 
             else fail(where, " must be a number");
             if (!std::isfinite(x) || x != std::floor(x) || x < lo || x > hi)
               fail(where, " must be an integer in [", Lim::min(), ", ", Lim::max(), "], got ", py_float((double)x));
+            check_range(f, (double)x, where);
             dst = (T)x;
           } else {  // a real setting
             double x;
@@ -155,6 +174,7 @@ void read_toml_value(TrainConfig& c, const Field& f, const toml::node& v, const 
             else if (auto d = v.as_floating_point()) x = d->get();
             else fail(where, " must be a number");
             if (!std::isfinite(x)) fail(where, " must be a finite number, got ", py_float(x));
+            check_range(f, x, where);
             dst = (T)x;
           }
         }
@@ -236,6 +256,17 @@ TrainConfig TrainConfig::from_json(const json& config) {
 // ---------------------------------------------------------------- validation
 
 void TrainConfig::validate() const {
+  for (const Field& f : kFields)  // every numeric setting in its range, however it was set (TOML, CLI, JSON)
+    std::visit(
+        [&](auto m) {
+          if constexpr (!std::is_same_v<decltype(m), Resolution>) {
+            using T = std::remove_reference_t<decltype(this->*m)>;
+            if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) check_range(f, (double)(this->*m), f.key);
+          }
+        },
+        f.member);
+  if (width < 1 || height < 1 || width > 16384 || height > 16384)
+    fail("resolution must be N or \"W,H\" with sides from 1 to 16384, got ", width, "x", height);
   if (optimizer_type != "AdamW" && optimizer_type != "adamw")
     fail("optimizer_type '", optimizer_type, "' is not supported: use AdamW");
   LrSchedule::validate_kind(lr_scheduler);

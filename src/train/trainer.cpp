@@ -27,6 +27,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// What to do after a stop: resume from the newest checkpoint that exists (named), or — when none was saved yet —
+// start again; never advice to resume from a state that is not there.
+std::string resume_advice(const TrainConfig& cfg) {
+  try {
+    return "resume from the last saved checkpoint, " + latest_state(state_dir(cfg)) + ", with --resume latest";
+  } catch (const Error&) {
+    return "start again (no checkpoint was saved yet, so there is nothing to resume)";
+  }
+}
+
 // The flow-matching tensors of one micro-step, on the backend: (B, C, h, w) like the batch's latents x1,
 // except t (B) and the loss (one F64). Sized by the first batch and again when a cache bucket changes the
 // latent size.
@@ -86,7 +96,7 @@ class TrainLoop {
       const double gnorm = state_.grad_norm();
       if (!std::isfinite(gnorm))
         fail("step ", state_.step + 1, ": the gradient is not finite (loss ", loss, ") — no checkpoint was written; "
-             "lower learning_rate or max_grad_norm and resume with --resume latest");
+             "lower learning_rate or max_grad_norm and ", resume_advice(cfg_));
       const float lr = (float)sched_.at(state_.step);
       state_.optimizer_step(lr, clip_scale(gnorm, cfg_.max_grad_norm));
       ++state_.step;
@@ -144,8 +154,8 @@ class TrainLoop {
       std::string list;
       for (auto& f : batch_.files) list += (list.empty() ? "" : ", ") + fs::path(f).filename().string();
       fail("step ", state_.step + 1, ": the loss is ", loss, " on the batch [", list,
-           "] — training stopped and no checkpoint was written; the last saved checkpoint in ", state_dir(cfg_),
-           " is intact: lower learning_rate (now ", py_float(cfg_.learning_rate), ") and resume with --resume latest");
+           "] — training stopped and no checkpoint was written: lower learning_rate (now ", py_float(cfg_.learning_rate),
+           ") and ", resume_advice(cfg_));
     }
     be.zero(flow_.dv.f32(), flow_.dv.size());
     be.mse_backward(flow_.dv.f32(), flow_.v.f32(), flow_.u.f32(), flow_.v.size(),

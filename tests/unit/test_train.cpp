@@ -9,6 +9,7 @@
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "ops/backend.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -371,8 +372,23 @@ TEST(Train, NanLossStopsWithoutCorruptingCheckpoints) {
     std::string m = e.what();
     EXPECT_NE(m.find("step "), std::string::npos) << m;
     EXPECT_NE(m.find("no checkpoint was written"), std::string::npos) << m;
+    // The advice names the checkpoint that exists (issue 21: never one that does not).
+    EXPECT_NE(m.find("resume from the last saved checkpoint, " + latest_state(state_dir(c))), std::string::npos) << m;
   }
   std::ifstream f(r.state_path, std::ios::binary);
   std::string after(std::istreambuf_iterator<char>(f), {});
   EXPECT_EQ(before, after);
+  // A run that diverges before its first checkpoint: nothing to resume, so the advice is to start again.
+  TrainConfig fresh = tiny_config(scratch("nan_fresh"));
+  fresh.learning_rate = 1e30;
+  fresh.max_grad_norm = 0;
+  fresh.max_train_steps = 3;
+  try {
+    train(fresh, cpu_backend());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("start again (no checkpoint was saved yet"), std::string::npos) << m;
+    EXPECT_EQ(m.find("--resume latest"), std::string::npos) << m;
+  }
 }
