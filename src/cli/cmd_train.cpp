@@ -1,7 +1,10 @@
-// `oboro train --config run.toml [--resume latest|STATE]`
+// `oboro train --config run.toml [--resume latest|STATE]`, one process or every rank of
+// `mpirun -np N oboro train ...` (docs/distributed.md).
 #include "cli/commands.h"
+#include "dist/communicator.h"
 #include "train/trainer.h"
 #include <cstdio>
+#include <cstdlib>
 
 namespace oboro::cli {
 
@@ -12,11 +15,27 @@ void register_train(CLI::App& app) {
   c->add_option("--config,--config_file", o->config, "training config (kohya-style TOML)")->required()->check(CLI::ExistingFile);
   c->add_option("--resume", o->resume, "continue from a checkpoint: 'latest' or a state file");
   c->add_option("--stop-after", o->stop_after, "stop (with a checkpoint) after N steps of this run");
-  c->add_option("--threads", o->threads, "CPU threads (default: all cores)");
+  c->add_option("--threads", o->threads, "CPU threads (default: all cores; per rank under mpirun)");
   c->callback([o] {
     TrainConfig cfg = TrainConfig::from_toml(o->config);
     if (o->threads > 0) cfg.threads = o->threads;
-    TrainResult r = train(cfg, cli::backend(), o->resume, o->stop_after);
+    // The world: one process, or the ranks of an MPI launcher (MPI initialised only then).
+    std::unique_ptr<dist::Communicator> comm = dist::open_world(cfg.collective_timeout);
+    TrainResult r;
+    try {
+      r = train(cfg, cli::backend(), o->resume, o->stop_after, comm.get());
+    } catch (const dist::CollectiveError& e) {
+      if (comm->size() == 1) throw;
+      // Every rank raised it: rank 0 reports it, then all leave together (mpirun kills the job at the first exit).
+      if (comm->rank() == 0) std::fprintf(stderr, "oboro: error: %s\n", e.what()), std::fflush(stderr);
+      comm->barrier();
+      std::exit(1);
+    } catch (const std::exception& e) {
+      if (comm->size() == 1) throw;
+      // One rank failed alone: stop the others now instead of letting them wait for the timeout.
+      comm->abort(str("oboro: error: rank ", comm->rank(), " of ", comm->size(), ": ", e.what()), 1);
+    }
+    if (comm->rank() != 0) return;
     std::printf("trained %lld steps, last loss %.5f\nmodel: %s\ntext encoder: %s\ncheckpoint: %s\n", (long long)r.steps,
                 r.final_loss, r.model_path.c_str(), r.text_encoder_path.c_str(), r.state_path.c_str());
   });

@@ -107,6 +107,7 @@ const Field kFields[] = {
     OBORO_FIELD(sample_steps, kToml),
     OBORO_FIELD(sample_cfg, kToml),
     OBORO_FIELD(threads, kToml),
+    OBORO_FIELD(collective_timeout, kToml),
 };
 
 #undef OBORO_FIELD
@@ -251,6 +252,8 @@ void TrainConfig::validate() const {
   if (train_batch_size < 1) fail("train_batch_size must be at least 1");
   if (gradient_accumulation_steps < 1) fail("gradient_accumulation_steps must be at least 1");
   if (max_train_steps < 1) fail("max_train_steps must be at least 1");
+  if (!(collective_timeout > 0))
+    fail("collective_timeout must be a positive number of seconds (default 600): how long ranks wait for each other");
   const int m = (codec == "flux-vae" ? 8 : pixels_stride) * patch_size;
   if (width % m || height % m)
     fail("resolution ", width, "x", height, " must be a multiple of the codec stride·patch_size = ", m);

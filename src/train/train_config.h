@@ -58,6 +58,9 @@ struct TrainConfig {
   int sample_steps = 20;
   float sample_cfg = 4.f;
   int threads = 0;
+  // data parallel (docs/distributed.md): seconds a rank waits for the others in a collective before the run is
+  // stopped as hung (every rank exits != 0 naming the missing rank)
+  double collective_timeout = 600;
   bool progress = true;                  // API/CLI only (not a TOML key, not in the JSON)
 
   // Flat kohya-style keys (tables such as [model] only group them); unknown keys, wrong types and invalid
