@@ -9,16 +9,18 @@
 namespace oboro::cli {
 
 void register_train(CLI::App& app) {
-  struct Opts { std::string config, resume; int64_t stop_after = 0; int threads = 0; };
+  struct Opts { std::string config, resume, notify_url; int64_t stop_after = 0; int threads = 0; };
   auto o = std::make_shared<Opts>();
   auto* c = app.add_subcommand("train", "Train (or fine-tune) a model with the I-CFM flow-matching objective");
   c->add_option("--config,--config_file", o->config, "training config (kohya-style TOML)")->required()->check(CLI::ExistingFile);
   c->add_option("--resume", o->resume, "continue from a checkpoint: 'latest' or a state file");
   c->add_option("--stop-after", o->stop_after, "stop (with a checkpoint) after N steps of this run");
   c->add_option("--threads", o->threads, "CPU threads (default: all cores; per rank under mpirun)");
+  c->add_option("--notify-url", o->notify_url, "JSON POST on start, checkpoint, spike, rollback, failure, finish");
   c->callback([o] {
     TrainConfig cfg = TrainConfig::from_toml(o->config);
     if (o->threads > 0) cfg.threads = o->threads;
+    if (!o->notify_url.empty()) cfg.notify_url = o->notify_url;
     // The world: one process, or the ranks of an MPI launcher (MPI initialised only then).
     std::unique_ptr<dist::Communicator> comm = dist::open_world(cfg.collective_timeout);
     TrainResult r;

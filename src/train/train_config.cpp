@@ -108,6 +108,11 @@ const Field kFields[] = {
     OBORO_FIELD(sample_cfg, kToml),
     OBORO_FIELD(threads, kToml),
     OBORO_FIELD(collective_timeout, kToml),
+    OBORO_FIELD(notify_url, kToml),
+    OBORO_FIELD(spike_max_rollbacks, kToml),
+    OBORO_FIELD(spike_factor, kToml),
+    OBORO_FIELD(spike_window, kToml),
+    OBORO_FIELD(spike_lr_factor, kToml),
 };
 
 #undef OBORO_FIELD
@@ -254,6 +259,12 @@ void TrainConfig::validate() const {
   if (max_train_steps < 1) fail("max_train_steps must be at least 1");
   if (!(collective_timeout > 0))
     fail("collective_timeout must be a positive number of seconds (default 600): how long ranks wait for each other");
+  if (spike_max_rollbacks < 0) fail("spike_max_rollbacks must be 0 (no loss-spike rollback) or more");
+  if (spike_factor < 0 || (spike_factor > 0 && spike_factor <= 1))
+    fail("spike_factor must be 0 (only non-finite losses count as spikes) or above 1 (e.g. 3: a loss above 3 × the "
+         "running median)");
+  if (spike_window < 1) fail("spike_window must be at least 1 step");
+  if (!(spike_lr_factor > 0 && spike_lr_factor <= 1)) fail("spike_lr_factor must be in (0, 1] (e.g. 0.5)");
   const int m = (codec == "flux-vae" ? 8 : pixels_stride) * patch_size;
   if (width % m || height % m)
     fail("resolution ", width, "x", height, " must be a multiple of the codec stride·patch_size = ", m);

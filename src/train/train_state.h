@@ -49,6 +49,7 @@ class TrainState {
   DataPosition data;
   int64_t samples_seen = 0;
   double loss_ema = 0;               // moving average of the loss (0.98), for the progress line and models
+  double lr_scale = 1;               // learning-rate factor of loss-spike rollbacks (train/spike_guard.h)
   int64_t global_batch = 0;          // samples per optimizer step (all ranks) of the run that saved the state
                                      // (0: a checkpoint from before data-parallel training recorded it)
 

@@ -16,6 +16,8 @@
 #include "train/train_log.h"
 #include "train/train_state.h"
 #include "dist/fault_hook.h"
+#include "train/notify.h"
+#include "train/spike_guard.h"
 #include "dist/grad_sync.h"
 #include <algorithm>
 #include <optional>
@@ -63,6 +65,9 @@ class TrainLoop {
             std::string provenance, dist::Communicator& comm)
       : comm_(comm),
         grads_(state.be, comm, cfg.gradient_accumulation_steps),
+        writer_(comm.rank() == 0),
+        guard_(cfg),
+        notifier_(comm.rank() == 0 ? cfg.notify_url : ""),
         cfg_(cfg),
         codec_(codec),
         data_(data),
@@ -83,27 +88,28 @@ class TrainLoop {
   TrainResult run(int64_t stop_after) {
     const int64_t start_step = state_.step;
     const int64_t samples_per_step = global_batch(cfg_, comm_.size());
-    const bool writer = comm_.rank() == 0;  // rank 0 alone writes logs, samples and checkpoints
-    std::optional<TrainLog> log;
-    if (writer) log.emplace(cfg_, start_step);
-    const auto t_run = std::chrono::steady_clock::now();
+    if (writer_) log_.emplace(cfg_, start_step);
+    t_run_ = std::chrono::steady_clock::now();
+    start_step_ = start_step;
+    notify("start", 0);
     double last_loss = 0;
     while (state_.step < cfg_.max_train_steps) {
       const auto t0 = std::chrono::steady_clock::now();
       comm_.set_step(state_.step);
+      if (guard_.skip_data_at(state_.step + 1)) read_past_step();
       // Gradients of ranks · B · gradient_accumulation_steps samples, summed in global micro-batch order.
       const double loss = accumulate_gradients();
-      if (!std::isfinite(loss))
-        fail_collective("step ", state_.step + 1, ": the loss is ", loss, bad_batch_.empty() ? "" : " on the batch [",
-                        bad_batch_, bad_batch_.empty() ? "" : "]", " — training stopped and no checkpoint was written; "
-                        "the last saved checkpoint in ", state_dir(cfg_), " is intact: lower learning_rate (now ",
-                        py_float(cfg_.learning_rate), ") and resume with --resume latest");
+      const double gnorm = std::isfinite(loss) ? state_.grad_norm() : loss;
+      if (guard_.enabled()) {
+        const std::string why = guard_.check(state_.step + 1, loss, gnorm);
+        if (!why.empty()) {
+          roll_back(why, loss);
+          continue;
+        }
+      }
+      check_finite(loss, gnorm);
       // Clip (folded into the update as a gradient scale), update, average.
-      const double gnorm = state_.grad_norm();
-      if (!std::isfinite(gnorm))
-        fail_collective("step ", state_.step + 1, ": the gradient is not finite (loss ", loss, ") — no checkpoint was "
-                        "written; lower learning_rate or max_grad_norm and resume with --resume latest");
-      const float lr = (float)sched_.at(state_.step);
+      const float lr = (float)(sched_.at(state_.step) * state_.lr_scale);
       state_.optimizer_step(lr, clip_scale(gnorm, cfg_.max_grad_norm));
       ++state_.step;
       state_.ema_step(cfg_.ema_decay);
@@ -112,30 +118,24 @@ class TrainLoop {
       last_loss = loss;
       // Report, then previews and the checkpoint when due.
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (writer)
-        log->record({state_.step, loss, state_.loss_ema, lr, gnorm, (double)samples_per_step / dt, state_.data.epoch,
-                     data_.skipped_images()});
-      const bool last = state_.step == cfg_.max_train_steps;
+      if (writer_)
+        log_->record({state_.step, loss, state_.loss_ema, lr, gnorm, (double)samples_per_step / dt, state_.data.epoch,
+                      data_.skipped_images()});
       const bool stopping = stop_after > 0 && state_.step - start_step >= stop_after;
-      if (writer && cfg_.sample_every_n_steps > 0 && !cfg_.sample_prompts.empty() &&
-          (state_.step % cfg_.sample_every_n_steps == 0 || last))
-        write_samples(state_, codec_, cfg_);
-      if (writer && ((cfg_.save_every_n_steps > 0 && state_.step % cfg_.save_every_n_steps == 0) || last || stopping)) {
-        const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
-        save_state(state_, cfg_, run_data);
-        save_models(state_, cfg_, run_data);
-        log->write_loss_plot();
-      }
+      if (writer_) write_outputs(loss, stopping);
       dist::test_fault_point(comm_.rank(), state_.step);
       if (stopping) break;
     }
-    if (writer) log->end_progress();
+    if (writer_) log_->end_progress();
     comm_.barrier();  // every rank leaves after rank 0's last checkpoint is written
-    if (writer && comm_.size() > 1) {
-      const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
+    if (writer_ && comm_.size() > 1) {
+      const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run_).count();
       std::fprintf(stderr, "data parallel: %d ranks (%s), gradient and loss sums %.2f s of %.2f s (%.1f%%)\n",
                    comm_.size(), comm_.name(), grads_.comm_seconds(), total, 100 * grads_.comm_seconds() / total);
     }
+    notify("finish", last_loss);
+    if (writer_ && notifier_.failures() > 0)
+      std::fprintf(stderr, "warning: %d notification(s) to %s failed\n", notifier_.failures(), cfg_.notify_url.c_str());
     TrainResult r;
     r.steps = state_.step;
     r.final_loss = last_loss;
@@ -143,6 +143,98 @@ class TrainLoop {
     r.text_encoder_path = text_encoder_path(cfg_);
     r.state_path = state_path(cfg_, state_.step);
     return r;
+  }
+
+  // A run without the spike guard stops on a non-finite loss or gradient (the last checkpoint stays the latest).
+  void check_finite(double loss, double gnorm) {
+    if (!std::isfinite(loss))
+      fail_collective("step ", state_.step + 1, ": the loss is ", loss, bad_batch_.empty() ? "" : " on the batch [",
+                      bad_batch_, bad_batch_.empty() ? "" : "]", " — training stopped and no checkpoint was written; "
+                      "the last saved checkpoint in ", state_dir(cfg_), " is intact: lower learning_rate (now ",
+                      py_float(cfg_.learning_rate), ") and resume with --resume latest (or set spike_max_rollbacks)");
+    if (!std::isfinite(gnorm))
+      fail_collective("step ", state_.step + 1, ": the gradient is not finite (loss ", loss, ") — no checkpoint was "
+                      "written; lower learning_rate or max_grad_norm and resume with --resume latest");
+  }
+
+  // Rank 0 after a step: sample previews and the checkpoint when due.
+  void write_outputs(double loss, bool stopping) {
+    const bool last = state_.step == cfg_.max_train_steps;
+    if (cfg_.sample_every_n_steps > 0 && !cfg_.sample_prompts.empty() &&
+        (state_.step % cfg_.sample_every_n_steps == 0 || last)) {
+      write_samples(state_, codec_, cfg_);
+      const fs::path grid = fs::path(cfg_.output_dir) / "samples" / (step_name(state_.step) + ".png");
+      if (fs::exists(grid)) last_sample_ = grid.string();
+    }
+    if ((cfg_.save_every_n_steps > 0 && state_.step % cfg_.save_every_n_steps == 0) || last || stopping) {
+      const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
+      save_state(state_, cfg_, run_data);
+      save_models(state_, cfg_, run_data);
+      log_->write_loss_plot();
+      notify("checkpoint", loss, {{"checkpoint", state_path(cfg_, state_.step)}});
+    }
+  }
+
+  // A loss spike at step state_.step + 1: back to the newest checkpoint, that step's data skipped when the run
+  // reaches it again, the learning rate scaled; the run stops when the rollback budget is spent.
+  void roll_back(const std::string& why, double loss) {
+    const int64_t spike = state_.step + 1;
+    const std::string head = str("step ", spike, ": loss spike (", why, ")");
+    notify("spike", loss, {{"reason", why}});
+    if (guard_.rollbacks() >= cfg_.spike_max_rollbacks) {
+      fail_collective(head, " — gave up after ", guard_.rollbacks(), " rollback(s) (spike_max_rollbacks = ",
+                      cfg_.spike_max_rollbacks, "); the checkpoints in ", state_dir(cfg_), " are intact: check the "
+                      "data near this step, lower learning_rate and resume with --resume latest");
+    }
+    const std::string ckpt = newest_checkpoint();
+    if (ckpt.empty())
+      fail_collective(head, " — there is no checkpoint to roll back to yet: set save_every_n_steps (the guard "
+                      "rolls back to the newest one)");
+    const double scale = state_.lr_scale * cfg_.spike_lr_factor;
+    load_state(state_, ckpt, cfg_);
+    data_.set_text_encoder(*state_.te, state_.train_te);  // the models were rebuilt
+    state_.lr_scale = scale;
+    guard_.rollback(spike, state_.step);
+    if (writer_) {
+      std::fprintf(stderr, "%s: rolled back to step %lld, its data will be skipped, learning rate × %g (rollback %d of "
+                   "%d)\n", head.c_str(), (long long)state_.step, scale, guard_.rollbacks(), cfg_.spike_max_rollbacks);
+      nlohmann::json ev = {{"event", "rollback"}, {"step", spike},          {"reason", why},
+                           {"rollback_to", state_.step}, {"lr_scale", scale}, {"rollbacks", guard_.rollbacks()}};
+      if (std::isfinite(loss)) ev["loss"] = loss;
+      log_->event(ev.dump());
+      log_->write_loss_plot();
+    }
+    notify("rollback", loss, {{"reason", why}, {"rollback_to", state_.step}, {"lr_scale", scale}});
+  }
+
+  std::string newest_checkpoint() const {
+    try {
+      return latest_state(state_dir(cfg_));
+    } catch (const Error&) {
+      return "";
+    }
+  }
+
+  // Reads past the N micro-batches of the current step (the data of a step that spiked).
+  void read_past_step() {
+    const int N = comm_.size() * cfg_.gradient_accumulation_steps;
+    for (int k = 0; k < N; ++k) data_.next(state_.data, StepRng{cfg_.seed, (uint64_t)(state_.step * N + k)}, skipped_);
+  }
+
+  // A notification from rank 0 with the run's fields (train/notify.h).
+  void notify(const char* event, double loss, nlohmann::json extra = nlohmann::json::object()) {
+    if (!writer_ || !notifier_.enabled()) return;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run_).count();
+    const int64_t done = state_.step - start_step_;
+    extra["run"] = cfg_.output_name;
+    extra["output_dir"] = cfg_.output_dir;
+    extra["step"] = state_.step;
+    extra["max_train_steps"] = cfg_.max_train_steps;
+    if (std::isfinite(loss)) extra["loss"] = loss;
+    extra["eta_s"] = done > 0 ? el / (double)done * (double)(cfg_.max_train_steps - state_.step) : -1.0;
+    extra["last_sample"] = last_sample_;
+    extra["ranks"] = comm_.size();
+    notifier_.send(event, std::move(extra));
   }
 
  private:
@@ -187,7 +279,10 @@ class TrainLoop {
   double micro_step(const StepRng& rng, int N) {
     const int B = cfg_.train_batch_size;
     Backend& be = state_.be;
+    const DataPosition at = state_.data;
     data_.next(state_.data, rng, batch_);
+    if (const float f = test_corrupt_factor(at.epoch, at.index); f != 1.f)
+      for (float& x : batch_.x1) x *= f;
     const int64_t per = (int64_t)codec_.channels() * batch_.h * batch_.w;  // one latent: C·h·w
     flow_.size_for(be, B, batch_.x1.size());
     TextBatch txt = data_.text(batch_.captions);  // hidden (B, L, dim), mask (B, L)
@@ -212,6 +307,13 @@ class TrainLoop {
 
   dist::Communicator& comm_;
   dist::GradientSum grads_;  // the step's gradient reduction (one place: dist/grad_sync.h)
+  const bool writer_;        // rank 0: writes logs, samples, checkpoints, sends notifications
+  SpikeGuard guard_;
+  Notifier notifier_;
+  std::optional<TrainLog> log_;
+  std::chrono::steady_clock::time_point t_run_;
+  int64_t start_step_ = 0;
+  std::string last_sample_;  // the newest sample grid ("" = none yet)
   const TrainConfig& cfg_;
   const LatentCodec& codec_;
   BatchSource& data_;
@@ -289,7 +391,14 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
   {
     MatmulPrecisionScope precision(be, cfg.mixed_precision == "bf16" ? MatmulPrecision::BF16 : MatmulPrecision::F32);
     state.global_batch = global_batch(cfg, comm.size());
-    res = TrainLoop(cfg, codec, *data, state, std::move(provenance), comm).run(stop_after);
+    try {
+      res = TrainLoop(cfg, codec, *data, state, std::move(provenance), comm).run(stop_after);
+    } catch (const std::exception& e) {
+      if (comm.rank() == 0)
+        notify_event(cfg.notify_url, "failure", {{"run", cfg.output_name}, {"output_dir", cfg.output_dir},
+                                                 {"step", state.step}, {"error", e.what()}});
+      throw;
+    }
   }
   data->report(res);
   return res;

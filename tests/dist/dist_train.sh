@@ -88,4 +88,21 @@ set -e
 [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "a killed rank: exit $rc"
 grep -q "rank 1 .*signal 9" kill.log || { cat kill.log; fail "mpirun did not report the killed rank"; }
 echo "ok: hung rank named in ${dt}s, killed rank stops the job (exit $rc)"
+
+# 4. the supervisor: a rank killed mid-run (once: the marker file), the run restarted from the last checkpoint;
+#    the final weights equal the uninterrupted run's; then a hang (no log.jsonl growth) is stopped and restarted
+cfg k k 1
+OBORO_TEST_FAULT=kill:1:2:$PWD/kill.marker "$BIN" supervise --backoff 0 --hang-timeout 60 -- \
+  "${MPI[@]}" -np 4 "$BIN" train --config k.toml > sup.log 2>&1 || { tail -30 sup.log; fail "supervised run"; }
+[ -f kill.marker ] || fail "the kill fault did not fire"
+grep -q '"event":"restart"' k/supervise.jsonl || { cat k/supervise.jsonl; fail "no restart logged"; }
+grep -q -- "--resume latest" k/supervise.jsonl || fail "the restart did not resume from the latest checkpoint"
+same r1/state/step-00000004.safetensors k/state/step-00000004.safetensors
+cfg g g 4
+sed -i 's/collective_timeout = 4/collective_timeout = 600/' g.toml
+OBORO_TEST_FAULT=hang:0:2:$PWD/hang.marker "$BIN" supervise --backoff 0 --hang-timeout 3 -- \
+  "$BIN" train --config g.toml > suph.log 2>&1 || { tail -30 suph.log; fail "supervised hang"; }
+grep -q '"detail":"hang: ' g/supervise.jsonl || { cat g/supervise.jsonl; fail "the hang was not detected"; }
+same r1/state/step-00000004.safetensors g/state/step-00000004.safetensors
+echo "ok: supervisor restarted after a killed rank and after a hang; final weights equal the uninterrupted run's"
 echo "PASS"
