@@ -56,6 +56,14 @@ done
 [ "$(losses r1/log.jsonl)" = "$(losses r4/log.jsonl)" ] || fail "logged losses differ (1 vs 4 ranks)"
 [ "$(wc -l < r4/log.jsonl)" = 4 ] || fail "rank 0 alone must write log.jsonl (4 lines), got $(wc -l < r4/log.jsonl)"
 echo "ok: 1x4 = 2x2 = 4x1 bitwise (weights, AdamW moments, EMA, counters) and losses equal"
+# the same with BF16 GEMMs (mixed_precision = "bf16"): the rounding is inside each micro-batch's GEMMs
+cfg b1 b1 2; cfg b2 b2 1
+echo 'mixed_precision = "bf16"' | tee -a b1.toml >> b2.toml
+sed -i 's/max_train_steps = 4/max_train_steps = 2/' b1.toml b2.toml
+"$BIN" train --config b1.toml > b1.log 2>&1 || { tail -5 b1.log; fail "bf16 1 rank run"; }
+"${MPI[@]}" -np 2 "$BIN" train --config b2.toml > b2.log 2>&1 || { tail -20 b2.log; fail "bf16 2 rank run"; }
+same b1/state/step-00000002.safetensors b2/state/step-00000002.safetensors
+echo "ok: bf16: 1x2 = 2x1 bitwise"
 
 # 2. save at 4 ranks, resume at 2, then at 1
 cfg w4 w 1; cfg w2 w 2; cfg w1 w 4
