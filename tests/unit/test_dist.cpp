@@ -3,6 +3,9 @@
 #include "dist/grad_sync.h"
 #include "ops/backend.h"
 #include "train/spike_guard.h"
+#include "train/trainer.h"
+#include "test_util.h"
+#include <fstream>
 #include <gtest/gtest.h>
 #include <cmath>
 #include <cstring>
@@ -66,6 +69,30 @@ TEST(SpikeGuard, NonFiniteAndAboveKTimesTheMedian) {
   EXPECT_TRUE(g.skip_data_at(5));
   EXPECT_FALSE(g.skip_data_at(5));
   EXPECT_FALSE(g.rollback(5, 3));  // budget of 1 spent
+}
+
+TEST(Dist, ConfigKeysAreReadAndChecked) {
+  const std::filesystem::path d = test::process_tmpdir("oboro_dist_cfg");
+  std::ofstream(d / "run.toml") << "train_data_dir = \"x\"\ncollective_timeout = 2.5\nnotify_url = \"http://h/x\"\n"
+                                   "spike_max_rollbacks = 3\nspike_factor = 4\nspike_window = 7\nspike_lr_factor = 0.25\n";
+  const TrainConfig c = TrainConfig::from_toml((d / "run.toml").string());
+  EXPECT_EQ(c.collective_timeout, 2.5);
+  EXPECT_EQ(c.notify_url, "http://h/x");
+  EXPECT_EQ(c.spike_max_rollbacks, 3);
+  EXPECT_EQ(c.spike_factor, 4);
+  EXPECT_EQ(c.spike_window, 7);
+  EXPECT_EQ(c.spike_lr_factor, 0.25);
+  EXPECT_EQ(c.to_json().find("collective_timeout"), std::string::npos);  // not a weight-shaping setting
+  EXPECT_EQ(global_batch(c, 4), 4 * 16 * 1);
+  auto error_of = [&](const std::function<void(TrainConfig&)>& edit) {
+    TrainConfig b = c;
+    edit(b);
+    return test::error_of([&] { b.validate(); });
+  };
+  EXPECT_NE(error_of([](TrainConfig& b) { b.collective_timeout = 0; }).find("collective_timeout"), std::string::npos);
+  EXPECT_NE(error_of([](TrainConfig& b) { b.spike_factor = 0.5; }).find("spike_factor"), std::string::npos);
+  EXPECT_NE(error_of([](TrainConfig& b) { b.spike_lr_factor = 2; }).find("spike_lr_factor"), std::string::npos);
+  EXPECT_EQ(error_of([](TrainConfig&) {}), "(no error)");
 }
 
 }  // namespace
