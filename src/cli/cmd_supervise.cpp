@@ -189,6 +189,12 @@ class Supervisor {
 
 }  // namespace
 
+int run_supervised(std::vector<std::string> command) {
+  SuperviseOpts o;
+  o.command = std::move(command);
+  return Supervisor(std::move(o)).run();
+}
+
 void register_supervise(CLI::App& app) {
   auto o = std::make_shared<SuperviseOpts>();
   auto* c = app.add_subcommand("supervise",

@@ -5,11 +5,28 @@
 #include "train/trainer.h"
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 namespace oboro::cli {
 
+namespace {
+
+// This process's command line (/proc/self/cmdline) without `drop`, argv[0] replaced by this executable's path.
+std::vector<std::string> own_command_without(const std::string& drop) {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> args;
+  for (std::string a; std::getline(f, a, '\0');)
+    if (a != drop) args.push_back(a);
+  if (args.empty()) fail("--supervise: cannot read this process's command line (/proc/self/cmdline)");
+  args[0] = std::filesystem::read_symlink("/proc/self/exe").string();
+  return args;
+}
+
+}  // namespace
+
 void register_train(CLI::App& app) {
-  struct Opts { std::string config, resume, notify_url; int64_t stop_after = 0; int threads = 0; };
+  struct Opts { std::string config, resume, notify_url; int64_t stop_after = 0; int threads = 0; bool supervise = false; };
   auto o = std::make_shared<Opts>();
   auto* c = app.add_subcommand("train", "Train (or fine-tune) a model with the I-CFM flow-matching objective");
   c->add_option("--config,--config_file", o->config, "training config (kohya-style TOML)")->required()->check(CLI::ExistingFile);
@@ -17,7 +34,15 @@ void register_train(CLI::App& app) {
   c->add_option("--stop-after", o->stop_after, "stop (with a checkpoint) after N steps of this run");
   c->add_option("--threads", o->threads, "CPU threads (default: all cores; per rank under mpirun)");
   c->add_option("--notify-url", o->notify_url, "JSON POST on start, checkpoint, spike, rollback, failure, finish");
+  c->add_flag("--supervise", o->supervise,
+              "one process: rerun this command with --resume latest after a crash, kill or hang (oboro supervise's "
+              "defaults; under mpirun, wrap mpirun in `oboro supervise --` instead)");
   c->callback([o] {
+    if (o->supervise) {
+      if (dist::launched_with_mpi())
+        fail("--supervise supervises one process: for an MPI run use `oboro supervise -- mpirun ... oboro train ...`");
+      std::exit(run_supervised(own_command_without("--supervise")));
+    }
     TrainConfig cfg = TrainConfig::from_toml(o->config);
     if (o->threads > 0) cfg.threads = o->threads;
     if (!o->notify_url.empty()) cfg.notify_url = o->notify_url;

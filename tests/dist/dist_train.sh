@@ -112,5 +112,11 @@ OBORO_TEST_FAULT=hang:0:2:$PWD/hang.marker "$BIN" supervise --backoff 0 --hang-t
   "$BIN" train --config g.toml > suph.log 2>&1 || { tail -30 suph.log; fail "supervised hang"; }
 grep -q '"detail":"hang: ' g/supervise.jsonl || { cat g/supervise.jsonl; fail "the hang was not detected"; }
 same r1/state/step-00000004.safetensors g/state/step-00000004.safetensors
-echo "ok: supervisor restarted after a killed rank and after a hang; final weights equal the uninterrupted run's"
+# oboro train --supervise (one process; the supervisor's default 10 s back-off)
+cfg t t 4
+OBORO_TEST_FAULT=kill:0:3:$PWD/kill1.marker "$BIN" train --config t.toml --supervise > supt.log 2>&1 || \
+  { tail -30 supt.log; fail "train --supervise"; }
+[ -f kill1.marker ] && grep -q '"event":"restart"' t/supervise.jsonl || { cat supt.log; fail "train --supervise: no restart"; }
+same r1/state/step-00000004.safetensors t/state/step-00000004.safetensors
+echo "ok: supervisor restarted after a killed rank and after a hang (and train --supervise after a kill); final weights equal the uninterrupted run's"
 echo "PASS"
