@@ -9,7 +9,8 @@ PACKAGES=(
   libsentencepiece-dev       # tokenizer (T5 spiece.model) and vocabulary training
   libstb-dev libpng-dev libwebp-dev   # image decode (PNG/JPEG/WebP), PNG with text chunks
   libsqlite3-dev             # data manifest (oboro data ingest/dedup/...)
-  libcpp-httplib-dev         # oboro serve (HTTP server)
+  libcpp-httplib-dev         # oboro serve (HTTP server) and train notifications (HTTP client)
+  libopenmpi-dev openmpi-bin # data-parallel training: mpirun -np N oboro train (src/dist/, docs/distributed.md)
   chromium                   # the web UI's browser test (driven by npm playwright-core; never downloads a browser)
   librsvg2-bin               # rsvg-convert: DiceBear SVG avatars → PNG (scripts/get-data)
   libgtest-dev googletest    # tests

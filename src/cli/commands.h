@@ -14,6 +14,9 @@ void register_data_shapes(CLI::App& data_group);  // oboro data shapes ... (cmd_
 void register_data_manifest(CLI::App& data_group);  // oboro data ingest|dedup|list|... (cmd_data_manifest.cpp)
 void register_eval(CLI::App& app);   // oboro eval shapes ...            (cmd_eval.cpp)
 void register_train(CLI::App& app);  // oboro train --config run.toml    (cmd_train.cpp)
+void register_supervise(CLI::App& app);  // oboro supervise -- COMMAND...  (cmd_supervise.cpp)
+// `oboro train --supervise`: `command` under the supervisor's defaults; returns its exit code.
+int run_supervised(std::vector<std::string> command);
 void register_convert(CLI::App& app);  // oboro convert --from-state ...    (cmd_convert.cpp)
 void register_generate(CLI::App& app);  // oboro generate ...            (cmd_generate.cpp)
 void register_serve(CLI::App& app);     // oboro serve ...               (cmd_serve.cpp)

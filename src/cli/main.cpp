@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   oboro::cli::register_data_manifest(*app.get_subcommand("data"));
   oboro::cli::register_eval(app);
   oboro::cli::register_train(app);
+  oboro::cli::register_supervise(app);
   oboro::cli::register_generate(app);
   oboro::cli::register_serve(app);
   oboro::cli::register_convert(app);

@@ -50,6 +50,8 @@ void save_state(TrainState& state, const TrainConfig& cfg, const RunData& data) 
              {"index", state.data.index},
              {"samples_seen", state.samples_seen},
              {"loss_ema", state.loss_ema},
+             {"global_batch", state.global_batch},
+             {"lr_scale", state.lr_scale},
              {"train_text_encoder", state.train_te},
              {"skipped_images", data.skipped_images},
              {"config", json::parse(cfg.to_json())}};
@@ -112,6 +114,8 @@ void load_state(TrainState& state, const std::string& path, const TrainConfig& c
   state.data.index = st.at("index").get<int64_t>();
   state.samples_seen = st.at("samples_seen").get<int64_t>();
   state.loss_ema = st.at("loss_ema").get<double>();
+  state.global_batch = st.value("global_batch", int64_t(0));
+  state.lr_scale = st.value("lr_scale", 1.0);
   if (dataset_provenance) {
     auto it = f->metadata().find("oboro.dataset");
     *dataset_provenance = it != f->metadata().end() ? it->second : "";

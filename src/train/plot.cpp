@@ -5,7 +5,8 @@
 
 namespace oboro {
 
-std::string plot_loss_svg(const std::vector<std::pair<double, double>>& pts, const std::string& title) {
+std::string plot_loss_svg(const std::vector<std::pair<double, double>>& pts, const std::string& title,
+                          const std::vector<std::pair<double, std::string>>& marks) {
   const double W = 720, H = 400, L = 70, R = 20, T = 40, B = 50;
   double x0 = pts.front().first, x1 = pts.back().first;
   if (x1 <= x0) x1 = x0 + 1;
@@ -65,6 +66,13 @@ std::string plot_loss_svg(const std::vector<std::pair<double, double>>& pts, con
     avg.emplace_back(pts[i].first, acc / (double)std::min(i + 1, win));
   }
   polyline(avg, "#08519c", 2);
+  for (const auto& [step, label] : marks) {
+    std::snprintf(buf, sizeof buf,
+                  "<line x1=\"%.1f\" y1=\"%g\" x2=\"%.1f\" y2=\"%g\" stroke=\"#d62728\" stroke-dasharray=\"4 3\"/>"
+                  "<text x=\"%.1f\" y=\"%g\" fill=\"#d62728\" font-size=\"10\">%s %.0f</text>\n",
+                  X(step), T, X(step), H - B, X(step) + 3, T + 12, label.c_str(), step);
+    s += buf;
+  }
   s += "</svg>\n";
   return s;
 }

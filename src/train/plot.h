@@ -5,5 +5,7 @@
 #include <vector>
 
 namespace oboro {
-std::string plot_loss_svg(const std::vector<std::pair<double, double>>& step_loss, const std::string& title);
+// `marks`: steps marked with a red dashed vertical line and a label (loss-spike rollbacks: "rollback").
+std::string plot_loss_svg(const std::vector<std::pair<double, double>>& step_loss, const std::string& title,
+                          const std::vector<std::pair<double, std::string>>& marks = {});
 }  // namespace oboro

@@ -117,6 +117,12 @@ const Field kFields[] = {
     OBORO_FIELD_R(sample_steps, kToml, 1, 1000, kClosed, ""),
     OBORO_FIELD_R(sample_cfg, kToml, 0, 100, kClosed, ""),
     OBORO_FIELD_R(threads, kToml, 0, 4096, kClosed, " (0 = all cores)"),
+    OBORO_FIELD_R(collective_timeout, kToml, 0, 1e7, kOpenLo, " (seconds)"),
+    OBORO_FIELD(notify_url, kToml),
+    OBORO_FIELD_R(spike_max_rollbacks, kToml, 0, 1000000, kClosed, " (0 = off)"),
+    OBORO_FIELD_R(spike_factor, kToml, 0, 1e6, kClosed, " (0 = only non-finite losses count as spikes)"),
+    OBORO_FIELD_R(spike_window, kToml, 1, 1000000, kClosed, " (steps)"),
+    OBORO_FIELD_R(spike_lr_factor, kToml, 0, 1, kOpenLo, ""),
 };
 
 #undef OBORO_FIELD
@@ -282,6 +288,14 @@ void TrainConfig::validate() const {
   if (train_batch_size < 1) fail("train_batch_size must be at least 1");
   if (gradient_accumulation_steps < 1) fail("gradient_accumulation_steps must be at least 1");
   if (max_train_steps < 1) fail("max_train_steps must be at least 1");
+  if (!(collective_timeout > 0))
+    fail("collective_timeout must be a positive number of seconds (default 600): how long ranks wait for each other");
+  if (spike_max_rollbacks < 0) fail("spike_max_rollbacks must be 0 (no loss-spike rollback) or more");
+  if (spike_factor < 0 || (spike_factor > 0 && spike_factor <= 1))
+    fail("spike_factor must be 0 (only non-finite losses count as spikes) or above 1 (e.g. 3: a loss above 3 × the "
+         "running median)");
+  if (spike_window < 1) fail("spike_window must be at least 1 step");
+  if (!(spike_lr_factor > 0 && spike_lr_factor <= 1)) fail("spike_lr_factor must be in (0, 1] (e.g. 0.5)");
   const int m = (codec == "flux-vae" ? 8 : pixels_stride) * patch_size;
   if (width % m || height % m)
     fail("resolution ", width, "x", height, " must be a multiple of the codec stride·patch_size = ", m);

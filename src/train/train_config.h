@@ -58,6 +58,19 @@ struct TrainConfig {
   int sample_steps = 20;
   float sample_cfg = 4.f;
   int threads = 0;
+  // data parallel (docs/distributed.md): seconds a rank waits for the others in a collective before the run is
+  // stopped as hung (every rank exits != 0 naming the missing rank)
+  double collective_timeout = 600;
+  // notifications (train/notify.h): JSON POSTs on start, checkpoint, spike, rollback, failure, finish ("" = none)
+  std::string notify_url;
+  // loss-spike guard (train/spike_guard.h): with spike_max_rollbacks > 0, a non-finite loss or gradient norm, or
+  // (spike_factor > 0) a loss above spike_factor × the median of the last spike_window step losses, rolls the run
+  // back to the last checkpoint, skips the offending step's batches, scales the learning rate by spike_lr_factor;
+  // after spike_max_rollbacks rollbacks the run stops. 0 = off: a non-finite loss stops the run.
+  int spike_max_rollbacks = 0;
+  double spike_factor = 0;
+  int spike_window = 50;
+  double spike_lr_factor = 0.5;
   bool progress = true;                  // API/CLI only (not a TOML key, not in the JSON)
 
   // Flat kohya-style keys (tables such as [model] only group them); unknown keys, wrong types and invalid

@@ -53,6 +53,12 @@ void TrainLog::record(const StepRecord& r) {
                  r.samples_per_s, fmt_time(eta).c_str(), tty_ ? "   " : "\n");
 }
 
+void TrainLog::event(const std::string& json_line) {
+  if (cfg_.progress && tty_) std::fprintf(stderr, "\n");
+  log_ << json_line << "\n";
+  log_.flush();
+}
+
 void TrainLog::end_progress() {
   if (tty_) std::fprintf(stderr, "\n");
 }
@@ -60,17 +66,25 @@ void TrainLog::end_progress() {
 void TrainLog::write_loss_plot() const {
   // The whole run's curve from the log (it survives resumes).
   std::ifstream f(log_path(cfg_));
-  std::vector<std::pair<double, double>> pts;
+  // A step logged again after a rollback replaces its first record; event lines become marks.
+  std::map<double, double> by_step;
+  std::vector<std::pair<double, std::string>> marks;
   for (std::string l; std::getline(f, l);) {
     try {
       json j = json::parse(l);
-      pts.emplace_back(j.at("step").get<double>(), j.at("loss").get<double>());
+      if (j.contains("event")) {
+        if (j.at("event") == "rollback") marks.emplace_back(j.at("step").get<double>(), "rollback");
+        continue;
+      }
+      by_step[j.at("step").get<double>()] = j.at("loss").get<double>();
     } catch (...) {
     }
   }
+  std::vector<std::pair<double, double>> pts(by_step.begin(), by_step.end());
   if (pts.size() >= 2)
     write_file_atomic((fs::path(cfg_.output_dir) / "loss.svg").string(),
-                      plot_loss_svg(pts, cfg_.output_name + ": training loss (light: per step, dark: moving average)"));
+                      plot_loss_svg(pts, cfg_.output_name + ": training loss (light: per step, dark: moving average)",
+                                    marks));
 }
 
 }  // namespace oboro

@@ -3,6 +3,7 @@
 #pragma once
 #include "train/train_config.h"
 #include <chrono>
+#include <map>
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -26,6 +27,8 @@ class TrainLog {
   TrainLog(const TrainConfig& cfg, int64_t start_step);
   void record(const StepRecord& r);  // the log line (flushed), and the progress line when cfg.progress
   void end_progress();               // ends a terminal's progress line
+  // An event line in log.jsonl ({"event": …, "step": …, …}: a loss spike and its rollback); the loss plot marks it.
+  void event(const std::string& json_line);
   void write_loss_plot() const;
 
  private:

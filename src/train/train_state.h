@@ -49,6 +49,9 @@ class TrainState {
   DataPosition data;
   int64_t samples_seen = 0;
   double loss_ema = 0;               // moving average of the loss (0.98), for the progress line and models
+  double lr_scale = 1;               // learning-rate factor of loss-spike rollbacks (train/spike_guard.h)
+  int64_t global_batch = 0;          // samples per optimizer step (all ranks) of the run that saved the state
+                                     // (0: a checkpoint from before data-parallel training recorded it)
 
   // A new run's models: a frozen pretrained T5, or a small T5 and a vocabulary trained on the data's
   // captions (the tokenizer goes to output_dir/tokenizer.*); a pretrained DiT, or a new one from the preset.

@@ -15,7 +15,12 @@
 #include "train/samples.h"
 #include "train/train_log.h"
 #include "train/train_state.h"
+#include "dist/fault_hook.h"
+#include "train/notify.h"
+#include "train/spike_guard.h"
+#include "dist/grad_sync.h"
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -59,11 +64,21 @@ struct FlowTensors {
   }
 };
 
+template <class... Args>
+[[noreturn]] void fail_collective_all(const Args&... a) {
+  throw dist::CollectiveError(str(a...), 0);
+}
+
 class TrainLoop {
  public:
   TrainLoop(const TrainConfig& cfg, const LatentCodec& codec, BatchSource& data, TrainState& state,
-            std::string provenance)
-      : cfg_(cfg),
+            std::string provenance, dist::Communicator& comm)
+      : comm_(comm),
+        grads_(state.be, comm, cfg.gradient_accumulation_steps),
+        writer_(comm.rank() == 0),
+        guard_(cfg),
+        notifier_(comm.rank() == 0 ? cfg.notify_url : ""),
+        cfg_(cfg),
         codec_(codec),
         data_(data),
         state_(state),
@@ -82,22 +97,29 @@ class TrainLoop {
   // Trains up to max_train_steps, or `stop_after` steps of this invocation (> 0).
   TrainResult run(int64_t stop_after) {
     const int64_t start_step = state_.step;
-    const int64_t samples_per_step = (int64_t)cfg_.train_batch_size * cfg_.gradient_accumulation_steps;
-    TrainLog log(cfg_, start_step);
+    const int64_t samples_per_step = global_batch(cfg_, comm_.size());
+    if (writer_) log_.emplace(cfg_, start_step);
+    t_run_ = std::chrono::steady_clock::now();
+    start_step_ = start_step;
+    notify("start", 0);
     double last_loss = 0;
     while (state_.step < cfg_.max_train_steps) {
       const auto t0 = std::chrono::steady_clock::now();
-      // Gradients of B · gradient_accumulation_steps samples.
-      state_.zero_grads();
-      double loss_sum = 0;
-      for (int micro = 0; micro < cfg_.gradient_accumulation_steps; ++micro) loss_sum += micro_step(micro);
-      const double loss = loss_sum / cfg_.gradient_accumulation_steps;
+      comm_.set_step(state_.step);
+      if (guard_.skip_data_at(state_.step + 1)) read_past_step();
+      // Gradients of ranks · B · gradient_accumulation_steps samples, summed in global micro-batch order.
+      const double loss = accumulate_gradients();
+      const double gnorm = std::isfinite(loss) ? state_.grad_norm() : loss;
+      if (guard_.enabled()) {
+        const std::string why = guard_.check(state_.step + 1, loss, gnorm);
+        if (!why.empty()) {
+          roll_back(why, loss);
+          continue;
+        }
+      }
+      check_finite(loss, gnorm);
       // Clip (folded into the update as a gradient scale), update, average.
-      const double gnorm = state_.grad_norm();
-      if (!std::isfinite(gnorm))
-        fail("step ", state_.step + 1, ": the gradient is not finite (loss ", loss, ") — no checkpoint was written; "
-             "lower learning_rate or max_grad_norm and ", resume_advice(cfg_));
-      const float lr = (float)sched_.at(state_.step);
+      const float lr = (float)(sched_.at(state_.step) * state_.lr_scale);
       state_.optimizer_step(lr, clip_scale(gnorm, cfg_.max_grad_norm));
       ++state_.step;
       state_.ema_step(cfg_.ema_decay);
@@ -106,22 +128,24 @@ class TrainLoop {
       last_loss = loss;
       // Report, then previews and the checkpoint when due.
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log.record({state_.step, loss, state_.loss_ema, lr, gnorm, (double)samples_per_step / dt, state_.data.epoch,
-                  data_.skipped_images()});
-      const bool last = state_.step == cfg_.max_train_steps;
+      if (writer_)
+        log_->record({state_.step, loss, state_.loss_ema, lr, gnorm, (double)samples_per_step / dt, state_.data.epoch,
+                      data_.skipped_images()});
       const bool stopping = stop_after > 0 && state_.step - start_step >= stop_after;
-      if (cfg_.sample_every_n_steps > 0 && !cfg_.sample_prompts.empty() &&
-          (state_.step % cfg_.sample_every_n_steps == 0 || last))
-        write_samples(state_, codec_, cfg_);
-      if ((cfg_.save_every_n_steps > 0 && state_.step % cfg_.save_every_n_steps == 0) || last || stopping) {
-        const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
-        save_state(state_, cfg_, run_data);
-        save_models(state_, cfg_, run_data);
-        log.write_loss_plot();
-      }
+      if (writer_) write_outputs(loss, stopping);
+      dist::test_fault_point(comm_.rank(), state_.step);
       if (stopping) break;
     }
-    log.end_progress();
+    if (writer_) log_->end_progress();
+    comm_.barrier();  // every rank leaves after rank 0's last checkpoint is written
+    if (writer_ && comm_.size() > 1) {
+      const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run_).count();
+      std::fprintf(stderr, "data parallel: %d ranks (%s), gradient and loss sums %.2f s of %.2f s (%.1f%%)\n",
+                   comm_.size(), comm_.name(), grads_.comm_seconds(), total, 100 * grads_.comm_seconds() / total);
+    }
+    notify("finish", last_loss);
+    if (writer_ && notifier_.failures() > 0)
+      std::fprintf(stderr, "warning: %d notification(s) to %s failed\n", notifier_.failures(), cfg_.notify_url.c_str());
     TrainResult r;
     r.steps = state_.step;
     r.final_loss = last_loss;
@@ -131,14 +155,144 @@ class TrainLoop {
     return r;
   }
 
+  // A run without the spike guard stops on a non-finite loss or gradient (the last checkpoint stays the latest).
+  void check_finite(double loss, double gnorm) {
+    if (!std::isfinite(loss))
+      fail_collective("step ", state_.step + 1, ": the loss is ", loss, bad_batch_.empty() ? "" : " on the batch [",
+                      bad_batch_, bad_batch_.empty() ? "" : "]", " — training stopped and no checkpoint was written; "
+                      "lower learning_rate (now ", py_float(cfg_.learning_rate), ") and ", resume_advice(cfg_),
+                      " (or set spike_max_rollbacks to roll back automatically)");
+    if (!std::isfinite(gnorm))
+      fail_collective("step ", state_.step + 1, ": the gradient is not finite (loss ", loss, ") — no checkpoint was "
+                      "written; lower learning_rate or max_grad_norm and ", resume_advice(cfg_));
+  }
+
+  // Rank 0 after a step: sample previews and the checkpoint when due.
+  void write_outputs(double loss, bool stopping) {
+    const bool last = state_.step == cfg_.max_train_steps;
+    if (cfg_.sample_every_n_steps > 0 && !cfg_.sample_prompts.empty() &&
+        (state_.step % cfg_.sample_every_n_steps == 0 || last)) {
+      write_samples(state_, codec_, cfg_);
+      const fs::path grid = fs::path(cfg_.output_dir) / "samples" / (step_name(state_.step) + ".png");
+      if (fs::exists(grid)) last_sample_ = grid.string();
+    }
+    if ((cfg_.save_every_n_steps > 0 && state_.step % cfg_.save_every_n_steps == 0) || last || stopping) {
+      const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
+      save_state(state_, cfg_, run_data);
+      save_models(state_, cfg_, run_data);
+      log_->write_loss_plot();
+      notify("checkpoint", loss, {{"checkpoint", state_path(cfg_, state_.step)}});
+    }
+  }
+
+  // A loss spike at step state_.step + 1: back to the newest checkpoint, that step's data skipped when the run
+  // reaches it again, the learning rate scaled; the run stops when the rollback budget is spent.
+  void roll_back(const std::string& why, double loss) {
+    const int64_t spike = state_.step + 1;
+    const std::string head = str("step ", spike, ": loss spike (", why, ")");
+    notify("spike", loss, {{"reason", why}});
+    if (guard_.rollbacks() >= cfg_.spike_max_rollbacks) {
+      fail_collective(head, " — gave up after ", guard_.rollbacks(), " rollback(s) (spike_max_rollbacks = ",
+                      cfg_.spike_max_rollbacks, "); the checkpoints in ", state_dir(cfg_), " are intact: check the "
+                      "data near this step, lower learning_rate and resume with --resume latest");
+    }
+    const std::string ckpt = newest_checkpoint();
+    if (ckpt.empty())
+      fail_collective(head, " — there is no checkpoint to roll back to yet: set save_every_n_steps (the guard "
+                      "rolls back to the newest one)");
+    const double scale = state_.lr_scale * cfg_.spike_lr_factor;
+    load_state(state_, ckpt, cfg_);
+    data_.set_text_encoder(*state_.te, state_.train_te);  // the models were rebuilt
+    state_.lr_scale = scale;
+    guard_.rollback(spike, state_.step);
+    if (writer_) {
+      std::fprintf(stderr, "%s: rolled back to step %lld, its data will be skipped, learning rate × %g (rollback %d of "
+                   "%d)\n", head.c_str(), (long long)state_.step, scale, guard_.rollbacks(), cfg_.spike_max_rollbacks);
+      nlohmann::json ev = {{"event", "rollback"}, {"step", spike},          {"reason", why},
+                           {"rollback_to", state_.step}, {"lr_scale", scale}, {"rollbacks", guard_.rollbacks()}};
+      if (std::isfinite(loss)) ev["loss"] = loss;
+      log_->event(ev.dump());
+      log_->write_loss_plot();
+    }
+    notify("rollback", loss, {{"reason", why}, {"rollback_to", state_.step}, {"lr_scale", scale}});
+  }
+
+  std::string newest_checkpoint() const {
+    try {
+      return latest_state(state_dir(cfg_));
+    } catch (const Error&) {
+      return "";
+    }
+  }
+
+  // Reads past the N micro-batches of the current step (the data of a step that spiked).
+  void read_past_step() {
+    const int N = comm_.size() * cfg_.gradient_accumulation_steps;
+    for (int k = 0; k < N; ++k) data_.next(state_.data, StepRng{cfg_.seed, (uint64_t)(state_.step * N + k)}, skipped_);
+  }
+
+  // A notification from rank 0 with the run's fields (train/notify.h).
+  void notify(const char* event, double loss, nlohmann::json extra = nlohmann::json::object()) {
+    if (!writer_ || !notifier_.enabled()) return;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run_).count();
+    const int64_t done = state_.step - start_step_;
+    extra["run"] = cfg_.output_name;
+    extra["output_dir"] = cfg_.output_dir;
+    extra["step"] = state_.step;
+    extra["max_train_steps"] = cfg_.max_train_steps;
+    if (std::isfinite(loss)) extra["loss"] = loss;
+    extra["eta_s"] = done > 0 ? el / (double)done * (double)(cfg_.max_train_steps - state_.step) : -1.0;
+    extra["last_sample"] = last_sample_;
+    extra["ranks"] = comm_.size();
+    notifier_.send(event, std::move(extra));
+  }
+
  private:
-  // Forward and backward of micro-batch `micro` of the current step, gradients scaled by 1/accumulation
-  // steps and added to the models' gradients. Returns the batch's loss.
-  double micro_step(int micro) {
+  // The step's gradient in the models' gradient buffers (every rank the same bits) and its mean loss.
+  // Micro-batch k (0 ≤ k < N = ranks · gradient_accumulation_steps) of step s reads the data at its place in the
+  // stream and draws from StepRng(seed, s·N + k), whatever the world size; rank r computes k = r·A … r·A + A − 1
+  // and reads past the others' (dist/grad_sync.h: the fixed reduction order).
+  double accumulate_gradients() {
+    const int A = cfg_.gradient_accumulation_steps, N = comm_.size() * A;
+    std::vector<double> losses(A);
+    bad_batch_.clear();
+    if (grads_.passthrough()) state_.zero_grads();
+    for (int k = 0; k < N; ++k) {
+      const StepRng rng{cfg_.seed, (uint64_t)(state_.step * N + k)};
+      if (k / A != comm_.rank()) {
+        data_.next(state_.data, rng, skipped_);  // another rank's micro-batch: only the position moves on
+        continue;
+      }
+      if (!grads_.passthrough()) state_.zero_grads();
+      losses[k % A] = micro_step(rng, N);
+      grads_.collect(k % A, gradient_spans());
+    }
+    grads_.reduce(gradient_spans());
+    return grads_.sum_losses(losses) / N;
+  }
+
+  // The gradients of every trained parameter (what optimizer_step updates), in a fixed order.
+  std::vector<dist::GradSpan> gradient_spans() {
+    std::vector<dist::GradSpan> g{{state_.dit->grads(), state_.dit->num_params()}};
+    if (state_.train_te) g.push_back({state_.te->t5().grads(), state_.te->t5().layout().total()});
+    return g;
+  }
+
+  // An error every rank raises alike (from summed values): rank 0 reports it, the others exit quietly.
+  template <class... Args>
+  [[noreturn]] void fail_collective(const Args&... a) {
+    throw dist::CollectiveError(str(a...), comm_.rank());
+  }
+
+  // Forward and backward of one micro-batch with the step's streams `rng`, the gradient scaled by 1/N (N =
+  // micro-batches of the step on all ranks) and added to the models' gradients. Returns the batch's loss.
+  double micro_step(const StepRng& rng, int N) {
     const int B = cfg_.train_batch_size;
-    const StepRng rng{cfg_.seed, (uint64_t)(state_.step * cfg_.gradient_accumulation_steps + micro)};
     Backend& be = state_.be;
+    const DataPosition at = state_.data;
     data_.next(state_.data, rng, batch_);
+    if (const float f = test_corrupt_factor(at.epoch, at.index); f != 1.f)
+      for (float& x : batch_.x1) x *= f;
     const int64_t per = (int64_t)codec_.channels() * batch_.h * batch_.w;  // one latent: C·h·w
     flow_.size_for(be, B, batch_.x1.size());
     TextBatch txt = data_.text(batch_.captions);  // hidden (B, L, dim), mask (B, L)
@@ -150,16 +304,10 @@ class TrainLoop {
     be.mse_forward(flow_.loss.f64(), flow_.v.f32(), flow_.u.f32(), flow_.v.size());
     double loss = 0;
     be.download(&loss, flow_.loss.f64(), 1);
-    if (!std::isfinite(loss)) {
-      std::string list;
-      for (auto& f : batch_.files) list += (list.empty() ? "" : ", ") + fs::path(f).filename().string();
-      fail("step ", state_.step + 1, ": the loss is ", loss, " on the batch [", list,
-           "] — training stopped and no checkpoint was written: lower learning_rate (now ", py_float(cfg_.learning_rate),
-           ") and ", resume_advice(cfg_));
-    }
+    if (!std::isfinite(loss) && bad_batch_.empty())  // named when the step's summed loss is not finite
+      for (auto& f : batch_.files) bad_batch_ += (bad_batch_.empty() ? "" : ", ") + fs::path(f).filename().string();
     be.zero(flow_.dv.f32(), flow_.dv.size());
-    be.mse_backward(flow_.dv.f32(), flow_.v.f32(), flow_.u.f32(), flow_.v.size(),
-                    1.f / cfg_.gradient_accumulation_steps);
+    be.mse_backward(flow_.dv.f32(), flow_.v.f32(), flow_.u.f32(), flow_.v.size(), 1.f / N);
     // dL/dhidden (B, L, dim) for a trained text encoder.
     Buffer dtxt = state_.train_te ? be.alloc(txt.hidden.size(), DType::F32, "train.dtxt") : Buffer();
     state_.dit->backward(flow_.dv.f32(), state_.train_te ? dtxt.f32() : nullptr);
@@ -167,6 +315,15 @@ class TrainLoop {
     return loss;
   }
 
+  dist::Communicator& comm_;
+  dist::GradientSum grads_;  // the step's gradient reduction (one place: dist/grad_sync.h)
+  const bool writer_;        // rank 0: writes logs, samples, checkpoints, sends notifications
+  SpikeGuard guard_;
+  Notifier notifier_;
+  std::optional<TrainLog> log_;
+  std::chrono::steady_clock::time_point t_run_;
+  int64_t start_step_ = 0;
+  std::string last_sample_;  // the newest sample grid ("" = none yet)
   const TrainConfig& cfg_;
   const LatentCodec& codec_;
   BatchSource& data_;
@@ -176,19 +333,43 @@ class TrainLoop {
   const TimestepSampling sampling_;
   LrSchedule sched_;
   MicroBatch batch_;              // reused every micro-step
+  MicroBatch skipped_;            // other ranks' micro-batches, read past
+  std::string bad_batch_;         // files of this rank's first micro-batch of the step with a non-finite loss
   FlowTensors flow_;
 };
 
 }  // namespace
 
-TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume_state, int64_t stop_after) {
+namespace {
+
+// A resumed run must keep the checkpoint's global batch when the world size changed (the micro-batch places
+// and the reduction order follow from it): names the gradient_accumulation_steps that keeps it.
+void check_global_batch(const TrainState& state, const TrainConfig& cfg, int ranks) {
+  const int64_t now = global_batch(cfg, ranks);
+  if (state.global_batch == 0 || state.global_batch == now) return;
+  const int64_t per = (int64_t)ranks * cfg.train_batch_size;
+  fail_collective_all("the checkpoint was trained with ", state.global_batch, " samples per step, this run has ", ranks,
+                      " rank(s) × train_batch_size ", cfg.train_batch_size, " × gradient_accumulation_steps ",
+                      cfg.gradient_accumulation_steps, " = ", now, ": ",
+                      state.global_batch % per == 0
+                          ? str("set gradient_accumulation_steps = ", state.global_batch / per,
+                                " to continue the same run on ", ranks, " rank(s)")
+                          : str("choose ranks × train_batch_size × gradient_accumulation_steps = ", state.global_batch));
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume_state, int64_t stop_after,
+                  dist::Communicator* comm_in) {
+  dist::SingleProcess single;
+  dist::Communicator& comm = comm_in ? *comm_in : single;
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   cfg.validate();
   const LatentCodec codec = LatentCodec::open(cfg.codec, cfg.pixels_stride, cfg.vae, be, "vae =");
   // The data, its provenance checked before anything else runs.
   ProvenanceCheck prov;
   std::unique_ptr<BatchSource> data = open_batch_source(cfg, codec, prov);
-  if (prov.has_manifest) {
+  if (prov.has_manifest && comm.rank() == 0) {
     std::string lic;
     for (const auto& [l, n] : prov.summary.licenses) lic += str(lic.empty() ? "" : ", ", l, " ", n);
     std::fprintf(stderr, "provenance: %zu images in %zu manifest(s), licences %s, digest %s\n", prov.summary.images,
@@ -198,21 +379,36 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
   TrainState state(be);
   if (!resume_state.empty()) {
     load_state(state, resume_state == "latest" ? latest_state(state_dir(cfg)) : resume_state, cfg);
+    check_global_batch(state, cfg, comm.size());
   } else {
     state.create_models(cfg, codec, *data);
     state.init_optimizers(cfg);
   }
   // What this invocation trains on (a resumed run records the data it continues with).
   std::string provenance = prov.has_manifest ? prov.summary.to_json() : "";
-  std::fprintf(stderr, "model: DiT %lld parameters%s, text encoder %zu parameters (%s)\n",
-               (long long)state.dit->config().param_count(), "", state.te->t5().layout().total(),
-               state.train_te ? "trained jointly" : "frozen");
+  if (comm.rank() == 0)
+    std::fprintf(stderr, "model: DiT %lld parameters%s, text encoder %zu parameters (%s)\n",
+                 (long long)state.dit->config().param_count(), "", state.te->t5().layout().total(),
+                 state.train_te ? "trained jointly" : "frozen");
   data->set_text_encoder(*state.te, state.train_te);
-  if (cfg.mixed_precision == "bf16") std::fprintf(stderr, "mixed precision: bf16 GEMMs, F32 master weights\n");
+  if (comm.size() > 1 && comm.rank() == 0)
+    std::fprintf(stderr, "data parallel: %d ranks (%s) × train_batch_size %d × gradient_accumulation_steps %d = %lld "
+                 "samples per step\n", comm.size(), comm.name(), cfg.train_batch_size, cfg.gradient_accumulation_steps,
+                 (long long)global_batch(cfg, comm.size()));
+  if (cfg.mixed_precision == "bf16" && comm.rank() == 0)
+    std::fprintf(stderr, "mixed precision: bf16 GEMMs, F32 master weights\n");
   TrainResult res;
   {
     MatmulPrecisionScope precision(be, cfg.mixed_precision == "bf16" ? MatmulPrecision::BF16 : MatmulPrecision::F32);
-    res = TrainLoop(cfg, codec, *data, state, std::move(provenance)).run(stop_after);
+    state.global_batch = global_batch(cfg, comm.size());
+    try {
+      res = TrainLoop(cfg, codec, *data, state, std::move(provenance), comm).run(stop_after);
+    } catch (const std::exception& e) {
+      if (comm.rank() == 0)
+        notify_event(cfg.notify_url, "failure", {{"run", cfg.output_name}, {"output_dir", cfg.output_dir},
+                                                 {"step", state.step}, {"error", e.what()}});
+      throw;
+    }
   }
   data->report(res);
   return res;
