@@ -4,6 +4,7 @@
 //   loss, backward: all on the backend) → gradient norm → AdamW with the clipping scale → EMA → log and
 //   progress → sample previews, checkpoint.
 #include "train/trainer.h"
+#include "core/crash_point.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/provenance.h"
@@ -12,6 +13,8 @@
 #include "models/codec.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
+#include "train/run_folder.h"
+#include "train/train_memory.h"
 #include "train/samples.h"
 #include "train/train_log.h"
 #include "train/train_state.h"
@@ -75,6 +78,9 @@ class TrainLoop {
     const int64_t samples_per_step = (int64_t)cfg_.train_batch_size * cfg_.gradient_accumulation_steps;
     TrainLog log(cfg_, start_step);
     double last_loss = 0;
+    // Resumed at the end: the run was stopped after its last checkpoint, maybe inside the export. Write the
+    // model files again from that state (the same bytes an unbroken export writes).
+    if (state_.step >= cfg_.max_train_steps) save_outputs(log);
     while (state_.step < cfg_.max_train_steps) {
       const auto t0 = std::chrono::steady_clock::now();
       // Gradients of B · gradient_accumulation_steps samples.
@@ -103,12 +109,8 @@ class TrainLoop {
       if (cfg_.sample_every_n_steps > 0 && !cfg_.sample_prompts.empty() &&
           (state_.step % cfg_.sample_every_n_steps == 0 || last))
         write_samples(state_, codec_, cfg_);
-      if ((cfg_.save_every_n_steps > 0 && state_.step % cfg_.save_every_n_steps == 0) || last || stopping) {
-        const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
-        save_state(state_, cfg_, run_data);
-        save_models(state_, cfg_, run_data);
-        log.write_loss_plot();
-      }
+      if ((cfg_.save_every_n_steps > 0 && state_.step % cfg_.save_every_n_steps == 0) || last || stopping)
+        save_outputs(log);
       if (stopping) break;
     }
     log.end_progress();
@@ -122,6 +124,16 @@ class TrainLoop {
   }
 
  private:
+  // The model files, then the checkpoint (so a checkpoint never exists without the model files of its step),
+  // then the loss plot.
+  void save_outputs(TrainLog& log) {
+    const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
+    save_models(state_, cfg_, run_data);
+    save_state(state_, cfg_, run_data);
+    log.write_loss_plot();
+    crash_point("train.saved");
+  }
+
   // Forward and backward of micro-batch `micro` of the current step, gradients scaled by 1/accumulation
   // steps and added to the models' gradients. Returns the batch's loss.
   double micro_step(int micro) {
@@ -174,7 +186,12 @@ class TrainLoop {
 TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume_state, int64_t stop_after) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   cfg.validate();
+  RunFolder folder(cfg, !resume_state.empty());  // locked for the run; an earlier run's files refused or removed
+  const std::string resume_path =
+      resume_state.empty() ? "" : resume_state == "latest" ? latest_state(state_dir(cfg)) : resume_state;
+  if (!resume_path.empty()) check_resume_config(resume_path, cfg);
   const LatentCodec codec = LatentCodec::open(cfg.codec, cfg.pixels_stride, cfg.vae, be, "vae =");
+  if (cfg.memory_check) check_train_memory(cfg, resume_path, codec.channels(), codec.stride);
   // The data, its provenance checked before anything else runs.
   ProvenanceCheck prov;
   std::unique_ptr<BatchSource> data = open_batch_source(cfg, codec, prov);
@@ -187,7 +204,7 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
   // The models: from a checkpoint, or new.
   TrainState state(be);
   if (!resume_state.empty()) {
-    load_state(state, resume_state == "latest" ? latest_state(state_dir(cfg)) : resume_state, cfg);
+    load_state(state, resume_path, cfg);
   } else {
     state.create_models(cfg, codec, *data);
     state.init_optimizers(cfg);
