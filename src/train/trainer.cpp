@@ -186,12 +186,7 @@ class TrainLoop {
 TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume_state, int64_t stop_after) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   cfg.validate();
-  RunFolder folder(cfg, !resume_state.empty());  // locked for the run; an earlier run's files refused or removed
-  const std::string resume_path =
-      resume_state.empty() ? "" : resume_state == "latest" ? latest_state(state_dir(cfg)) : resume_state;
-  if (!resume_path.empty()) check_resume_config(resume_path, cfg);
   const LatentCodec codec = LatentCodec::open(cfg.codec, cfg.pixels_stride, cfg.vae, be, "vae =");
-  if (cfg.memory_check) check_train_memory(cfg, resume_path, codec.channels(), codec.stride);
   // The data, its provenance checked before anything else runs.
   ProvenanceCheck prov;
   std::unique_ptr<BatchSource> data = open_batch_source(cfg, codec, prov);
@@ -201,6 +196,13 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
     std::fprintf(stderr, "provenance: %zu images in %zu manifest(s), licences %s, digest %s\n", prov.summary.images,
                  prov.manifests.size(), lic.c_str(), prov.summary.digest.c_str());
   }
+  // The output folder, locked for the run (nothing is written before the data's checks); an earlier run's files
+  // are refused or removed; the checkpoint must match the config's model; the plan must fit in memory.
+  RunFolder folder(cfg, !resume_state.empty());
+  const std::string resume_path =
+      resume_state.empty() ? "" : resume_state == "latest" ? latest_state(state_dir(cfg)) : resume_state;
+  if (!resume_path.empty()) check_resume_config(resume_path, cfg);
+  if (cfg.memory_check) check_train_memory(cfg, resume_path, codec.channels(), codec.stride);
   // The models: from a checkpoint, or new.
   TrainState state(be);
   if (!resume_state.empty()) {
