@@ -120,6 +120,40 @@ void write_atomic(const std::string& path, const std::function<void(const Atomic
   ::close(dfd);
 }
 
+StagedFiles::~StagedFiles() {
+  if (committed_) return;
+  for (const std::string& p : paths_) ::unlink(atomic_temp_path(p, (long)::getpid()).c_str());
+}
+
+std::string StagedFiles::stage(const std::string& path) {
+  paths_.push_back(path);
+  return atomic_temp_path(path, (long)::getpid());
+}
+
+void StagedFiles::commit() {
+  const long pid = (long)::getpid();
+  for (const std::string& p : paths_) {
+    const std::string tmp = atomic_temp_path(p, pid);
+    crash_point("atomic.rename");
+    if (::rename(tmp.c_str(), p.c_str()) != 0) {
+      int e = errno;
+      fail(p, ": cannot write: renaming ", tmp, " over it failed: ", errno_text(e));
+    }
+  }
+  committed_ = true;
+  crash_point("atomic.renamed");
+  for (const std::string& p : paths_) {
+    const std::string dir = dir_of(p);
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || (::fsync(dfd) != 0 && errno != EINVAL && errno != ENOTSUP)) {
+      int e = errno;
+      if (dfd >= 0) ::close(dfd);
+      fail(p, ": written, but fsync of directory ", dir, " failed: ", errno_text(e));
+    }
+    ::close(dfd);
+  }
+}
+
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   write_atomic(path, [&](const AtomicPut& put) { put(bytes.data(), bytes.size()); });
 }

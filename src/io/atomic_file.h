@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace oboro {
 
@@ -16,6 +17,24 @@ using AtomicPut = std::function<void(const void* data, size_t n)>;
 void write_atomic(const std::string& path, const std::function<void(const AtomicPut&)>& body);
 // Write `bytes` to `path` atomically.
 void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// Files that belong together (a model and its text encoder), replaced together: each is first written in full
+// (by any writer, e.g. write_atomic or SafetensorsWriter) to the temp name stage() returns, then commit() renames
+// them over their paths in order and fsyncs their folders. A failure while writing leaves every old file as it
+// was; the destructor removes the temps of an uncommitted set.
+class StagedFiles {
+ public:
+  StagedFiles() = default;
+  StagedFiles(const StagedFiles&) = delete;
+  StagedFiles& operator=(const StagedFiles&) = delete;
+  ~StagedFiles();
+  std::string stage(const std::string& path);  // atomic_temp_path(path, this process)
+  void commit();
+
+ private:
+  std::vector<std::string> paths_;
+  bool committed_ = false;
+};
 
 // The temp file of `path` for process `pid`: "<path>.tmp.<pid>".
 std::string atomic_temp_path(const std::string& path, long pid);
