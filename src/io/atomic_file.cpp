@@ -54,8 +54,14 @@ int remove_stale_temps(const std::string& dir) {
   return removed;
 }
 
-void write_atomic(const std::string& path, const std::function<void(const AtomicPut&)>& body) {
-  const std::string tmp = atomic_temp_path(path, (long)::getpid());
+void write_atomic(const std::string& target, const std::function<void(const AtomicPut&)>& body) {
+  const std::string tmp = atomic_temp_path(target, (long)::getpid());
+  // Errors name the file the user knows: a StagedFiles temp ("x.safetensors.tmp.PID") by its final name.
+  const std::string staged_suffix = ".tmp." + std::to_string((long)::getpid());
+  const std::string path = target.size() > staged_suffix.size() &&
+                                   target.compare(target.size() - staged_suffix.size(), staged_suffix.size(), staged_suffix) == 0
+                               ? target.substr(0, target.size() - staged_suffix.size())
+                               : target;
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) {
     int e = errno;
@@ -94,7 +100,7 @@ void write_atomic(const std::string& path, const std::function<void(const Atomic
       fail(path, ": cannot write: closing ", tmp, " failed: ", errno_text(e));
     }
     crash_point("atomic.rename");
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    if (::rename(tmp.c_str(), target.c_str()) != 0) {
       int e = errno;
       fail(path, ": cannot write: renaming ", tmp, " over it failed: ", errno_text(e));
     }
@@ -106,7 +112,7 @@ void write_atomic(const std::string& path, const std::function<void(const Atomic
   crash_point("atomic.renamed");
   // Make the rename durable. The new file is already in place; a failure here is still
   // reported because the caller asked for durability.
-  const std::string dir = dir_of(path);
+  const std::string dir = dir_of(target);
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) {
     int e = errno;

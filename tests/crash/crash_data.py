@@ -134,8 +134,8 @@ def main():
     rounds = kills_ingest = 0
     while kills_ingest < a.kills:  # each round starts a fresh manifest (an ingest that finished has nothing left)
         rounds += 1
-        if rounds > 10:
-            bad.append(f"ingest: only {kills_ingest} kills landed in 10 rounds")
+        if rounds > 4 * a.kills:
+            bad.append(f"ingest: only {kills_ingest} kills landed in {rounds - 1} rounds")
             break
         for p in (db, db + "-wal", db + "-shm", db + "-journal"):
             if os.path.exists(p):
@@ -169,8 +169,8 @@ def main():
     work_db = os.path.join(wd, "cache_work.db")
     while kills_cache < a.kills:
         rounds += 1
-        if rounds > 10:
-            bad.append(f"cache: only {kills_cache} kills landed in 10 rounds")
+        if rounds > 4 * a.kills:
+            bad.append(f"cache: only {kills_cache} kills landed in {rounds - 1} rounds")
             break
         shutil.rmtree(cache, ignore_errors=True)
         shutil.copyfile(db, work_db)

@@ -98,9 +98,15 @@ def log_lines(path):
         return [STRIP_TIMING.sub("", l) for l in f.read().decode().splitlines()]
 
 
-def has_checkpoint(out):
+def checkpoints(out):
+    """The finished checkpoints (not temp files), oldest first."""
     d = os.path.join(out, "state")
-    return os.path.isdir(d) and any(n.startswith("step-") and n.endswith(".safetensors") for n in os.listdir(d))
+    return sorted(n for n in os.listdir(d) if n.startswith("step-") and n.endswith(".safetensors")) \
+        if os.path.isdir(d) else []
+
+
+def has_checkpoint(out):
+    return bool(checkpoints(out))
 
 
 def has_earlier_run(out):
@@ -166,7 +172,7 @@ def main():
             sys.exit(f"FAIL: only {kills} of {a.kills} kills landed in {attempts - 1} runs")
         cmd = cmd_base + (["--resume", "latest"] if has_checkpoint(out) else ["--overwrite"] if has_earlier_run(out) else [])
         # Aim inside what is left of the run: 4 atomic writes per save (text encoder, DiT, checkpoint, loss.svg).
-        done = int(sorted(os.listdir(os.path.join(out, "state")))[-1][5:13]) if has_checkpoint(out) else 0
+        done = int(checkpoints(out)[-1][5:13]) if has_checkpoint(out) else 0
         saves_left = max(1, (a.steps - done) // 2)
         kill = pick_kill(rng, ATOMIC_POINTS + ["train.saved"], 4 * saves_left, t_ref * (a.steps - done) / a.steps)
         rc, err, killed = kill_run(cmd, kill)
@@ -180,7 +186,7 @@ def main():
         kind = kill[1].split("#")[0] if kill[0] == "point" else "wall-clock"
         by_kind[kind] = by_kind.get(kind, 0) + 1
         temps_seen += len(temp_files(out))
-        steps = sorted(n for n in os.listdir(os.path.join(out, "state"))) if has_checkpoint(out) else []
+        steps = checkpoints(out)
         log(f"  kill {kills}: {kill[0]} {kill[1] if kill[0] == 'point' else f'{kill[1]:.2f} s'}"
             f" -> latest checkpoint {steps[-1] if steps else 'none'}")
     # Run to the end.
