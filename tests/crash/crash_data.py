@@ -166,6 +166,7 @@ def main():
     t_cache = clock() - t0
     ref_ok, ref_n, ref_content = cache_content(ref_db, ref_cache)
     rounds = kills_cache = 0
+    cache_kinds = {}
     work_db = os.path.join(wd, "cache_work.db")
     while kills_cache < a.kills:
         rounds += 1
@@ -177,6 +178,8 @@ def main():
         n, _, kinds, _ = kill_loop("cache", cache_cmd(work_db, cache), rng, a.kills - kills_cache, t_cache,
                                    ATOMIC_POINTS)
         kills_cache += n
+        for k, v in kinds.items():
+            cache_kinds[k] = cache_kinds.get(k, 0) + v
         run(cache_cmd(work_db, cache))
         ok, count, content = cache_content(work_db, cache)
         if ok != "ok":
@@ -188,7 +191,8 @@ def main():
             bad.append(f"cache: {len(diff)} of {len(ref_content)} entries differ from the reference's")
         if temp_files(cache):
             bad.append(f"cache: temp files left: {temp_files(cache)}")
-    log(f"cache: {ref_n} entries in {t_cache:.2f} s uninterrupted; {kills_cache} kills in {rounds} round(s); "
+    log(f"cache: {ref_n} entries in {t_cache:.2f} s uninterrupted; {kills_cache} kills "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(cache_kinds.items()))}) in {rounds} round(s); "
         f"{clock():.1f} s in all")
     if bad:
         sys.exit("FAIL:\n  " + "\n  ".join(bad))
