@@ -88,7 +88,10 @@ RunFolder::RunFolder(const TrainConfig& cfg, bool resuming) {
 }
 
 RunFolder::~RunFolder() {
-  if (fd_ >= 0) ::close(fd_);  // closing releases the flock
+  if (fd_ < 0) return;
+  if (::ftruncate(fd_, 0) != 0) {  // the PID is the holder's only while it holds the lock
+  }
+  ::close(fd_);  // closing releases the flock
 }
 
 std::vector<std::string> earlier_run_files(const TrainConfig& cfg) {
