@@ -10,7 +10,8 @@ run of the same config:
     is removed (train/train_log.h states the rule);
   * no temp file (NAME.tmp.PID) is left;
   * the final invocation exits 0 and prints the model path.
-Also: a finished run killed inside its last export and resumed re-exports (the model equals the reference's).
+Also: a finished run killed inside its last export and resumed re-exports (the model equals the reference's);
+while another process holds the output folder's lock, a run is refused naming the folder and that PID.
 
   crash_train.py --oboro build/oboro --workdir DIR [--kills 20] [--steps 16] [--seed 1]
 """
@@ -206,6 +207,24 @@ def main():
         if not same_bytes(os.path.join(ref, f), os.path.join(out, f)):
             bad.append(f"{f} after a resume of the finished run differs from the reference")
     bad += [b for b in compare(ref, out) if b not in bad]
+
+    # Two processes, one folder: while another process holds the folder's lock, a run is refused in one line
+    # naming the folder and the holder's PID, and writes nothing.
+    import fcntl
+    with open(os.path.join(out, ".oboro.lock"), "r+") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        lk.truncate(0)
+        lk.write(f"{os.getpid()}\n")
+        lk.flush()
+        before = {f: os.path.getmtime(os.path.join(out, f)) for f in files_under(out)}
+        rc4, err4, _ = run(cmd_base + ["--resume", "latest"], check=False)
+        lines = [l for l in err4.splitlines() if l.startswith("oboro: error:")]
+        want = f"oboro: error: {out}: another oboro run (PID {os.getpid()}) is training into this output folder"
+        if rc4 == 0 or len(lines) != 1 or not lines[0].startswith(want):
+            bad.append(f"a run into a locked folder: exit {rc4}, stderr {err4.strip()[-300:]}")
+        if {f: os.path.getmtime(os.path.join(out, f)) for f in files_under(out)} != before:
+            bad.append("a run into a locked folder changed files")
+        fcntl.flock(lk, fcntl.LOCK_UN)
 
     log(f"{kills} kills ({', '.join(f'{k} {v}' for k, v in sorted(by_kind.items()))}) in {attempts} runs, "
         f"{temps_seen} temp files left by kills (all removed by the next start), {clock():.1f} s in all")
