@@ -7,6 +7,7 @@
 #include "flow/generate.h"
 #include "flow/infotext.h"
 #include "flow/request_check.h"
+#include "io/atomic_file.h"
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -223,6 +224,7 @@ void register_generate(CLI::App& app) {
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fs::create_directories(dir);
+    remove_stale_temps(dir.string());  // images of a run killed while saving them (io/atomic_file.h)
     int idx = next_index(dir);
     if (!o->grid.empty()) {
       std::vector<Image> ims;

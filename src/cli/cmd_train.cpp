@@ -2,6 +2,7 @@
 // `mpirun -np N oboro train ...` (docs/distributed.md).
 #include "cli/commands.h"
 #include "cli/validators.h"
+#include "core/error.h"
 #include "dist/communicator.h"
 #include "train/trainer.h"
 #include <cstdio>
@@ -27,7 +28,12 @@ std::vector<std::string> own_command_without(const std::string& drop) {
 }  // namespace
 
 void register_train(CLI::App& app) {
-  struct Opts { std::string config, resume, notify_url; int64_t stop_after = 0; int threads = 0; bool supervise = false; };
+  struct Opts {
+    std::string config, resume, notify_url;
+    int64_t stop_after = 0;
+    int threads = 0;
+    bool supervise = false, overwrite = false, no_memory_check = false;
+  };
   auto o = std::make_shared<Opts>();
   auto* c = app.add_subcommand("train", "Train (or fine-tune) a model with the I-CFM flow-matching objective");
   c->add_option("--config,--config_file", o->config, "training config (kohya-style TOML)")->required()->check(CLI::ExistingFile);
@@ -40,6 +46,9 @@ void register_train(CLI::App& app) {
   c->add_flag("--supervise", o->supervise,
               "one process: rerun this command with --resume latest after a crash, kill or hang (oboro supervise's "
               "defaults; under mpirun, wrap mpirun in `oboro supervise --` instead)");
+  c->add_flag("--overwrite", o->overwrite,
+              "a new run into an output_dir that holds an earlier run: delete that run's model, checkpoints, log and samples first");
+  c->add_flag("--no-memory-check", o->no_memory_check, "run even when the training memory plan exceeds the available memory");
   c->callback([o] {
     if (o->supervise) {
       if (dist::launched_with_mpi())
@@ -49,6 +58,9 @@ void register_train(CLI::App& app) {
     TrainConfig cfg = TrainConfig::from_toml(o->config);
     if (o->threads > 0) cfg.threads = o->threads;
     if (!o->notify_url.empty()) cfg.notify_url = o->notify_url;
+    if (o->overwrite && !o->resume.empty()) fail("--overwrite starts a new run and --resume continues one: give only one");
+    cfg.overwrite = o->overwrite;
+    cfg.memory_check = !o->no_memory_check;
     // The world: one process, or the ranks of an MPI launcher (MPI initialised only then).
     std::unique_ptr<dist::Communicator> comm = dist::open_world(cfg.collective_timeout);
     TrainResult r;

@@ -1,6 +1,7 @@
 // oboro: one binary for generate / train / data / convert / eval / bench / info / init / debug.
 #include "cli/commands.h"
 #include "core/error.h"
+#include "flow/memory_plan.h"  // current_rss_bytes
 #include <cstdio>
 #include <exception>
 
@@ -38,7 +39,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "oboro: error: %s\n", e.what());
     return 1;
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "oboro: error: out of memory: use a smaller model, batch or image size\n");
+    // A host allocation outside the backends' allocators (which name their buffer) failed.
+    std::fprintf(stderr, "oboro: error: out of memory: a host allocation failed with %zu MiB already in use: use a "
+                 "smaller model, batch or image size, or free memory\n", oboro::current_rss_bytes() >> 20);
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "oboro: error: %s\n", e.what());

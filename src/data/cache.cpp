@@ -7,6 +7,7 @@
 #include "data/buckets.h"
 #include "data/progress.h"
 #include "io/image.h"
+#include "io/atomic_file.h"
 #include "models/codec.h"
 #include "models/text_encoder.h"
 #include "ops/backend.h"
@@ -141,6 +142,7 @@ CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
   std::error_code ec;
   fs::create_directories(opt.out_dir, ec);
   if (ec || !fs::is_directory(opt.out_dir)) fail(opt.out_dir, ": cannot create the cache folder: ", ec.message());
+  remove_stale_temps(opt.out_dir);  // shards of a run killed while writing them (io/atomic_file.h)
   sql::Db& db = m.db();
   const std::string shard_tag = opt.shard.count > 1 ? "-s" + std::to_string(opt.shard.index) + "of" + std::to_string(opt.shard.count) : "";
   const LatentCodec lc = LatentCodec::open(opt.codec, opt.pixels_stride, opt.vae, be, "--vae");

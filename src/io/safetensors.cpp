@@ -42,7 +42,6 @@ namespace {
 constexpr uint64_t kMaxHeader = 100ull * 1000 * 1000;  // 100 MB, as the reference implementation
 constexpr size_t kMaxRank = 64;
 constexpr int kMaxJsonDepth = 64;
-constexpr size_t kWriteChunk = size_t(64) << 20;
 
 const DType kAllDTypes[] = {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F64, DType::I64,
                             DType::I32, DType::I16, DType::I8,   DType::U8,      DType::BOOL};
@@ -177,74 +176,6 @@ bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
 
-std::string dir_of(const std::string& path) {
-  auto p = std::filesystem::path(path).parent_path();
-  return p.empty() ? std::string(".") : p.string();
-}
-
-// ---- atomic file writing ----
-
-using PutFn = std::function<void(const void*, size_t)>;
-
-void atomic_write(const std::string& path, const std::function<void(const PutFn&)>& body) {
-  const std::string tmp = path + ".tmp." + std::to_string((long)::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    int e = errno;
-    fail(path, ": cannot write: creating temporary file ", tmp, " failed: ", errno_text(e),
-         e == ENOENT ? " (does the directory exist?)" : "");
-  }
-  try {
-    PutFn put = [&](const void* data, size_t n) {
-      const char* p = static_cast<const char*>(data);
-      while (n > 0) {
-        size_t chunk = std::min(n, kWriteChunk);
-        ssize_t w = ::write(fd, p, chunk);
-        if (w < 0) {
-          if (errno == EINTR) continue;
-          int e = errno;
-          fail(path, ": cannot write: writing ", tmp, " failed: ", errno_text(e));
-        }
-        if (w == 0) fail(path, ": cannot write: writing ", tmp, " made no progress");
-        p += w;
-        n -= (size_t)w;
-      }
-    };
-    body(put);
-    if (::fsync(fd) != 0) {
-      int e = errno;
-      fail(path, ": cannot write: fsync of ", tmp, " failed: ", errno_text(e));
-    }
-    int c = ::close(fd);
-    fd = -1;
-    if (c != 0) {
-      int e = errno;
-      fail(path, ": cannot write: closing ", tmp, " failed: ", errno_text(e));
-    }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      int e = errno;
-      fail(path, ": cannot write: renaming ", tmp, " over it failed: ", errno_text(e));
-    }
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // Make the rename durable. The new file is already in place; a failure here is still
-  // reported because the caller asked for durability.
-  const std::string dir = dir_of(path);
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) {
-    int e = errno;
-    fail(path, ": written, but opening directory ", dir, " to fsync it failed: ", errno_text(e));
-  }
-  if (::fsync(dfd) != 0 && errno != EINVAL && errno != ENOTSUP) {
-    int e = errno;
-    ::close(dfd);
-    fail(path, ": written, but fsync of directory ", dir, " failed: ", errno_text(e));
-  }
-  ::close(dfd);
-}
 
 }  // namespace
 
@@ -698,7 +629,7 @@ void SafetensorsWriter::write(const std::string& path) const {
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = (uint8_t)((uint64_t)hs.size() >> (8 * i));
 
-  atomic_write(path, [&](const PutFn& put) {
+  write_atomic(path, [&](const AtomicPut& put) {
     put(len, 8);
     put(hs.data(), hs.size());
     for (const auto* p : order) {
@@ -714,8 +645,5 @@ void SafetensorsWriter::write(const std::string& path) const {
   });
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  atomic_write(path, [&](const PutFn& put) { put(bytes.data(), bytes.size()); });
-}
 
 }  // namespace oboro

@@ -4,6 +4,7 @@
 // then the data section; offsets are relative to the start of the data section.
 #pragma once
 #include "core/tensor.h"
+#include "io/atomic_file.h"  // write_file_atomic (callers include it through this header)
 #include <map>
 #include <memory>
 #include <string>
@@ -91,7 +92,5 @@ class SafetensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
-// Write `bytes` to `path` atomically (temp + fsync + rename + fsync dir).
-void write_file_atomic(const std::string& path, const std::string& bytes);
 
 }  // namespace oboro

@@ -1,4 +1,5 @@
 #include "ops/buffer.h"
+#include <new>
 #include "core/error.h"
 #include "ops/backend.h"
 
@@ -31,7 +32,14 @@ Buffer Backend::alloc(size_t n, DType t, const char* what) {
   b.be_ = this;
   b.n_ = n;
   b.dtype_ = t;
-  b.ptr_ = alloc_bytes(n * dtype_size(t), what);
+  const size_t bytes = n * dtype_size(t);
+  try {
+    b.ptr_ = alloc_bytes(bytes, what);
+  } catch (const std::bad_alloc&) {  // a backend whose allocator throws: the same one line as a null return
+    b.be_ = nullptr;
+    fail("out of memory allocating ", bytes >> 20, " MiB (", bytes, " bytes) for ", what,
+         " on the ", name(), " backend: use a smaller model, batch or image size");
+  }
   return b;
 }
 

@@ -19,6 +19,15 @@ bool drop_caption(const TrainConfig& cfg, const StepRng& rng, int b) {
   return uniform_at(cfg.seed, rng.stream(kSlotDropout), (uint64_t)b) < cfg.caption_dropout_rate;
 }
 
+// A data position read from a training state must lie inside this dataset's epoch (`n` images or batches):
+// a checkpoint of another dataset, or a damaged one, is an error, not an out-of-range read.
+void check_position(const DataPosition& pos, size_t n, const char* what) {
+  if (pos.epoch < 0 || pos.index < 0 || (uint64_t)pos.index >= n)
+    fail("the training state's data position (epoch ", pos.epoch, ", ", what, " index ", pos.index,
+         ") is outside this dataset's epoch of ", n, " ", what, ": the checkpoint was made with other data or is "
+         "damaged; resume with the data it was trained on, from another checkpoint, or start a new run");
+}
+
 // ---------------------------------------------------------------- a folder of images
 
 // Position: index = the next image of the epoch's permutation of the dataset's entries.
@@ -72,6 +81,7 @@ class FolderBatches final : public BatchSource {
   }
 
   size_t next_entry(DataPosition& pos) {
+    check_position(pos, data_.size(), "images");
     if (perm_epoch_ != pos.epoch) perm_ = epoch_permutation(data_.size(), cfg_.seed, pos.epoch), perm_epoch_ = pos.epoch;
     const size_t e = perm_[(size_t)pos.index];
     if (++pos.index >= (int64_t)data_.size()) pos.index = 0, ++pos.epoch;
@@ -98,10 +108,12 @@ class CachedBatches final : public BatchSource {
 
   void next(DataPosition& pos, const StepRng& rng, MicroBatch& out) override {
     const int B = cfg_.train_batch_size, s = codec_.stride;
+    if (pos.epoch < 0) check_position(pos, 1, "batches");
     if (batches_epoch_ != pos.epoch) {
       batches_ = data_.epoch_batches(pos.epoch, B, cfg_.seed);
       batches_epoch_ = pos.epoch;
     }
+    check_position(pos, batches_.size(), "batches");
     const CachedDataset::Batch bt = batches_[(size_t)pos.index];
     if (++pos.index >= (int64_t)batches_.size()) pos.index = 0, ++pos.epoch;
     // B latents of one bucket, at the bucket's size.

@@ -2,6 +2,7 @@
 #include "core/base64.h"
 #include "core/error.h"
 #include "flow/infotext.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "train/trainer.h"
 #include <nlohmann/json.hpp>
@@ -129,7 +130,10 @@ void load_state(TrainState& state, const std::string& path, const TrainConfig& c
 void save_models(TrainState& state, const TrainConfig& cfg, const RunData& data) {
   fs::create_directories(cfg.output_dir);
   EmaWeightsInModels ema(state);  // inference weights: EMA when enabled
-  state.te->save(text_encoder_path(cfg));
+  // Both files are written in full before either replaces its old version: a failed export (full disk) leaves
+  // the previous model and text encoder as a matching pair.
+  StagedFiles files;
+  state.te->save(files.stage(text_encoder_path(cfg)));
   json summary = {{"steps", state.step},
                   {"samples_seen", state.samples_seen},
                   {"loss_ema", state.loss_ema},
@@ -146,7 +150,8 @@ void save_models(TrainState& state, const TrainConfig& cfg, const RunData& data)
                                            {"ss_seed", std::to_string(cfg.seed)},
                                            {"ss_num_train_images", std::to_string(data.num_images)}};
   if (!data.provenance.empty()) md["oboro.dataset"] = data.provenance;
-  state.dit->save(model_path(cfg), md);
+  state.dit->save(files.stage(model_path(cfg)), md);
+  files.commit();
 }
 
 // ---------------------------------------------------------------- export (`oboro convert --from-state`)

@@ -72,6 +72,8 @@ struct TrainConfig {
   int spike_window = 50;
   double spike_lr_factor = 0.5;
   bool progress = true;                  // API/CLI only (not a TOML key, not in the JSON)
+  bool overwrite = false;                // API/CLI only: a new run may delete an earlier run's files (train/run_folder.h)
+  bool memory_check = true;              // API/CLI only: refuse a run whose memory plan exceeds the budget
 
   // Flat kohya-style keys (tables such as [model] only group them); unknown keys, wrong types and invalid
   // TOML are errors naming the file (and line); paths are taken relative to the config file.

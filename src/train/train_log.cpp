@@ -1,5 +1,6 @@
 #include "train/train_log.h"
-#include "io/safetensors.h"
+#include "core/error.h"
+#include "io/atomic_file.h"
 #include "train/plot.h"
 #include <nlohmann/json.hpp>
 #include <unistd.h>
@@ -28,9 +29,30 @@ std::string fmt_time(double s) {
 
 }  // namespace
 
+// Rewrites log.jsonl (atomically) with its records of steps 1..last_step, in order: the records an
+// interrupted run wrote after its last checkpoint go, and so does a torn line.
+static void keep_records_until(const std::string& path, int64_t last_step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  bool changed = false;
+  while (std::getline(in, line)) {
+    int64_t step = -1;
+    try {
+      step = json::parse(line).at("step").get<int64_t>();
+    } catch (const json::exception&) {
+    }
+    if (step >= 1 && step <= last_step) kept += line + "\n";
+    else changed = true;
+  }
+  if (changed) write_file_atomic(path, kept);
+}
+
 TrainLog::TrainLog(const TrainConfig& cfg, int64_t start_step) : cfg_(cfg), start_step_(start_step) {
   fs::create_directories(cfg.output_dir);
-  log_.open(log_path(cfg), std::ios::app);
+  if (start_step > 0) keep_records_until(log_path(cfg), start_step);
+  log_.open(log_path(cfg), start_step > 0 ? std::ios::app : std::ios::trunc);
+  if (!log_) fail(log_path(cfg), ": cannot open the training log for writing: check permissions and free space");
   tty_ = cfg.progress && isatty(2);
   start_ = std::chrono::steady_clock::now();
 }
@@ -41,6 +63,7 @@ void TrainLog::record(const StepRecord& r) {
               {"epoch", r.epoch},     {"skipped_images", r.skipped_images}};
   log_ << rec.dump() << "\n";
   log_.flush();
+  if (!log_) fail(log_path(cfg_), ": writing the training log failed (is the disk full?): free some space and resume with --resume latest");
   if (!cfg_.progress) return;
   const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double eta = el / (double)(r.step - start_step_) * (double)(cfg_.max_train_steps - r.step);

@@ -1,5 +1,9 @@
 // What a run reports: output_dir/log.jsonl (one JSON line per optimizer step, appended across resumes),
 // the progress line on stderr, and output_dir/loss.svg (the whole log's loss curve).
+// log.jsonl after interruptions: a resume from step S first drops the records after S (steps the interrupted
+// run did past its last checkpoint, which the resumed run does again) and a torn last line, so the log holds
+// exactly one record per step 1..N in order; every field but samples_per_s (wall-clock timing) is bitwise what
+// an uninterrupted run writes (tests/crash/crash_train.py checks it).
 #pragma once
 #include "train/train_config.h"
 #include <chrono>
@@ -22,8 +26,9 @@ struct StepRecord {
 
 class TrainLog {
  public:
-  // Opens output_dir/log.jsonl for appending (creating output_dir); the progress ETA counts from now and
-  // from `start_step` (the step this invocation starts at).
+  // Opens output_dir/log.jsonl for appending (creating output_dir), first keeping only its records of steps
+  // 1..start_step (a new run, start_step 0, starts an empty log); the progress ETA counts from now and from
+  // `start_step` (the step this invocation starts at).
   TrainLog(const TrainConfig& cfg, int64_t start_step);
   void record(const StepRecord& r);  // the log line (flushed), and the progress line when cfg.progress
   void end_progress();               // ends a terminal's progress line

@@ -13,6 +13,21 @@ namespace fs = std::filesystem;
 
 // ---------------------------------------------------------------- models of a new run
 
+DiTConfig new_dit_config(const TrainConfig& cfg, int text_dim, int latent_channels) {
+  DiTConfig dc = DiTConfig::preset(cfg.model_preset, text_dim, cfg.head_schedule);
+  if (cfg.hidden_size > 0) dc.hidden_size = cfg.hidden_size;
+  if (cfg.ffn_hidden_size > 0) dc.ffn_hidden_size = cfg.ffn_hidden_size;
+  if (cfg.num_layers > 0)
+    dc.heads = cfg.head_schedule == "mmh" ? DiTConfig::mmh_heads(cfg.num_layers)
+                                          : std::vector<int>(cfg.num_layers, std::max(1, dc.hidden_size / 64));
+  if (cfg.head_schedule == "uniform" && cfg.hidden_size > 0) dc.heads.assign(dc.layers(), std::max(1, dc.hidden_size / 64));
+  dc.latent_channels = latent_channels;
+  dc.patch_size = cfg.patch_size;
+  dc.codec = cfg.codec;
+  dc.validate("training config");
+  return dc;
+}
+
 void TrainState::create_models(const TrainConfig& cfg, const LatentCodec& codec, const BatchSource& data) {
   // Text encoder: a frozen pretrained T5, or a small T5 + vocabulary trained here.
   if (!cfg.text_encoder.empty()) {
@@ -43,18 +58,7 @@ void TrainState::create_models(const TrainConfig& cfg, const LatentCodec& codec,
   if (!cfg.pretrained_model.empty()) {
     dit = DiT::load(cfg.pretrained_model, be, WFormat::F32);  // training keeps F32 master weights (formats.md)
   } else {
-    DiTConfig dc = DiTConfig::preset(cfg.model_preset, te->dim(), cfg.head_schedule);
-    if (cfg.hidden_size > 0) dc.hidden_size = cfg.hidden_size;
-    if (cfg.ffn_hidden_size > 0) dc.ffn_hidden_size = cfg.ffn_hidden_size;
-    if (cfg.num_layers > 0)
-      dc.heads = cfg.head_schedule == "mmh" ? DiTConfig::mmh_heads(cfg.num_layers)
-                                            : std::vector<int>(cfg.num_layers, std::max(1, dc.hidden_size / 64));
-    if (cfg.head_schedule == "uniform" && cfg.hidden_size > 0) dc.heads.assign(dc.layers(), std::max(1, dc.hidden_size / 64));
-    dc.latent_channels = codec.channels();
-    dc.patch_size = cfg.patch_size;
-    dc.codec = cfg.codec;
-    dc.validate("training config");
-    dit = std::make_unique<DiT>(dc, be);
+    dit = std::make_unique<DiT>(new_dit_config(cfg, te->dim(), codec.channels()), be);
     dit->init_weights(cfg.seed);
   }
   const DiTConfig& dc = dit->config();

@@ -36,6 +36,10 @@ struct CheckpointTensor {
   size_t size;
 };
 
+// The DiT of a new run without pretrained_model: the preset with the config's overrides, for a text encoder of
+// `text_dim` and a codec of `latent_channels` (validated; errors name the setting).
+DiTConfig new_dit_config(const TrainConfig& cfg, int text_dim, int latent_channels);
+
 class TrainState {
  public:
   explicit TrainState(Backend& backend) : be(backend) {}

@@ -4,6 +4,7 @@
 //   loss, backward: all on the backend) → gradient norm → AdamW with the clipping scale → EMA → log and
 //   progress → sample previews, checkpoint.
 #include "train/trainer.h"
+#include "core/crash_point.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/provenance.h"
@@ -12,6 +13,8 @@
 #include "models/codec.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
+#include "train/run_folder.h"
+#include "train/train_memory.h"
 #include "train/samples.h"
 #include "train/train_log.h"
 #include "train/train_state.h"
@@ -103,6 +106,9 @@ class TrainLoop {
     start_step_ = start_step;
     notify("start", 0);
     double last_loss = 0;
+    // Resumed at the end: the run was stopped after its last checkpoint, maybe inside the export. Write the
+    // model files again from that state (the same bytes an unbroken export writes).
+    if (state_.step >= cfg_.max_train_steps && writer_) save_outputs();
     while (state_.step < cfg_.max_train_steps) {
       const auto t0 = std::chrono::steady_clock::now();
       comm_.set_step(state_.step);
@@ -177,12 +183,19 @@ class TrainLoop {
       if (fs::exists(grid)) last_sample_ = grid.string();
     }
     if ((cfg_.save_every_n_steps > 0 && state_.step % cfg_.save_every_n_steps == 0) || last || stopping) {
-      const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
-      save_state(state_, cfg_, run_data);
-      save_models(state_, cfg_, run_data);
-      log_->write_loss_plot();
+      save_outputs();
       notify("checkpoint", loss, {{"checkpoint", state_path(cfg_, state_.step)}});
     }
+  }
+
+  // Rank 0: the model files, then the checkpoint (so a checkpoint never exists without the model files of its
+  // step), then the loss plot.
+  void save_outputs() {
+    const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
+    save_models(state_, cfg_, run_data);
+    save_state(state_, cfg_, run_data);
+    log_->write_loss_plot();
+    crash_point("train.saved");
   }
 
   // A loss spike at step state_.step + 1: back to the newest checkpoint, that step's data skipped when the run
@@ -375,10 +388,19 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
     std::fprintf(stderr, "provenance: %zu images in %zu manifest(s), licences %s, digest %s\n", prov.summary.images,
                  prov.manifests.size(), lic.c_str(), prov.summary.digest.c_str());
   }
+  // The output folder, locked for the run (nothing is written before the data's checks); an earlier run's files
+  // are refused or removed; the checkpoint must match the config's model; the plan must fit in memory. Rank 0 alone
+  // owns the folder (the other ranks of an MPI run write nothing there).
+  std::optional<RunFolder> folder;
+  if (comm.rank() == 0) folder.emplace(cfg, !resume_state.empty());
+  const std::string resume_path =
+      resume_state.empty() ? "" : resume_state == "latest" ? latest_state(state_dir(cfg)) : resume_state;
+  if (!resume_path.empty()) check_resume_config(resume_path, cfg);
+  if (cfg.memory_check) check_train_memory(cfg, resume_path, codec.channels(), codec.stride);
   // The models: from a checkpoint, or new.
   TrainState state(be);
   if (!resume_state.empty()) {
-    load_state(state, resume_state == "latest" ? latest_state(state_dir(cfg)) : resume_state, cfg);
+    load_state(state, resume_path, cfg);
     check_global_batch(state, cfg, comm.size());
   } else {
     state.create_models(cfg, codec, *data);

@@ -94,7 +94,7 @@ class CpuBackend final : public Backend {
   void* alloc_bytes(size_t n, const char* what) override {
     size_t bytes = ((n + 63) / 64) * 64;
     void* p = std::aligned_alloc(64, bytes ? bytes : 64);
-    if (!p) fail("out of memory allocating ", n >> 20, " MiB for ", what, ": use a smaller model, batch or image size");
+    if (!p) fail("out of memory allocating ", n >> 20, " MiB (", n, " bytes) for ", what, ": use a smaller model, batch or image size");
     std::memset(p, 0, bytes);
     return p;
   }

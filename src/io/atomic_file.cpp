@@ -1,0 +1,167 @@
+#include "io/atomic_file.h"
+#include "core/crash_point.h"
+#include "core/error.h"
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <filesystem>
+#include <system_error>
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace oboro {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr size_t kWriteChunk = size_t(64) << 20;
+
+std::string errno_text(int e) {
+  std::string s = std::system_category().message(e);
+  if (e == ENOSPC || e == EDQUOT) s += " (the disk is full: free some space and run again)";
+  return s;
+}
+
+std::string dir_of(const std::string& path) {
+  auto p = fs::path(path).parent_path();
+  return p.empty() ? std::string(".") : p.string();
+}
+
+}  // namespace
+
+std::string atomic_temp_path(const std::string& path, long pid) { return path + ".tmp." + std::to_string(pid); }
+
+long atomic_temp_owner(const std::string& name) {
+  const auto at = name.rfind(".tmp.");
+  if (at == std::string::npos || at == 0) return -1;
+  const std::string digits = name.substr(at + 5);
+  if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return -1;
+  const long pid = std::stol(digits);
+  return pid > 0 ? pid : -1;
+}
+
+int remove_stale_temps(const std::string& dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const long pid = atomic_temp_owner(it->path().filename().string());
+    if (pid < 0 || pid == (long)::getpid() || !it->is_regular_file(ec)) continue;
+    if (::kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to probe): keep
+    std::error_code rm;
+    if (fs::remove(it->path(), rm)) ++removed;
+  }
+  return removed;
+}
+
+void write_atomic(const std::string& target, const std::function<void(const AtomicPut&)>& body) {
+  const std::string tmp = atomic_temp_path(target, (long)::getpid());
+  // Errors name the file the user knows: a StagedFiles temp ("x.safetensors.tmp.PID") by its final name.
+  const std::string staged_suffix = ".tmp." + std::to_string((long)::getpid());
+  const std::string path = target.size() > staged_suffix.size() &&
+                                   target.compare(target.size() - staged_suffix.size(), staged_suffix.size(), staged_suffix) == 0
+                               ? target.substr(0, target.size() - staged_suffix.size())
+                               : target;
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    int e = errno;
+    fail(path, ": cannot write: creating temporary file ", tmp, " failed: ", errno_text(e),
+         e == ENOENT ? " (does the directory exist?)" : "");
+  }
+  crash_point("atomic.open");
+  try {
+    bool first = true;
+    AtomicPut put = [&](const void* data, size_t n) {
+      const char* p = static_cast<const char*>(data);
+      while (n > 0) {
+        size_t chunk = std::min(n, kWriteChunk);
+        ssize_t w = ::write(fd, p, chunk);
+        if (w < 0) {
+          if (errno == EINTR) continue;
+          int e = errno;
+          fail(path, ": cannot write: writing ", tmp, " failed: ", errno_text(e));
+        }
+        if (w == 0) fail(path, ": cannot write: writing ", tmp, " made no progress");
+        p += w;
+        n -= (size_t)w;
+        if (first) first = false, crash_point("atomic.write");
+      }
+    };
+    body(put);
+    crash_point("atomic.fsync");
+    if (::fsync(fd) != 0) {
+      int e = errno;
+      fail(path, ": cannot write: fsync of ", tmp, " failed: ", errno_text(e));
+    }
+    int c = ::close(fd);
+    fd = -1;
+    if (c != 0) {
+      int e = errno;
+      fail(path, ": cannot write: closing ", tmp, " failed: ", errno_text(e));
+    }
+    crash_point("atomic.rename");
+    if (::rename(tmp.c_str(), target.c_str()) != 0) {
+      int e = errno;
+      fail(path, ": cannot write: renaming ", tmp, " over it failed: ", errno_text(e));
+    }
+  } catch (...) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  crash_point("atomic.renamed");
+  // Make the rename durable. The new file is already in place; a failure here is still
+  // reported because the caller asked for durability.
+  const std::string dir = dir_of(target);
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    int e = errno;
+    fail(path, ": written, but opening directory ", dir, " to fsync it failed: ", errno_text(e));
+  }
+  if (::fsync(dfd) != 0 && errno != EINVAL && errno != ENOTSUP) {
+    int e = errno;
+    ::close(dfd);
+    fail(path, ": written, but fsync of directory ", dir, " failed: ", errno_text(e));
+  }
+  ::close(dfd);
+}
+
+StagedFiles::~StagedFiles() {
+  if (committed_) return;
+  for (const std::string& p : paths_) ::unlink(atomic_temp_path(p, (long)::getpid()).c_str());
+}
+
+std::string StagedFiles::stage(const std::string& path) {
+  paths_.push_back(path);
+  return atomic_temp_path(path, (long)::getpid());
+}
+
+void StagedFiles::commit() {
+  const long pid = (long)::getpid();
+  for (const std::string& p : paths_) {
+    const std::string tmp = atomic_temp_path(p, pid);
+    crash_point("atomic.rename");
+    if (::rename(tmp.c_str(), p.c_str()) != 0) {
+      int e = errno;
+      fail(p, ": cannot write: renaming ", tmp, " over it failed: ", errno_text(e));
+    }
+  }
+  committed_ = true;
+  crash_point("atomic.renamed");
+  for (const std::string& p : paths_) {
+    const std::string dir = dir_of(p);
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || (::fsync(dfd) != 0 && errno != EINVAL && errno != ENOTSUP)) {
+      int e = errno;
+      if (dfd >= 0) ::close(dfd);
+      fail(p, ": written, but fsync of directory ", dir, " failed: ", errno_text(e));
+    }
+    ::close(dfd);
+  }
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  write_atomic(path, [&](const AtomicPut& put) { put(bytes.data(), bytes.size()); });
+}
+
+}  // namespace oboro
