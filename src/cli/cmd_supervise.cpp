@@ -7,11 +7,13 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "train/notify.h"
+#include "train/run_folder.h"
 #include "train/train_config.h"
 #include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -73,6 +75,15 @@ class Supervisor {
       const TrainConfig cfg = TrainConfig::from_toml(config);
       output_dir_ = cfg.output_dir;
       if (o_.notify_url.empty()) o_.notify_url = cfg.notify_url;
+      // A new run into a folder that holds no earlier run: files found there on a restart are this supervised
+      // run's own, so a restart before its first checkpoint starts again with --overwrite (train refuses to write
+      // over an earlier run otherwise). A folder that already held a run is never overwritten by the supervisor.
+      const bool new_run = arg_after(o_.command, "--resume").empty();
+      const bool overwrite = std::find(o_.command.begin(), o_.command.end(), "--overwrite") != o_.command.end();
+      if (new_run && !overwrite && !earlier_run_files(cfg).empty())
+        fail("supervise: ", cfg.output_dir, " holds an earlier run: add --resume latest to the supervised command to "
+             "continue it, give the run another output_dir, or add --overwrite to delete the earlier run's files");
+      own_folder_ = new_run && earlier_run_files(cfg).empty();
     }
     if (o_.heartbeat.empty() && !output_dir_.empty()) o_.heartbeat = (fs::path(output_dir_) / "log.jsonl").string();
     if (o_.hang_timeout > 0 && o_.heartbeat.empty())
@@ -88,6 +99,8 @@ class Supervisor {
       std::vector<std::string> cmd = o_.command;
       if (attempt > 0 && has_checkpoint() && arg_after(cmd, "--resume").empty())
         cmd.insert(cmd.end(), {"--resume", "latest"});
+      else if (attempt > 0 && own_folder_ && std::find(cmd.begin(), cmd.end(), "--overwrite") == cmd.end())
+        cmd.push_back("--overwrite");  // killed before its first checkpoint: start this run again
       event("start", attempt, cmd_line(cmd), 0);
       const auto [code, why] = run_once(cmd);
       if (g_stop_signal) {
@@ -185,6 +198,7 @@ class Supervisor {
 
   SuperviseOpts o_;
   std::string output_dir_;
+  bool own_folder_ = false;  // output_dir held no earlier run when supervision began (see the constructor)
 };
 
 }  // namespace

@@ -118,5 +118,17 @@ OBORO_TEST_FAULT=kill:0:3:$PWD/kill1.marker "$BIN" train --config t.toml --super
   { tail -30 supt.log; fail "train --supervise"; }
 [ -f kill1.marker ] && grep -q '"event":"restart"' t/supervise.jsonl || { cat supt.log; fail "train --supervise: no restart"; }
 same r1/state/step-00000004.safetensors t/state/step-00000004.safetensors
+# killed before its first checkpoint: the restart starts the run again (--overwrite of its own files), never
+# refused as "an earlier run"; a folder that held another run before supervision is never overwritten
+cfg e e 4
+sed -i 's/save_every_n_steps = 1/save_every_n_steps = 0/' e.toml
+OBORO_TEST_FAULT=kill:0:2:$PWD/kill2.marker "$BIN" supervise --backoff 0 --hang-timeout 60 -- \
+  "$BIN" train --config e.toml > supe.log 2>&1 || { tail -30 supe.log; fail "supervised run killed before its first checkpoint"; }
+[ -f kill2.marker ] && grep -q -- '--overwrite' e/supervise.jsonl || { cat e/supervise.jsonl; fail "no --overwrite restart"; }
+same r1/state/step-00000004.safetensors e/state/step-00000004.safetensors
+"$BIN" supervise --backoff 0 --max-restarts 1 --hang-timeout 60 -- "$BIN" train --config e.toml > supo.log 2>&1 && \
+  fail "a supervised new run into a finished run's folder succeeded"
+grep -q "holds an earlier run" supo.log || { cat supo.log; fail "no clear refusal of a new run into an earlier run's folder"; }
+same r1/state/step-00000004.safetensors e/state/step-00000004.safetensors
 echo "ok: supervisor restarted after a killed rank and after a hang (and train --supervise after a kill); final weights equal the uninterrupted run's"
 echo "PASS"
