@@ -152,14 +152,13 @@ void register_list(CLI::App& data) {
   c->add_flag("--long,-l", o->long_, "tab-separated: sha256, status, licence, WxH, quality, reason, path");
   c->callback([o] {
     auto m = Manifest::open(o->manifest, false);
-    std::string q = "SELECT path, sha256, status, license, width, height, quality, reason FROM images WHERE 1";
-    if (!o->status.empty()) q += " AND status=?1";
-    if (!o->reason.empty()) q += " AND instr(reason, ?2) > 0";
+    std::string q = "SELECT path, sha256, status, license, width, height, quality, reason FROM images";
+    if (!o->status.empty()) q += " WHERE status=?";
     q += " ORDER BY id";
     sql::Stmt s(m->db(), q);
     if (!o->status.empty()) s.bind(1, o->status);
-    if (!o->reason.empty()) s.bind(2, o->reason);
     while (s.step()) {
+      if (!o->reason.empty() && s.text(7).find(o->reason) == std::string::npos) continue;  // case-sensitive, both backends
       if (o->long_)
         std::printf("%s\t%s\t%s\t%lldx%lld\t%s\t%s\t%s\n", s.text(1).c_str(), s.text(2).c_str(), s.text(3).c_str(),
                     (long long)s.i64(4), (long long)s.i64(5), s.text(6).c_str(), s.text(7).c_str(), s.text(0).c_str());
@@ -183,13 +182,13 @@ void register_stats(CLI::App& data) {
     std::printf("%s: %lld images, %lld active; licence policy %s; quality tags %s\n", manifest->c_str(),
                 (long long)m->count(), (long long)m->count("status='active'"), m->policy().str().c_str(),
                 m->meta("quality_tags").c_str());
-    group("removed by reason", "SELECT reason_kind, count(*) FROM images WHERE status='removed' GROUP BY 1 ORDER BY 2 DESC");
-    group("active by licence", "SELECT license, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC");
-    group("active by source", "SELECT source, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC");
-    group("active by quality tag", "SELECT quality, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC");
+    group("removed by reason", "SELECT reason_kind, count(*) FROM images WHERE status='removed' GROUP BY 1 ORDER BY 2 DESC, 1");
+    group("active by licence", "SELECT license, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC, 1");
+    group("active by source", "SELECT source, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC, 1");
+    group("active by quality tag", "SELECT quality, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC, 1");
     group("active by bucket", "SELECT 'stage ' || b.stage || ' ' || b.width || 'x' || b.height, count(*) FROM buckets b JOIN "
                               "images i ON i.id=b.image_id WHERE i.status='active' GROUP BY 1 ORDER BY 1");
-    group("cache entries", "SELECT kind, count(*) FROM cache_entries GROUP BY 1");
+    group("cache entries", "SELECT kind, count(*) FROM cache_entries GROUP BY 1 ORDER BY 1");
     group("exports", "SELECT dir || ' ' || digest, images FROM exports ORDER BY id");
     group("models", "SELECT path || ' (' || linked_by || ')', images FROM models ORDER BY id");
   });

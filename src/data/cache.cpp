@@ -94,7 +94,7 @@ class ShardWriter {
     w.write((dir_ / name).string());
     sql::Db& db = m_.db();
     sql::Transaction tx(db);
-    sql::Stmt ins(db, "INSERT OR REPLACE INTO cache_entries(key, kind, shard, tensor, created) VALUES (?,?,?,?,?)");
+    sql::Stmt ins(db, "INSERT INTO cache_entries(key, kind, shard, tensor, created) VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET kind=excluded.kind, shard=excluded.shard, tensor=excluded.tensor, created=excluded.created");
     const int64_t t = now_unix();
     for (const auto& it : items_) {
       ins.bind(1, it.key).bind(2, kind_).bind(3, name).bind(4, it.key).bind(5, t).run();

@@ -157,7 +157,7 @@ void stage_jsonl(Manifest& m, const std::string& root) {
   if (sig != "-") {
     std::ifstream f(path, std::ios::binary);
     if (!f) fail(path, ": cannot read: check its permissions");
-    sql::Stmt ins(db, "INSERT OR REPLACE INTO jsonl_records(root, file, record) VALUES (?, ?, ?)");
+    sql::Stmt ins(db, "INSERT INTO jsonl_records(root, file, record) VALUES (?, ?, ?) ON CONFLICT(root, file) DO UPDATE SET record=excluded.record");
     std::string line;
     int64_t lineno = 0, n = 0;
     while (std::getline(f, line)) {
@@ -284,7 +284,7 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
                    "updated_at=excluded.updated_at RETURNING id");
   sql::Stmt del_caps(db, "DELETE FROM captions WHERE image_id=?");
   sql::Stmt ins_cap(db, "INSERT INTO captions(image_id, idx, origin, text) VALUES (?,?,?,?)");
-  sql::Stmt ins_feat(db, "INSERT OR REPLACE INTO features(image_id, extractor, vec) VALUES (?,?,?)");
+  sql::Stmt ins_feat(db, "INSERT INTO features(image_id, extractor, vec) VALUES (?,?,?) ON CONFLICT(image_id, extractor) DO UPDATE SET vec=excluded.vec");
   std::vector<sql::Stmt> stale;  // derived data of an image whose content changed
   for (const char* t : {"scores", "buckets", "image_cache", "features"})
     stale.emplace_back(db, std::string("DELETE FROM ") + t + " WHERE image_id=?");
