@@ -111,8 +111,11 @@ struct IngestReport {
   std::vector<std::string> not_allowed_paths;  // first 20, with the licence
   double seconds = 0;
   double scan_seconds = 0, decode_seconds = 0, write_seconds = 0;  // wall time of the three phases
+  int shards_taken_over = 0;  // PostgreSQL: shards of crashed workers this process did (work_claims.h)
 };
 
+// Ingests opt.shard of the source; on PostgreSQL then also any shard whose worker died
+// (work_claims.h).
 IngestReport ingest(Manifest& m, const IngestOptions& opt);
 
 }  // namespace oboro

@@ -124,8 +124,9 @@ CREATE TABLE IF NOT EXISTS work_claims(
   job TEXT NOT NULL,                    -- command and its input, e.g. "ingest /data/set"
   parts INTEGER NOT NULL,               -- n of --shard i/n
   part INTEGER NOT NULL,                -- i
-  worker TEXT NOT NULL DEFAULT '',      -- host:pid that last finished it
-  done_at INTEGER,                      -- unix time (server clock) it was last finished; NULL: never
+  worker TEXT NOT NULL DEFAULT '',      -- host:pid that last started or finished it
+  started_at INTEGER NOT NULL,          -- µs since 1970 (server clock) its own worker last started
+  done_at INTEGER,                      -- µs since 1970 it was last finished; NULL: never
   PRIMARY KEY(job, parts, part));
 )SQL";
 
