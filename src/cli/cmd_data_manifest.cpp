@@ -1,4 +1,4 @@
-// `oboro data ...` commands on the SQLite manifest (docs/data.md):
+// `oboro data ...` commands on the manifest, SQLite file or PostgreSQL (docs/data.md):
 //   ingest DIR|TOML --manifest M.db [--license SPDX]     dedup --manifest M.db [--eps 0.1]
 //   list --manifest M.db [--status active|removed]       score --manifest M.db --scores FILE
 //   bucket --manifest M.db --stage 1|2 [--dry-run]        cache --manifest M.db --out DIR --codec pixels
@@ -451,6 +451,7 @@ void register_data_manifest(CLI::App& data) {
   register_audit(data);
   register_remove(data);
   register_synth(data);
+  register_data_manifest_copy(data);
 }
 
 }  // namespace oboro::cli
