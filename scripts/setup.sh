@@ -9,6 +9,8 @@ PACKAGES=(
   libsentencepiece-dev       # tokenizer (T5 spiece.model) and vocabulary training
   libstb-dev libpng-dev libwebp-dev   # image decode (PNG/JPEG/WebP), PNG with text chunks
   libsqlite3-dev             # data manifest (oboro data ingest/dedup/...)
+  libpq-dev                  # PostgreSQL manifest (--manifest postgresql://...; src/data/pg_db.*)
+  postgresql                 # a throwaway server for the PostgreSQL manifest tests (tests/pg/with_server.sh)
   libcpp-httplib-dev         # oboro serve (HTTP server)
   chromium                   # the web UI's browser test (driven by npm playwright-core; never downloads a browser)
   librsvg2-bin               # rsvg-convert: DiceBear SVG avatars → PNG (scripts/get-data)
