@@ -295,6 +295,8 @@ void register_cache(CLI::App& data) {
                   "--stage %d` has not been run) and were skipped\n",
                   (long long)r.no_bucket, o->c.stage, sql::display_name(o->manifest).c_str(), o->c.stage);
     if (!r.text_note.empty()) std::printf("note: %s\n", r.text_note.c_str());
+    if (r.shards_taken_over)
+      std::printf("  took over %d shard(s) whose worker had stopped before finishing\n", r.shards_taken_over);
   });
 }
 

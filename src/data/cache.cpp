@@ -6,6 +6,7 @@
 #include "core/threads.h"
 #include "data/buckets.h"
 #include "data/progress.h"
+#include "data/work_claims.h"
 #include "io/image.h"
 #include "models/codec.h"
 #include "models/text_encoder.h"
@@ -129,9 +130,8 @@ bool has_entry(sql::Stmt& q, const std::string& key) {
   return r;
 }
 
-}  // namespace
-
-CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
+// One shard (opt.shard) of the cache: latents, then text states.
+CacheReport build_cache_shard(Backend& be, Manifest& m, const CacheOptions& opt) {
   CacheReport rep;
   if (opt.out_dir.empty()) fail("data cache: pass --out DIR (the cache folder)");
   if (opt.stage != 1 && opt.stage != 2) fail("--stage ", opt.stage, ": use 1 or 2");
@@ -323,6 +323,34 @@ CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
   encode_pending();
   tw.flush();
   rep.shards += tw.shards();
+  return rep;
+}
+
+}  // namespace
+
+CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
+  std::error_code ec;
+  const fs::path out = fs::weakly_canonical(fs::absolute(opt.out_dir, ec), ec);
+  WorkClaims claims(m, str("cache ", out.string(), " stage=", opt.stage, " codec=", opt.codec, "/", opt.pixels_stride, "/",
+                           opt.vae, " te=", opt.text_encoder),
+                    opt.shard);
+  CacheReport rep;
+  bool first = true;
+  while (auto shard = claims.next()) {
+    CacheOptions o = opt;
+    o.shard = *shard;
+    CacheReport r = build_cache_shard(be, m, o);
+    claims.done();
+    if (first) {
+      rep = std::move(r);
+      first = false;
+      continue;
+    }
+    rep.latents_written += r.latents_written, rep.latents_present += r.latents_present, rep.no_bucket += r.no_bucket;
+    rep.failed += r.failed, rep.texts_written += r.texts_written, rep.texts_present += r.texts_present;
+    rep.shards += r.shards;
+  }
+  rep.shards_taken_over = claims.taken_over();
   return rep;
 }
 
