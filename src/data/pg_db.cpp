@@ -188,7 +188,13 @@ class PgDb final : public Db {
       fail(name_, ": cannot connect to the PostgreSQL manifest: ", msg, ": ", connect_advice(full));
     }
     PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);  // "relation exists, skipping" etc.
-    exec("SET client_min_messages = warning");
+    try {
+      exec("SET client_min_messages = warning");
+    } catch (...) {
+      PQfinish(conn_);  // the destructor does not run for a constructor that throws
+      conn_ = nullptr;
+      throw;
+    }
   }
   ~PgDb() override {
     if (conn_) PQfinish(conn_);
