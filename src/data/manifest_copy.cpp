@@ -28,7 +28,7 @@ const TableSpec kTables[] = {
     {"images",
      "id, path, root, relpath, sha256, file_size, width, height, source, original, license, license_from, attribution, "
      "score, quality, status, reason, reason_kind, sig, ingested_at, updated_at",
-     "ittttiiittttttrttttii", "id"},
+     "ittttiiitttttrtttttii", "id"},
     {"captions", "image_id, idx, origin, text", "iitt", "image_id, idx"},
     {"scores", "image_id, name, value", "itr", "image_id, name"},
     {"features", "image_id, extractor, vec", "itb", "image_id, extractor"},

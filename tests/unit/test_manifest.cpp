@@ -595,9 +595,18 @@ TEST_P(ManifestDb, CliContractAndErrors) {
   EXPECT_NE(r.out.find("none: too small"), std::string::npos);
   r = run("data stats --manifest " + q(db));
   EXPECT_EQ(r.code, 0) << r.err;
+  const std::string copy = (d.parent_path() / (backend() + "-copy.db")).string();
+  fs::remove(copy);
+  r = run("data manifest copy " + q(db) + " " + copy + " -q");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("verified"), std::string::npos) << r.out;
+  auto body = [](const std::string& s) { return s.substr(s.find(':')); };  // stats without the manifest's name
+  EXPECT_EQ(body(run("data stats --manifest " + copy).out), body(run("data stats --manifest " + q(db)).out));
   // Failures: one line on stderr naming the thing and the fix, non-zero exit.
   for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
            {"data list --manifest " + d.string() + "/none.db", "oboro data ingest"},
+           {"data manifest copy " + d.string() + "/none.db " + d.string() + "/x.db", "no such manifest"},
+           {"data manifest copy " + q(db) + " " + copy, "already exists"},
            {"data ingest " + d.string() + "/nope --manifest " + q(db), "no such folder"},
            {"data ingest " + d.string() + " --manifest " + q(db) + " --license \"CC BY/NC\"", "SPDX"},
            {"data ingest " + d.string() + " --manifest " + q(db) + " --shard 5/2", "--shard"},

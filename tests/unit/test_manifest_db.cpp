@@ -112,6 +112,19 @@ TEST_P(ManifestSeam, CopyRoundTripKeepsRowsAndDigests) {
   EXPECT_EQ(a.dataset_digest, b.dataset_digest);
   auto m = Manifest::open(back, false);
   EXPECT_EQ(m->count(), 40);
+  // Independent of the copy's own column types: every column of every image row, as SQLite text, unchanged.
+  auto dump = [](const std::string& file) {
+    auto db = sql::open(file, false);
+    sql::Stmt s(*db, "SELECT * FROM images ORDER BY id");
+    std::vector<std::string> rows;
+    while (s.step()) {
+      std::string r;
+      for (int c = 0; c < 21; ++c) r += (s.is_null(c) ? std::string("NULL") : s.text(c)) + "|";
+      rows.push_back(r);
+    }
+    return rows;
+  };
+  EXPECT_EQ(dump(src), dump(back));
   EXPECT_GT(m->db().scalar_i64("SELECT count(*) FROM export_images"), 30);
   // New rows continue after the copied ids (PostgreSQL identity columns are moved past them).
   auto mm = Manifest::open(mid, false);
