@@ -6,6 +6,7 @@
 #include "data/progress.h"
 
 #include <cstring>
+#include <map>
 #include <filesystem>
 #include <unistd.h>
 
@@ -41,6 +42,35 @@ const TableSpec kTables[] = {
     {"model_images", "model_id, image_id", "ii", "model_id, image_id"},
     {"jsonl_records", "root, file, record", "ttt", "root, file"},
 };
+
+// The spec's type letters against the table's declared column types, so that the copy (which reads and
+// verifies both sides with the spec) can never agree with itself on a wrong type.
+void check_spec(sql::Db& db, const TableSpec& t) {
+  const bool pg = db.backend() == sql::Backend::postgresql;
+  sql::Stmt s(db, pg ? "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+                       "AND table_name = ?"
+                     : "SELECT name, type FROM pragma_table_info(?)");
+  s.bind(1, t.name);
+  std::map<std::string, char> declared;
+  while (s.step()) {
+    const std::string ty = s.text(1);
+    declared[s.text(0)] = ty == "INTEGER" || ty == "bigint" ? 'i' : ty == "REAL" || ty == "double precision" ? 'r'
+                          : ty == "TEXT" || ty == "text"   ? 't' : ty == "BLOB" || ty == "bytea" ? 'b' : '?';
+  }
+  std::string cols = t.cols;
+  size_t k = 0;
+  for (size_t a = 0; a <= cols.size(); ++k) {
+    size_t b = cols.find(',', a);
+    if (b == std::string::npos) b = cols.size();
+    const std::string name = trim_copy(cols.substr(a, b - a));
+    auto it = declared.find(name);
+    if (k >= std::strlen(t.types) || it == declared.end() || it->second != t.types[k])
+      fail(db.path(), ": table ", t.name, " column ", name, " does not have the type the copy expects: this oboro's copy "
+           "does not match the manifest's schema; report it");
+    a = b + 1;
+  }
+  if (k != std::strlen(t.types)) fail(db.path(), ": table ", t.name, ": column list and types disagree; report it");
+}
 
 // Row count and content digest of one table: every value tagged with its type (reals by their bits,
 // so both backends' text formatting of floats never matters).
@@ -104,6 +134,7 @@ CopyReport copy_into(const std::string& src_target, const std::string& dst_targe
   int64_t total = 0;
   for (const TableSpec& t : kTables) total += in.scalar_i64(std::string("SELECT count(*) FROM ") + t.name);
   Progress prog("copy " + src->path() + " -> " + dst->path(), total, progress);
+  for (const TableSpec& t : kTables) check_spec(in, t), check_spec(out, t);
   CopyReport rep;
   sql::Transaction tx(out);
   for (const TableSpec& t : kTables) {
