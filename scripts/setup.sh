@@ -11,6 +11,8 @@ PACKAGES=(
   libsqlite3-dev             # data manifest (oboro data ingest/dedup/...)
   libcpp-httplib-dev         # oboro serve (HTTP server) and train notifications (HTTP client)
   libopenmpi-dev openmpi-bin # data-parallel training: mpirun -np N oboro train (src/dist/, docs/distributed.md)
+  libpq-dev                  # PostgreSQL manifest (--manifest postgresql://...; src/data/pg_db.*)
+  postgresql                 # a throwaway server for the PostgreSQL manifest tests (tests/pg/with_server.sh)
   chromium                   # the web UI's browser test (driven by npm playwright-core; never downloads a browser)
   librsvg2-bin               # rsvg-convert: DiceBear SVG avatars → PNG (scripts/get-data)
   libgtest-dev googletest    # tests

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: install missing packages, build, run ctest (unit tests + PyTorch
-# twin tests, the server's API and browser tests), then rebuild everything under AddressSanitizer + UBSan and run the
+# twin tests, the server's API and browser tests; under a throwaway PostgreSQL server for the manifest's second backend), then rebuild everything under AddressSanitizer + UBSan and run the
 # unit and twin tests and the server's quick API tests again, then build the libFuzzer harnesses (clang) and run each
 # for OBORO_FUZZ_SECONDS (default 20) s. OBORO_SKIP_SANITIZE=1 / OBORO_SKIP_FUZZ=1 skip those stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/build.sh
-(cd build && ctest --output-on-failure -j"$(nproc)")
+# Under a throwaway PostgreSQL server (tests/pg/with_server.sh sets OBORO_TEST_PG), so the manifest suites run on
+# both backends and pg.concurrent_ingest runs.
+tests/pg/with_server.sh bash -c 'cd build && ctest --output-on-failure -j"$(nproc)"'
 if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== sanitizer build (ASan + UBSan): every unit test, and the twin test on the sanitized binary =="
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DOBORO_SANITIZE=ON -DOBORO_NATIVE=OFF >/dev/null

@@ -1,4 +1,4 @@
-// `oboro data ...` commands on the SQLite manifest (docs/data.md):
+// `oboro data ...` commands on the manifest, SQLite file or PostgreSQL (docs/data.md):
 //   ingest DIR|TOML --manifest M.db [--license SPDX]     dedup --manifest M.db [--eps 0.1]
 //   list --manifest M.db [--status active|removed]       score --manifest M.db --scores FILE
 //   bucket --manifest M.db --stage 1|2 [--dry-run]        cache --manifest M.db --out DIR --codec pixels
@@ -71,13 +71,15 @@ void register_ingest(CLI::App& data) {
     const int64_t done = r.added + r.updated;
     std::printf("ingested %s into %s: %lld images found, %lld added, %lld updated, %lld unchanged (skipped)%s in %.1f s "
                 "(%.0f images/s)\n",
-                o->source.c_str(), o->manifest.c_str(), (long long)r.found, (long long)r.added, (long long)r.updated,
+                o->source.c_str(), sql::display_name(o->manifest).c_str(), (long long)r.found, (long long)r.added, (long long)r.updated,
                 (long long)r.unchanged,
                 r.other_shard ? (", " + std::to_string(r.other_shard) + " left to other shards").c_str() : "", r.seconds,
                 r.seconds > 0 ? done / r.seconds : 0.0);
     std::printf("  time: %.1f s scanning (stat, sidecars, lookups), %.1f s reading/decoding/hashing/embedding, %.1f s "
                 "writing the manifest\n",
                 r.scan_seconds, r.decode_seconds, r.write_seconds);
+    if (r.shards_taken_over)
+      std::printf("  took over %d shard(s) whose worker had stopped before finishing\n", r.shards_taken_over);
     std::printf("  this run: %lld active; removed %lld corrupt, %lld without a licence, %lld licence not allowed (policy %s), "
                 "%lld content mismatch\n  manifest: %lld images, %lld active\n",
                 (long long)r.active, (long long)r.corrupt, (long long)r.no_licence, (long long)r.not_allowed,
@@ -87,14 +89,14 @@ void register_ingest(CLI::App& data) {
       for (const auto& p : r.no_licence_paths) std::printf("  %s\n", p.c_str());
       if (r.no_licence > (int64_t)r.no_licence_paths.size())
         std::printf("  ... and %lld more: oboro data list --manifest %s --status removed --reason \"no licence\"\n",
-                    (long long)(r.no_licence - (int64_t)r.no_licence_paths.size()), o->manifest.c_str());
+                    (long long)(r.no_licence - (int64_t)r.no_licence_paths.size()), sql::display_name(o->manifest).c_str());
     }
     if (r.not_allowed) {
       std::printf("images whose licence is not in the allow-list (excluded; widen it with --allow-licenses):\n");
       for (const auto& p : r.not_allowed_paths) std::printf("  %s\n", p.c_str());
       if (r.not_allowed > (int64_t)r.not_allowed_paths.size())
         std::printf("  ... and %lld more: oboro data list --manifest %s --status removed --reason licence\n",
-                    (long long)(r.not_allowed - (int64_t)r.not_allowed_paths.size()), o->manifest.c_str());
+                    (long long)(r.not_allowed - (int64_t)r.not_allowed_paths.size()), sql::display_name(o->manifest).c_str());
     }
   });
 }
@@ -142,7 +144,7 @@ void register_dedup(CLI::App& data) {
     o->d.progress = !o->quiet;
     const ManifestDedupReport r = dedup_manifest(*m, o->d, o->extractor);
     std::printf("dedup %s: %lld active images, %lld removed as near-duplicates (eps %g, %zu rounds), %lld kept, %.1f s\n",
-                o->manifest.c_str(), (long long)r.images, (long long)r.removed, o->d.eps, r.rounds.size(),
+                sql::display_name(o->manifest).c_str(), (long long)r.images, (long long)r.removed, o->d.eps, r.rounds.size(),
                 (long long)(r.images - r.removed - r.unreadable), r.seconds);
     if (r.embedded) std::printf("  computed %lld embeddings that were missing\n", (long long)r.embedded);
     if (r.unreadable) std::printf("  %lld images could not be read and were left out\n", (long long)r.unreadable);
@@ -162,14 +164,13 @@ void register_list(CLI::App& data) {
   c->add_flag("--long,-l", o->long_, "tab-separated: sha256, status, licence, WxH, quality, reason, path");
   c->callback([o] {
     auto m = Manifest::open(o->manifest, false);
-    std::string q = "SELECT path, sha256, status, license, width, height, quality, reason FROM images WHERE 1";
-    if (!o->status.empty()) q += " AND status=?1";
-    if (!o->reason.empty()) q += " AND instr(reason, ?2) > 0";
+    std::string q = "SELECT path, sha256, status, license, width, height, quality, reason FROM images";
+    if (!o->status.empty()) q += " WHERE status=?";
     q += " ORDER BY id";
     sql::Stmt s(m->db(), q);
     if (!o->status.empty()) s.bind(1, o->status);
-    if (!o->reason.empty()) s.bind(2, o->reason);
     while (s.step()) {
+      if (!o->reason.empty() && s.text(7).find(o->reason) == std::string::npos) continue;  // case-sensitive, both backends
       if (o->long_)
         std::printf("%s\t%s\t%s\t%lldx%lld\t%s\t%s\t%s\n", s.text(1).c_str(), s.text(2).c_str(), s.text(3).c_str(),
                     (long long)s.i64(4), (long long)s.i64(5), s.text(6).c_str(), s.text(7).c_str(), s.text(0).c_str());
@@ -190,16 +191,16 @@ void register_stats(CLI::App& data) {
       sql::Stmt s(m->db(), q);
       while (s.step()) std::printf("  %-40s %lld\n", s.text(0).empty() ? "(none)" : s.text(0).c_str(), (long long)s.i64(1));
     };
-    std::printf("%s: %lld images, %lld active; licence policy %s; quality tags %s\n", manifest->c_str(),
+    std::printf("%s: %lld images, %lld active; licence policy %s; quality tags %s\n", sql::display_name(*manifest).c_str(),
                 (long long)m->count(), (long long)m->count("status='active'"), m->policy().str().c_str(),
                 m->meta("quality_tags").c_str());
-    group("removed by reason", "SELECT reason_kind, count(*) FROM images WHERE status='removed' GROUP BY 1 ORDER BY 2 DESC");
-    group("active by licence", "SELECT license, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC");
-    group("active by source", "SELECT source, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC");
-    group("active by quality tag", "SELECT quality, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC");
+    group("removed by reason", "SELECT reason_kind, count(*) FROM images WHERE status='removed' GROUP BY 1 ORDER BY 2 DESC, 1");
+    group("active by licence", "SELECT license, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC, 1");
+    group("active by source", "SELECT source, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC, 1");
+    group("active by quality tag", "SELECT quality, count(*) FROM images WHERE status='active' GROUP BY 1 ORDER BY 2 DESC, 1");
     group("active by bucket", "SELECT 'stage ' || b.stage || ' ' || b.width || 'x' || b.height, count(*) FROM buckets b JOIN "
                               "images i ON i.id=b.image_id WHERE i.status='active' GROUP BY 1 ORDER BY 1");
-    group("cache entries", "SELECT kind, count(*) FROM cache_entries GROUP BY 1");
+    group("cache entries", "SELECT kind, count(*) FROM cache_entries GROUP BY 1 ORDER BY 1");
     group("exports", "SELECT dir || ' ' || digest, images FROM exports ORDER BY id");
     group("models", "SELECT path || ' (' || linked_by || ')', images FROM models ORDER BY id");
   });
@@ -306,8 +307,10 @@ void register_cache(CLI::App& data) {
     if (r.no_bucket)
       std::printf("note: %lld active images have no stage-%d bucket (too small for it, or `oboro data bucket --manifest %s "
                   "--stage %d` has not been run) and were skipped\n",
-                  (long long)r.no_bucket, o->c.stage, o->manifest.c_str(), o->c.stage);
+                  (long long)r.no_bucket, o->c.stage, sql::display_name(o->manifest).c_str(), o->c.stage);
     if (!r.text_note.empty()) std::printf("note: %s\n", r.text_note.c_str());
+    if (r.shards_taken_over)
+      std::printf("  took over %d shard(s) whose worker had stopped before finishing\n", r.shards_taken_over);
   });
 }
 
@@ -334,7 +337,7 @@ void register_export(CLI::App& data) {
                                           "as an exported one skipped (run oboro data dedup)").c_str()
                                        : "");
     std::printf("train from it (train_data_dir = \"%s\"), then: oboro data register-model MODEL --manifest %s\n",
-                o->e.out_dir.c_str(), o->manifest.c_str());
+                o->e.out_dir.c_str(), sql::display_name(o->manifest).c_str());
   });
 }
 
@@ -387,7 +390,7 @@ void register_audit(CLI::App& data) {
     bool any = false;
     while (s.step()) {
       any = true;
-      std::printf("registered in %s as model %lld (%lld images, linked by %s)\n", o->manifest.c_str(), (long long)s.i64(0),
+      std::printf("registered in %s as model %lld (%lld images, linked by %s)\n", sql::display_name(o->manifest).c_str(), (long long)s.i64(0),
                   (long long)s.i64(2), s.text(1).c_str());
       sql::Stmt r(m->db(), "SELECT i.sha256, i.path, i.reason FROM model_images mi JOIN images i ON i.id=mi.image_id "
                            "WHERE mi.model_id=? AND i.status='removed' ORDER BY i.id");
@@ -400,8 +403,8 @@ void register_audit(CLI::App& data) {
       if (n == 0) std::printf("none of its images has been removed since\n");
     }
     if (!any)
-      std::printf("not registered in %s: oboro data register-model %s --manifest %s\n", o->manifest.c_str(), o->model.c_str(),
-                  o->manifest.c_str());
+      std::printf("not registered in %s: oboro data register-model %s --manifest %s\n", sql::display_name(o->manifest).c_str(), o->model.c_str(),
+                  sql::display_name(o->manifest).c_str());
   });
 }
 
@@ -474,6 +477,7 @@ void register_data_manifest(CLI::App& data) {
   register_audit(data);
   register_remove(data);
   register_synth(data);
+  register_data_manifest_copy(data);
 }
 
 }  // namespace oboro::cli

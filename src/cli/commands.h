@@ -12,6 +12,7 @@ void register_init(CLI::App& app);   // oboro init --preset tiny -o FILE
 void register_data(CLI::App& app);   // oboro data vocab|shapes ...      (cmd_data.cpp)
 void register_data_shapes(CLI::App& data_group);  // oboro data shapes ... (cmd_data_shapes.cpp)
 void register_data_manifest(CLI::App& data_group);  // oboro data ingest|dedup|list|... (cmd_data_manifest.cpp)
+void register_data_manifest_copy(CLI::App& data_group);  // oboro data manifest copy SRC DST (cmd_data_copy.cpp)
 void register_eval(CLI::App& app);   // oboro eval shapes ...            (cmd_eval.cpp)
 void register_train(CLI::App& app);  // oboro train --config run.toml    (cmd_train.cpp)
 void register_supervise(CLI::App& app);  // oboro supervise -- COMMAND...  (cmd_supervise.cpp)

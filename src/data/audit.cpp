@@ -127,9 +127,11 @@ ExportReport export_dataset(Manifest& m, const ExportOptions& opt) {
 
   sql::Db& db = m.db();
   sql::Transaction tx(db);
-  sql::Stmt ins_exp(db, "INSERT INTO exports(dir, digest, images, created) VALUES (?, '', 0, ?)");
-  ins_exp.bind(1, dir.string()).bind(2, now_unix()).run();
-  rep.export_id = db.last_insert_id();
+  sql::Stmt ins_exp(db, "INSERT INTO exports(dir, digest, images, created) VALUES (?, '', 0, ?) RETURNING id");
+  ins_exp.bind(1, dir.string()).bind(2, now_unix());
+  if (!ins_exp.step()) db.fail_sql("export insert returned no id");
+  rep.export_id = ins_exp.i64(0);
+  ins_exp.reset();
   sql::Stmt link(db, "INSERT INTO export_images(export_id, image_id) VALUES (?, ?)");
   const std::string tmp = mpath.string() + ".tmp";
   std::ofstream jf(tmp, std::ios::binary | std::ios::trunc);
@@ -291,11 +293,14 @@ RegisterReport register_model(Manifest& m, const std::string& model, const std::
     fail(model, ": its dataset digest ", d.digest, " matches no export recorded in ", m.path(),
          " nor its active set: pass --data <the training folder> (with its manifest.jsonl), or register it with the "
          "manifest the training folder was exported from");
-  sql::Stmt ins(db, "INSERT INTO models(path, file_sha256, digest, images, linked_by, registered) VALUES (?,?,?,?,?,?)");
+  sql::Stmt ins(db, "INSERT INTO models(path, file_sha256, digest, images, linked_by, registered) VALUES (?,?,?,?,?,?) "
+                    "RETURNING id");
   ins.bind(1, fs::absolute(model).lexically_normal().string()).bind(2, file_sha).bind(3, d.digest);
-  ins.bind(4, (int64_t)ids.size()).bind(5, rep.linked_by).bind(6, now_unix()).run();
-  rep.model_id = db.last_insert_id();
-  sql::Stmt l(db, "INSERT OR IGNORE INTO model_images(model_id, image_id) VALUES (?,?)");
+  ins.bind(4, (int64_t)ids.size()).bind(5, rep.linked_by).bind(6, now_unix());
+  if (!ins.step()) db.fail_sql("model insert returned no id");
+  rep.model_id = ins.i64(0);
+  ins.reset();
+  sql::Stmt l(db, "INSERT INTO model_images(model_id, image_id) VALUES (?,?) ON CONFLICT DO NOTHING");
   for (int64_t id : ids) l.bind(1, rep.model_id).bind(2, id).run();
   rep.images = (int64_t)ids.size();
   tx.commit();

@@ -6,6 +6,7 @@
 #include "core/threads.h"
 #include "data/buckets.h"
 #include "data/progress.h"
+#include "data/work_claims.h"
 #include "io/image.h"
 #include "io/atomic_file.h"
 #include "models/codec.h"
@@ -95,7 +96,7 @@ class ShardWriter {
     w.write((dir_ / name).string());
     sql::Db& db = m_.db();
     sql::Transaction tx(db);
-    sql::Stmt ins(db, "INSERT OR REPLACE INTO cache_entries(key, kind, shard, tensor, created) VALUES (?,?,?,?,?)");
+    sql::Stmt ins(db, "INSERT INTO cache_entries(key, kind, shard, tensor, created) VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET kind=excluded.kind, shard=excluded.shard, tensor=excluded.tensor, created=excluded.created");
     const int64_t t = now_unix();
     for (const auto& it : items_) {
       ins.bind(1, it.key).bind(2, kind_).bind(3, name).bind(4, it.key).bind(5, t).run();
@@ -130,9 +131,8 @@ bool has_entry(sql::Stmt& q, const std::string& key) {
   return r;
 }
 
-}  // namespace
-
-CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
+// One shard (opt.shard) of the cache: latents, then text states.
+CacheReport build_cache_shard(Backend& be, Manifest& m, const CacheOptions& opt) {
   CacheReport rep;
   if (opt.out_dir.empty()) fail("data cache: pass --out DIR (the cache folder)");
   if (opt.stage != 1 && opt.stage != 2) fail("--stage ", opt.stage, ": use 1 or 2");
@@ -325,6 +325,34 @@ CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
   encode_pending();
   tw.flush();
   rep.shards += tw.shards();
+  return rep;
+}
+
+}  // namespace
+
+CacheReport build_cache(Backend& be, Manifest& m, const CacheOptions& opt) {
+  std::error_code ec;
+  const fs::path out = fs::weakly_canonical(fs::absolute(opt.out_dir, ec), ec);
+  WorkClaims claims(m, str("cache ", out.string(), " stage=", opt.stage, " codec=", opt.codec, "/", opt.pixels_stride, "/",
+                           opt.vae, " te=", opt.text_encoder),
+                    opt.shard);
+  CacheReport rep;
+  bool first = true;
+  while (auto shard = claims.next()) {
+    CacheOptions o = opt;
+    o.shard = *shard;
+    CacheReport r = build_cache_shard(be, m, o);
+    claims.done();
+    if (first) {
+      rep = std::move(r);
+      first = false;
+      continue;
+    }
+    rep.latents_written += r.latents_written, rep.latents_present += r.latents_present, rep.no_bucket += r.no_bucket;
+    rep.failed += r.failed, rep.texts_written += r.texts_written, rep.texts_present += r.texts_present;
+    rep.shards += r.shards;
+  }
+  rep.shards_taken_over = claims.taken_over();
   return rep;
 }
 

@@ -40,6 +40,7 @@ struct CacheReport {
   int64_t images = 0, latents_written = 0, latents_present = 0, no_bucket = 0, failed = 0;
   int64_t texts_written = 0, texts_present = 0, shards = 0, other_shard = 0;
   std::string text_note, codec_id;
+  int shards_taken_over = 0;  // PostgreSQL: --shard parts of crashed workers this process did (work_claims.h)
 };
 
 // "pixels/stride=2/v1", or "flux-vae/<first 16 hex of the VAE file's sha256>/v1" (reads the file).

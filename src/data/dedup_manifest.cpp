@@ -53,7 +53,7 @@ ManifestDedupReport dedup_manifest(Manifest& m, const DedupOptions& opt, const s
   std::vector<char> usable(ids.size(), 1);
   if (!missing.empty()) {
     Progress prog("dedup: embedding with " + ex_id, (int64_t)missing.size(), opt.progress);
-    sql::Stmt ins(db, "INSERT OR REPLACE INTO features(image_id, extractor, vec) VALUES (?,?,?)");
+    sql::Stmt ins(db, "INSERT INTO features(image_id, extractor, vec) VALUES (?,?,?) ON CONFLICT(image_id, extractor) DO UPDATE SET vec=excluded.vec");
     for (size_t b = 0; b < missing.size(); b += 256) {
       const size_t e = std::min(missing.size(), b + 256);
       std::vector<std::string> packed(e - b);

@@ -6,6 +6,7 @@
 #include "data/features.h"
 #include "data/manifest.h"
 #include "data/progress.h"
+#include "data/work_claims.h"
 #include "io/image.h"
 
 #include <nlohmann/json.hpp>
@@ -157,7 +158,7 @@ void stage_jsonl(Manifest& m, const std::string& root) {
   if (sig != "-") {
     std::ifstream f(path, std::ios::binary);
     if (!f) fail(path, ": cannot read: check its permissions");
-    sql::Stmt ins(db, "INSERT OR REPLACE INTO jsonl_records(root, file, record) VALUES (?, ?, ?)");
+    sql::Stmt ins(db, "INSERT INTO jsonl_records(root, file, record) VALUES (?, ?, ?) ON CONFLICT(root, file) DO UPDATE SET record=excluded.record");
     std::string line;
     int64_t lineno = 0, n = 0;
     while (std::getline(f, line)) {
@@ -204,9 +205,8 @@ struct Work {
   std::string features;  // packed f16
 };
 
-}  // namespace
-
-IngestReport ingest(Manifest& m, const IngestOptions& opt) {
+// One shard of the source (opt.shard), in batches of one transaction each.
+IngestReport ingest_shard(Manifest& m, const IngestOptions& opt) {
   IngestReport rep;
   Progress timer("", 0, false);
   std::error_code ec;
@@ -284,7 +284,7 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
                    "updated_at=excluded.updated_at RETURNING id");
   sql::Stmt del_caps(db, "DELETE FROM captions WHERE image_id=?");
   sql::Stmt ins_cap(db, "INSERT INTO captions(image_id, idx, origin, text) VALUES (?,?,?,?)");
-  sql::Stmt ins_feat(db, "INSERT OR REPLACE INTO features(image_id, extractor, vec) VALUES (?,?,?)");
+  sql::Stmt ins_feat(db, "INSERT INTO features(image_id, extractor, vec) VALUES (?,?,?) ON CONFLICT(image_id, extractor) DO UPDATE SET vec=excluded.vec");
   std::vector<sql::Stmt> stale;  // derived data of an image whose content changed
   for (const char* t : {"scores", "buckets", "image_cache", "features"})
     stale.emplace_back(db, std::string("DELETE FROM ") + t + " WHERE image_id=?");
@@ -512,6 +512,40 @@ IngestReport ingest(Manifest& m, const IngestOptions& opt) {
   }
   prog.finish();
   rep.seconds = timer.seconds();
+  return rep;
+}
+
+}  // namespace
+
+IngestReport ingest(Manifest& m, const IngestOptions& opt) {
+  std::error_code ec;
+  const fs::path canon = fs::weakly_canonical(fs::absolute(opt.source, ec), ec);
+  WorkClaims claims(m, "ingest " + (canon.empty() ? opt.source : canon.string()), opt.shard);
+  IngestReport rep;
+  int64_t mine = 0;
+  bool first = true;
+  while (auto shard = claims.next()) {
+    IngestOptions o = opt;
+    o.shard = *shard;
+    IngestReport r = ingest_shard(m, o);
+    claims.done();
+    mine += r.found - r.other_shard;
+    if (first) {
+      rep = std::move(r);
+      first = false;
+      continue;
+    }
+    rep.unchanged += r.unchanged, rep.added += r.added, rep.updated += r.updated, rep.active += r.active;
+    rep.corrupt += r.corrupt, rep.no_licence += r.no_licence, rep.not_allowed += r.not_allowed, rep.mismatch += r.mismatch;
+    for (auto& p : r.no_licence_paths)
+      if (rep.no_licence_paths.size() < 20) rep.no_licence_paths.push_back(p);
+    for (auto& p : r.not_allowed_paths)
+      if (rep.not_allowed_paths.size() < 20) rep.not_allowed_paths.push_back(p);
+    rep.seconds += r.seconds, rep.scan_seconds += r.scan_seconds, rep.decode_seconds += r.decode_seconds;
+    rep.write_seconds += r.write_seconds;
+  }
+  rep.other_shard = rep.found - mine;
+  rep.shards_taken_over = claims.taken_over();
   return rep;
 }
 

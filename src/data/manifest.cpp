@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/sha256.h"
+#include "data/manifest_schema.h"
 
 #include <algorithm>
 #include <cctype>
@@ -14,104 +15,6 @@ namespace oboro {
 namespace fs = std::filesystem;
 
 namespace {
-
-constexpr int kSchemaVersion = 1;
-
-// One row per image; child tables hang off images.id. Removal never deletes a row: status and
-// reason stay for the audit trail.
-const char* const kSchema = R"SQL(
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images(
-  id INTEGER PRIMARY KEY,
-  path TEXT NOT NULL UNIQUE,            -- absolute path
-  root TEXT NOT NULL,                   -- the dataset folder it was ingested from
-  relpath TEXT NOT NULL,                -- path relative to root ('/' separated)
-  sha256 TEXT NOT NULL,                 -- of the file's bytes
-  file_size INTEGER NOT NULL,
-  width INTEGER NOT NULL DEFAULT 0,
-  height INTEGER NOT NULL DEFAULT 0,
-  source TEXT NOT NULL DEFAULT '',
-  original TEXT NOT NULL DEFAULT '',    -- where it came from (URL, id), from manifest.jsonl
-  license TEXT NOT NULL DEFAULT '',     -- SPDX id or expression; '' = none
-  license_from TEXT NOT NULL DEFAULT '',-- manifest.jsonl | sidecar | --license
-  attribution TEXT NOT NULL DEFAULT '',
-  score REAL,                           -- quality score (oboro data score)
-  quality TEXT NOT NULL DEFAULT '',     -- quality tag derived from the score
-  status TEXT NOT NULL DEFAULT 'active' CHECK(status IN ('active', 'removed')),
-  reason TEXT NOT NULL DEFAULT '',
-  reason_kind TEXT NOT NULL DEFAULT '', -- licence | no-licence | corrupt | mismatch | duplicate | score | manual
-  sig TEXT NOT NULL DEFAULT '',         -- size/mtime of the file and its sidecars: re-ingest skips unchanged rows
-  ingested_at INTEGER NOT NULL,
-  updated_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
-CREATE INDEX IF NOT EXISTS images_status ON images(status);
-CREATE TABLE IF NOT EXISTS captions(
-  image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  idx INTEGER NOT NULL,
-  origin TEXT NOT NULL,                 -- sidecar | manifest.jsonl | toml
-  text TEXT NOT NULL,
-  PRIMARY KEY(image_id, idx));
-CREATE TABLE IF NOT EXISTS scores(
-  image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  name TEXT NOT NULL,
-  value REAL NOT NULL,
-  PRIMARY KEY(image_id, name));
-CREATE TABLE IF NOT EXISTS features(
-  image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  extractor TEXT NOT NULL,              -- extractor id, e.g. dct-colour-v3
-  vec BLOB NOT NULL,                    -- float16 little-endian, L2-normalised
-  PRIMARY KEY(image_id, extractor));
-CREATE TABLE IF NOT EXISTS buckets(
-  image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  stage INTEGER NOT NULL,
-  width INTEGER NOT NULL, height INTEGER NOT NULL,      -- training size
-  crop_x INTEGER NOT NULL, crop_y INTEGER NOT NULL,     -- source window that is resized to it
-  crop_w INTEGER NOT NULL, crop_h INTEGER NOT NULL,
-  PRIMARY KEY(image_id, stage));
-CREATE TABLE IF NOT EXISTS cache_entries(
-  key TEXT PRIMARY KEY,                 -- sha256 of content hash + bucket + codec/encoder identity
-  kind TEXT NOT NULL,                   -- latent | text
-  shard TEXT NOT NULL,                  -- file name inside the cache folder
-  tensor TEXT NOT NULL,
-  created INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS image_cache(
-  image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  stage INTEGER NOT NULL,
-  codec TEXT NOT NULL,                  -- codec identity, e.g. pixels/stride=2
-  latent_key TEXT NOT NULL,
-  text_key TEXT NOT NULL DEFAULT '',
-  PRIMARY KEY(image_id, stage, codec));
-CREATE TABLE IF NOT EXISTS exports(
-  id INTEGER PRIMARY KEY,
-  dir TEXT NOT NULL,
-  digest TEXT NOT NULL,
-  images INTEGER NOT NULL,
-  created INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS exports_digest ON exports(digest);
-CREATE TABLE IF NOT EXISTS export_images(
-  export_id INTEGER NOT NULL REFERENCES exports(id) ON DELETE CASCADE,
-  image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  PRIMARY KEY(export_id, image_id));
-CREATE TABLE IF NOT EXISTS models(
-  id INTEGER PRIMARY KEY,
-  path TEXT NOT NULL,
-  file_sha256 TEXT NOT NULL UNIQUE,
-  digest TEXT NOT NULL,
-  images INTEGER NOT NULL,
-  linked_by TEXT NOT NULL,              -- export <id> | data folder <dir> | active set
-  registered INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS model_images(
-  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-  image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-  PRIMARY KEY(model_id, image_id));
-CREATE INDEX IF NOT EXISTS model_images_image ON model_images(image_id);
-CREATE TABLE IF NOT EXISTS jsonl_records(  -- manifest.jsonl of each ingested folder, staged for lookups
-  root TEXT NOT NULL,
-  file TEXT NOT NULL,
-  record TEXT NOT NULL,
-  PRIMARY KEY(root, file));
-)SQL";
 
 const char* const kKnownSpdx[] = {
     "CC0-1.0",     "CC-BY-4.0",     "CC-BY-SA-4.0",    "CC-BY-3.0",       "CC-BY-SA-3.0",  "CC-BY-2.0",
@@ -283,41 +186,29 @@ bool ShardSpec::mine(const std::string& key) const {
 
 std::unique_ptr<Manifest> Manifest::open(const std::string& path, bool create) {
   std::error_code ec;
-  if (path.empty()) fail("--manifest is empty: pass the manifest file, e.g. --manifest data.db");
-  const bool exists = fs::exists(path, ec);
-  if (!exists && !create)
-    fail(path, ": no such manifest: create it with `oboro data ingest DIR --manifest ", path, "`");
-  if (exists && fs::is_directory(path, ec)) fail(path, ": is a folder: --manifest takes a file, e.g. ", path, "/data.db");
-  if (!exists) {
-    const fs::path parent = fs::path(path).parent_path();
-    if (!parent.empty() && !fs::is_directory(parent, ec))
-      fail(path, ": the folder ", parent.string(), " does not exist: create it first");
+  if (path.empty())
+    fail("--manifest is empty: pass the manifest file (e.g. --manifest data.db) or a PostgreSQL URI "
+         "(postgresql://user@host/db)");
+  if (!sql::is_postgres_target(path)) {
+    const bool exists = fs::exists(path, ec);
+    if (!exists && !create)
+      fail(path, ": no such manifest: create it with `oboro data ingest DIR --manifest ", path, "`");
+    if (exists && fs::is_directory(path, ec)) fail(path, ": is a folder: --manifest takes a file, e.g. ", path, "/data.db");
+    if (!exists) {
+      const fs::path parent = fs::path(path).parent_path();
+      if (!parent.empty() && !fs::is_directory(parent, ec))
+        fail(path, ": the folder ", parent.string(), " does not exist: create it first");
+    }
   }
   auto m = std::unique_ptr<Manifest>(new Manifest());
-  m->path_ = path;
-  m->db_ = std::make_unique<sql::Db>(path, create);
-  sql::Db& db = *m->db_;
-  const bool has_meta = db.scalar_i64("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'") > 0;
-  if (!has_meta) {
-    if (db.scalar_i64("SELECT count(*) FROM sqlite_master") > 0)
-      fail(path, ": is an SQLite database but not an oboro manifest: pass another --manifest file");
-    if (!create) fail(path, ": is empty, not a manifest: create it with `oboro data ingest DIR --manifest ", path, "`");
-  }
-  if (has_meta) {
-    const std::string v = db.scalar_text("SELECT value FROM meta WHERE key='schema_version'");
-    if (v.empty()) fail(path, ": not an oboro manifest (no schema_version): pass another --manifest file");
-    if (std::atoi(v.c_str()) > kSchemaVersion)
-      fail(path, ": manifest schema version ", v, " is newer than this oboro (", kSchemaVersion, "): update oboro");
-  }
-  db.configure();  // the first write (WAL mode is stored in the file): only now that it is known to be a manifest
-  sql::Transaction tx(db);
-  db.exec(kSchema);
-  db.exec("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
-  db.exec("INSERT OR IGNORE INTO meta(key, value) VALUES ('licence_policy', '" + LicencePolicy::defaults().str() + "')");
-  db.exec("INSERT OR IGNORE INTO meta(key, value) VALUES ('quality_tags', 'append')");
-  tx.commit();
+  m->target_ = path;
+  m->db_ = sql::open(path, create);
+  m->path_ = m->db_->path();
+  migrate_manifest(*m->db_, create);
   return m;
 }
+
+std::unique_ptr<sql::Db> Manifest::connect_again() { return sql::open(target_, false); }
 
 std::string Manifest::meta(const std::string& key, const std::string& dflt) {
   sql::Stmt s(*db_, "SELECT value FROM meta WHERE key=?");

@@ -1,10 +1,10 @@
-// The data manifest: one SQLite file that knows every image of a dataset — where it is, its content
+// The data manifest: one database (an SQLite file, or a PostgreSQL database/schema) that knows every image of a dataset — where it is, its content
 // hash, size, source, licence (SPDX), attribution, captions, scores, quality tags, buckets, cache
 // entries and status (active, or removed with a reason) — and which exports and models used it.
 // Schema: see schema_sql() in manifest.cpp and docs/data.md. Every write runs in a transaction, so a
 // crash loses at most the batch in flight; every re-run skips what is already done.
 #pragma once
-#include "data/sqlite_db.h"
+#include "data/sql_db.h"
 
 #include <cstdint>
 #include <map>
@@ -54,10 +54,15 @@ struct ImageRow {
 
 class Manifest {
  public:
-  // `create`: make the file and schema when missing (ingest); otherwise the file must exist.
+  // `path`: an SQLite file, or a PostgreSQL URI / libpq connection string (sql_db.h).
+  // `create`: make the file (SQLite) and the tables when missing (ingest); otherwise the manifest
+  // must exist. Upgrades an older schema (manifest_schema.h).
   static std::unique_ptr<Manifest> open(const std::string& path, bool create);
   sql::Db& db() { return *db_; }
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return path_; }  // for messages: password hidden
+  sql::Backend backend() const { return db_->backend(); }
+  // A second connection to the same manifest (PostgreSQL work claims hold their row locks on it).
+  std::unique_ptr<sql::Db> connect_again();
 
   std::string meta(const std::string& key, const std::string& dflt = "");
   void set_meta(const std::string& key, const std::string& value);  // own transaction unless one is open
@@ -70,7 +75,7 @@ class Manifest {
 
   // Status changes. `kind` classifies the reason (licence, no-licence, corrupt, duplicate, score,
   // manual, mismatch) so that later re-evaluations only undo their own kind.
-  int64_t count(const std::string& where_sql = "1");
+  int64_t count(const std::string& where_sql = "TRUE");
   std::optional<ImageRow> image_by_id(int64_t id);
   std::vector<ImageRow> images_by_hash(const std::string& hash_or_prefix);  // ≥ 8 hex digits
   std::vector<std::string> captions(int64_t image_id);
@@ -79,7 +84,7 @@ class Manifest {
   std::string training_caption(int64_t image_id);
 
  private:
-  std::string path_;
+  std::string path_, target_;
   std::unique_ptr<sql::Db> db_;
 };
 
@@ -106,8 +111,11 @@ struct IngestReport {
   std::vector<std::string> not_allowed_paths;  // first 20, with the licence
   double seconds = 0;
   double scan_seconds = 0, decode_seconds = 0, write_seconds = 0;  // wall time of the three phases
+  int shards_taken_over = 0;  // PostgreSQL: shards of crashed workers this process did (work_claims.h)
 };
 
+// Ingests opt.shard of the source; on PostgreSQL then also any shard whose worker died
+// (work_claims.h).
 IngestReport ingest(Manifest& m, const IngestOptions& opt);
 
 }  // namespace oboro

@@ -118,7 +118,7 @@ ScoreReport apply_scores(Manifest& m, const ScoreOptions& opt) {
   sql::Stmt by_sha(db, "SELECT id, status, reason_kind FROM images WHERE sha256=?");
   sql::Stmt by_path(db, "SELECT id, status, reason_kind FROM images WHERE path=? OR relpath=?");
   sql::Stmt set_score(db, "UPDATE images SET score=?, quality=?, updated_at=? WHERE id=?");
-  sql::Stmt ins_score(db, "INSERT OR REPLACE INTO scores(image_id, name, value) VALUES (?,?,?)");
+  sql::Stmt ins_score(db, "INSERT INTO scores(image_id, name, value) VALUES (?,?,?) ON CONFLICT(image_id, name) DO UPDATE SET value=excluded.value");
   sql::Stmt set_status(db, "UPDATE images SET status=?, reason=?, reason_kind=? WHERE id=?");
   const int64_t t = now_unix();
 

@@ -1,4 +1,5 @@
 #include "data/sqlite_db.h"
+#include "data/sql_db.h"
 
 #include "core/error.h"
 
@@ -6,6 +7,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <sys/stat.h>
 
 namespace oboro::sql {
 
@@ -31,152 +33,136 @@ std::string advice(int code) {
       return "";
   }
 }
+
+class SqliteDb final : public Db {
+ public:
+  SqliteDb(const std::string& path, bool create) {
+    name_ = path;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
+    if (rc != SQLITE_OK) {
+      std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      db_ = nullptr;
+      fail(path, ": cannot open the manifest: ", msg, advice(rc));
+    }
+    sqlite3_extended_result_codes(db_, 1);
+    sqlite3_busy_timeout(db_, 600000);
+    // A file that is not a database only shows up at the first read: a read, which changes nothing. The journal
+    // mode (a write: WAL mode is stored in the file) is set by configure(), after the schema check.
+    try {
+      exec("PRAGMA foreign_keys=ON; PRAGMA temp_store=FILE; SELECT count(*) FROM sqlite_master;");
+    } catch (...) {
+      sqlite3_close_v2(db_);  // the destructor does not run for a constructor that throws
+      db_ = nullptr;
+      throw;
+    }
+  }
+  ~SqliteDb() override {
+    if (db_) sqlite3_close_v2(db_);
+  }
+
+  Backend backend() const override { return Backend::sqlite; }
+  sqlite3* handle() const { return db_; }
+
+  [[noreturn]] void fail_sql(const std::string& what) const override {
+    int code = sqlite3_extended_errcode(db_);
+    fail(name_, ": ", what, ": ", sqlite3_errmsg(db_), advice(code));
+  }
+
+  void exec(const std::string& sql) override {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
+    if (rc != SQLITE_OK) {
+      std::string msg = err ? err : sqlite3_errstr(rc);
+      sqlite3_free(err);
+      fail(name_, ": ", msg, advice(rc));
+    }
+  }
+
+  std::unique_ptr<StmtImpl> prepare(const std::string& sql) override;
+
+  void begin() override { exec("BEGIN IMMEDIATE"); }
+  void commit() override { exec("COMMIT"); }
+  void rollback() noexcept override { sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr); }
+  void lock_schema() override {}  // BEGIN IMMEDIATE holds the only write lock
+  void configure() override { exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); }
+
+  bool has_table(const std::string& name) override {
+    Stmt s(*this, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?");
+    s.bind(1, name);
+    return s.step() && s.i64(0) > 0;
+  }
+  int64_t table_count() override { return scalar_i64("SELECT count(*) FROM sqlite_master"); }
+  int64_t size_bytes() override {
+    int64_t n = 0;
+    for (const char* ext : {"", "-wal", "-shm"}) {
+      struct stat st {};
+      if (::stat((name_ + ext).c_str(), &st) == 0) n += (int64_t)st.st_size;
+    }
+    return n;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+class SqliteStmt final : public StmtImpl {
+ public:
+  SqliteStmt(SqliteDb& db, const std::string& q) : db_(&db) {
+    if (sqlite3_prepare_v2(db.handle(), q.c_str(), (int)q.size(), &st_, nullptr) != SQLITE_OK)
+      db.fail_sql("cannot prepare `" + q.substr(0, 60) + "`");
+  }
+  ~SqliteStmt() override {
+    if (st_) sqlite3_finalize(st_);
+  }
+  void bind_i64(int i, int64_t v) override { check(sqlite3_bind_int64(st_, i, v)); }
+  void bind_f64(int i, double v) override { check(sqlite3_bind_double(st_, i, v)); }
+  void bind_text(int i, const std::string& v) override {
+    check(sqlite3_bind_text(st_, i, v.data(), (int)v.size(), SQLITE_TRANSIENT));
+  }
+  void bind_blob(int i, const void* p, size_t n) override { check(sqlite3_bind_blob64(st_, i, p, n, SQLITE_TRANSIENT)); }
+  void bind_null(int i) override { check(sqlite3_bind_null(st_, i)); }
+
+  bool step() override {
+    int rc = sqlite3_step(st_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    std::string q = sqlite3_sql(st_) ? sqlite3_sql(st_) : "";
+    sqlite3_reset(st_);
+    db_->fail_sql("`" + q.substr(0, 60) + "` failed");
+  }
+  void reset() override {
+    sqlite3_reset(st_);
+    sqlite3_clear_bindings(st_);
+  }
+
+  int64_t i64(int c) const override { return sqlite3_column_int64(st_, c); }
+  double f64(int c) const override { return sqlite3_column_double(st_, c); }
+  bool is_null(int c) const override { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
+  std::string text(int c) const override {
+    const unsigned char* p = sqlite3_column_text(st_, c);
+    int n = sqlite3_column_bytes(st_, c);
+    return p ? std::string((const char*)p, (size_t)n) : std::string();
+  }
+  const void* blob_ptr(int c, size_t* n) const override {
+    const void* p = sqlite3_column_blob(st_, c);
+    *n = (size_t)sqlite3_column_bytes(st_, c);
+    return p;
+  }
+
+ private:
+  void check(int rc) {
+    if (rc != SQLITE_OK) db_->fail_sql("bind");
+  }
+  SqliteDb* db_ = nullptr;
+  sqlite3_stmt* st_ = nullptr;
+};
+
+std::unique_ptr<StmtImpl> SqliteDb::prepare(const std::string& sql) { return std::make_unique<SqliteStmt>(*this, sql); }
+
 }  // namespace
 
-Db::Db(const std::string& path, bool create) : path_(path) {
-  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
-  int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
-  if (rc != SQLITE_OK) {
-    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    db_ = nullptr;
-    fail(path, ": cannot open the manifest: ", msg, advice(rc));
-  }
-  sqlite3_extended_result_codes(db_, 1);
-  sqlite3_busy_timeout(db_, 600000);
-  // A file that is not a database only shows up at the first read: a read, which changes nothing. The journal mode
-  // (a write: WAL mode is stored in the file) is set by configure(), after the caller has checked the schema.
-  try {
-    exec("PRAGMA foreign_keys=ON; PRAGMA temp_store=FILE; SELECT count(*) FROM sqlite_master;");
-  } catch (...) {
-    sqlite3_close_v2(db_);  // the destructor does not run for a constructor that throws
-    db_ = nullptr;
-    throw;
-  }
-}
-
-void Db::configure() { exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); }
-
-Db::~Db() {
-  if (db_) sqlite3_close_v2(db_);
-}
-
-void Db::fail_sql(const std::string& what) const {
-  int code = sqlite3_extended_errcode(db_);
-  fail(path_, ": ", what, ": ", sqlite3_errmsg(db_), advice(code));
-}
-
-void Db::exec(const std::string& sql) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
-  if (rc != SQLITE_OK) {
-    std::string msg = err ? err : sqlite3_errstr(rc);
-    sqlite3_free(err);
-    fail(path_, ": ", msg, advice(rc));
-  }
-}
-
-int64_t Db::last_insert_id() const { return sqlite3_last_insert_rowid(db_); }
-int Db::changes() const { return sqlite3_changes(db_); }
-
-int64_t Db::scalar_i64(const std::string& q, int64_t dflt) {
-  Stmt s(*this, q);
-  return s.step() && !s.is_null(0) ? s.i64(0) : dflt;
-}
-
-std::string Db::scalar_text(const std::string& q, const std::string& dflt) {
-  Stmt s(*this, q);
-  return s.step() && !s.is_null(0) ? s.text(0) : dflt;
-}
-
-Stmt::Stmt(Db& db, const std::string& q) : db_(&db) {
-  if (sqlite3_prepare_v2(db.handle(), q.c_str(), (int)q.size(), &st_, nullptr) != SQLITE_OK)
-    db.fail_sql("cannot prepare `" + q.substr(0, 60) + "`");
-}
-Stmt::Stmt(Stmt&& o) noexcept : db_(o.db_), st_(o.st_) { o.st_ = nullptr; }
-Stmt& Stmt::operator=(Stmt&& o) noexcept {
-  if (this != &o) {
-    if (st_) sqlite3_finalize(st_);
-    db_ = o.db_;
-    st_ = o.st_;
-    o.st_ = nullptr;
-  }
-  return *this;
-}
-Stmt::~Stmt() {
-  if (st_) sqlite3_finalize(st_);
-}
-
-Stmt& Stmt::bind(int i, int64_t v) {
-  if (sqlite3_bind_int64(st_, i, v) != SQLITE_OK) db_->fail_sql("bind");
-  return *this;
-}
-Stmt& Stmt::bind(int i, double v) {
-  if (sqlite3_bind_double(st_, i, v) != SQLITE_OK) db_->fail_sql("bind");
-  return *this;
-}
-Stmt& Stmt::bind(int i, const std::string& v) {
-  if (sqlite3_bind_text(st_, i, v.data(), (int)v.size(), SQLITE_TRANSIENT) != SQLITE_OK) db_->fail_sql("bind");
-  return *this;
-}
-Stmt& Stmt::bind_blob(int i, const void* p, size_t n) {
-  if (sqlite3_bind_blob64(st_, i, p, n, SQLITE_TRANSIENT) != SQLITE_OK) db_->fail_sql("bind");
-  return *this;
-}
-Stmt& Stmt::bind_null(int i) {
-  if (sqlite3_bind_null(st_, i) != SQLITE_OK) db_->fail_sql("bind");
-  return *this;
-}
-
-bool Stmt::step() {
-  int rc = sqlite3_step(st_);
-  if (rc == SQLITE_ROW) return true;
-  if (rc == SQLITE_DONE) return false;
-  std::string q = sqlite3_sql(st_) ? sqlite3_sql(st_) : "";
-  sqlite3_reset(st_);
-  db_->fail_sql("`" + q.substr(0, 60) + "` failed");
-}
-
-void Stmt::run() {
-  while (step()) {
-  }
-  reset();
-}
-
-void Stmt::reset() {
-  sqlite3_reset(st_);
-  sqlite3_clear_bindings(st_);
-}
-
-int64_t Stmt::i64(int c) const { return sqlite3_column_int64(st_, c); }
-double Stmt::f64(int c) const { return sqlite3_column_double(st_, c); }
-bool Stmt::is_null(int c) const { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
-std::string Stmt::text(int c) const {
-  const unsigned char* p = sqlite3_column_text(st_, c);
-  int n = sqlite3_column_bytes(st_, c);
-  return p ? std::string((const char*)p, (size_t)n) : std::string();
-}
-const void* Stmt::blob_ptr(int c, size_t* n) const {
-  const void* p = sqlite3_column_blob(st_, c);
-  *n = (size_t)sqlite3_column_bytes(st_, c);
-  return p;
-}
-std::vector<uint8_t> Stmt::blob(int c) const {
-  size_t n = 0;
-  const uint8_t* p = (const uint8_t*)blob_ptr(c, &n);
-  return p ? std::vector<uint8_t>(p, p + n) : std::vector<uint8_t>();
-}
-
-Transaction::Transaction(Db& db) : db_(db) {
-  db_.exec("BEGIN IMMEDIATE");
-  open_ = true;
-}
-Transaction::~Transaction() {
-  if (open_) sqlite3_exec(db_.handle(), "ROLLBACK", nullptr, nullptr, nullptr);
-}
-void Transaction::commit() {
-  db_.exec("COMMIT");
-  open_ = false;
-}
+std::unique_ptr<Db> open_sqlite(const std::string& path, bool create) { return std::make_unique<SqliteDb>(path, create); }
 
 }  // namespace oboro::sql

@@ -4,6 +4,7 @@
 #include "data/cache.h"
 #include "data/dataset.h"
 #include "data/provenance.h"
+#include "data/sql_db.h"
 #include "models/codec.h"
 #include "train/cached_data.h"
 #include "train/trainer.h"
@@ -214,7 +215,7 @@ std::unique_ptr<BatchSource> open_batch_source(const TrainConfig& cfg, const Lat
                  cfg.cache_dir.c_str(), bk.c_str());
     prov.has_manifest = true;
     prov.summary = data.provenance(policy);
-    prov.manifests.push_back(cfg.manifest);
+    prov.manifests.push_back(sql::display_name(cfg.manifest));  // no PostgreSQL password in the model's metadata
     return std::make_unique<CachedBatches>(cfg, codec, std::move(data));
   }
   Dataset data = Dataset::open(cfg.train_data_dir.empty() ? cfg.dataset_config : cfg.train_data_dir);

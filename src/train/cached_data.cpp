@@ -14,18 +14,18 @@ namespace fs = std::filesystem;
 CachedDataset CachedDataset::open(const std::string& manifest, const std::string& dir, int stage,
                                   const std::string& codec_id) {
   std::error_code ec;
-  if (!fs::is_regular_file(manifest, ec))
+  if (!sql::is_postgres_target(manifest) && !fs::is_regular_file(manifest, ec))
     fail("manifest = \"", manifest, "\": no such file — create it with `oboro data ingest DIR --manifest ", manifest, "`");
   if (!fs::is_directory(dir, ec))
     fail("cache_dir = \"", dir, "\": no such folder — fill it with `oboro data cache --manifest ", manifest, " --out ", dir,
          " --stage ", stage, "`");
   CachedDataset d;
-  d.manifest_path_ = manifest;
   d.m_ = Manifest::open(manifest, false);
+  d.manifest_path_ = d.m_->path();  // a PostgreSQL password is not shown
   d.reader_ = std::make_unique<CacheReader>(*d.m_, dir);
   d.items_ = d.reader_->items(stage, codec_id);
   if (d.items_.empty())
-    fail(manifest, ": no active image has a stage-", stage, " latent for codec ", codec_id, " in ", dir,
+    fail(d.manifest_path_, ": no active image has a stage-", stage, " latent for codec ", codec_id, " in ", dir,
          " — run `oboro data bucket --manifest ", manifest, " --stage ", stage, "` and `oboro data cache --manifest ",
          manifest, " --out ", dir, " --stage ", stage, "` with the codec this config trains with");
   std::map<std::pair<int, int>, uint32_t> index;

@@ -1,5 +1,6 @@
 #include "train/train_config.h"
 #include "core/error.h"
+#include "data/sql_db.h"
 #include "flow/flow.h"
 #include "flow/infotext.h"
 #include "train/optim.h"
@@ -226,7 +227,7 @@ TrainConfig TrainConfig::from_toml(const std::string& path) {
   for (const Field& f : kFields) {
     if (!(f.use & kPath)) continue;
     std::string& p = c.*std::get<std::string TrainConfig::*>(f.member);
-    if (!p.empty() && fs::path(p).is_relative()) p = (base / p).lexically_normal().string();
+    if (!p.empty() && fs::path(p).is_relative() && !sql::is_postgres_target(p)) p = (base / p).lexically_normal().string();
   }
   return c;
 }

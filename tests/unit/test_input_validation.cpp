@@ -400,14 +400,14 @@ TEST(InputValidation, ASqliteFileThatIsNotAManifestIsLeftUntouched) {
   const fs::path d = fresh("sqlite");
   const std::string db = (d / "other.db").string();
   {
-    sql::Db other(db, true);  // not configure()d: the rollback journal, as other programs leave it
-    other.exec("CREATE TABLE notes(id INTEGER PRIMARY KEY, text TEXT); INSERT INTO notes(text) VALUES ('mine');");
+    auto other = sql::open(db, true);  // not configure()d: the rollback journal, as other programs leave it
+    other->exec("CREATE TABLE notes(id INTEGER PRIMARY KEY, text TEXT); INSERT INTO notes(text) VALUES ('mine');");
   }
   const std::string before = slurp(db);
   ASSERT_GE(before.size(), 20u);
   EXPECT_EQ((int)(unsigned char)before[18], 1);  // file format write version 1 = rollback journal (2 = WAL)
   const std::string e = error_of([&] { Manifest::open(db, false); });
-  EXPECT_TRUE(has(e, "not an oboro manifest")) << e;
+  EXPECT_TRUE(has(e, "is not an oboro manifest")) << e;
   EXPECT_EQ(slurp(db), before);
   EXPECT_FALSE(fs::exists(db + "-wal"));
   const Result r = run("data list --manifest " + db);

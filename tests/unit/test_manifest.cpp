@@ -1,8 +1,9 @@
-// The SQLite manifest end to end: ingest (sidecars, manifest.jsonl, .license, --license, allow-list,
+// The manifest end to end, on SQLite and on PostgreSQL (manifest_backends.h): ingest (sidecars, manifest.jsonl, .license, --license, allow-list,
 // corrupt and mismatched files, resume, shards, kohya TOML), dedup, scores and quality tags, buckets,
 // latent cache + reader, export → model → register → remove → audit, and the CLI contract with its
 // one-line errors.
 #include "test_util.h"
+#include "manifest_backends.h"
 #include "core/error.h"
 #include "core/sha256.h"
 #include "data/audit.h"
@@ -54,6 +55,11 @@ std::string read_text(const fs::path& p) {
 }
 
 using oboro::test::error_of;
+
+// A --manifest value on a shell command line (a libpq connection string has spaces).
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+class ManifestDb : public oboro::test::ManifestBackend {};
 
 std::string status_of(Manifest& m, const std::string& path_suffix, std::string* reason = nullptr) {
   sql::Stmt s(m.db(), "SELECT status, reason FROM images WHERE path LIKE ?");
@@ -117,10 +123,9 @@ int lines(const std::string& s) { return (int)std::count(s.begin(), s.end(), '\n
 
 }  // namespace
 
-TEST(Manifest, IngestLicencesCorruptMismatchAndResume) {
+TEST_P(ManifestDb, IngestLicencesCorruptMismatchAndResume) {
   const fs::path d = make_folder("ingest");
-  const std::string db = (d.parent_path() / "ingest.db").string();
-  fs::remove(db);
+  const std::string db = target(d.parent_path(), "ingest");
   auto m = Manifest::open(db, true);
   IngestReport r = ingest(*m, quiet(d));
   EXPECT_EQ(r.found, 7);  // a-f + sub/f.jpg; .hidden skipped
@@ -182,20 +187,25 @@ TEST(Manifest, IngestLicencesCorruptMismatchAndResume) {
   EXPECT_EQ(m->set_policy(LicencePolicy::defaults()), 2);
 
   // Errors name the thing and the fix.
-  EXPECT_NE(error_of([&] { Manifest::open((d / "nope.db").string(), false); }).find("oboro data ingest"), std::string::npos);
-  write_text(d.parent_path() / "junk.db", std::string(4096, 'x'));
-  EXPECT_NE(error_of([&] { Manifest::open((d.parent_path() / "junk.db").string(), false); }).find("not"), std::string::npos);
+  if (backend() == "sqlite") {
+    EXPECT_NE(error_of([&] { Manifest::open((d / "nope.db").string(), false); }).find("oboro data ingest"), std::string::npos);
+    write_text(d.parent_path() / "junk.db", std::string(4096, 'x'));
+    EXPECT_NE(error_of([&] { Manifest::open((d.parent_path() / "junk.db").string(), false); }).find("not"), std::string::npos);
+  } else {
+    const std::string empty = target(d.parent_path(), "empty");
+    EXPECT_NE(error_of([&] { Manifest::open(empty, false); }).find("oboro data ingest"), std::string::npos);
+    sql::open(empty, false)->exec("CREATE TABLE other(x INTEGER)");
+    EXPECT_NE(error_of([&] { Manifest::open(empty, true); }).find("not an oboro manifest"), std::string::npos);
+  }
   EXPECT_NE(error_of([&] { ingest(*m, quiet(d / "missing")); }).find("no such folder"), std::string::npos);
   write_text(d / "manifest.jsonl", "{\"file\": \"a.png\"}\nnot json\n");
   EXPECT_NE(error_of([&] { ingest(*m, quiet(d)); }).find("manifest.jsonl:2"), std::string::npos);
 }
 
-TEST(Manifest, ShardedIngestMatchesOneProcessAndTomlWorks) {
+TEST_P(ManifestDb, ShardedIngestMatchesOneProcessAndTomlWorks) {
   const fs::path d = fresh_dir("shards");
   for (int i = 0; i < 24; ++i) save_png((d / str("i", i, ".png")).string(), synth::make_image(6, (uint64_t)i, 24, 24));
-  const std::string one = (d.parent_path() / "one.db").string(), two = (d.parent_path() / "two.db").string();
-  fs::remove(one);
-  fs::remove(two);
+  const std::string one = target(d.parent_path(), "one"), two = target(d.parent_path(), "two");
   auto m1 = Manifest::open(one, true);
   ingest(*m1, quiet(d, "MIT"));
   auto m2 = Manifest::open(two, true);
@@ -217,15 +227,14 @@ TEST(Manifest, ShardedIngestMatchesOneProcessAndTomlWorks) {
   EXPECT_EQ(rows(*m1), rows(*m2));
   // kohya TOML: class_tokens as caption, subset image_dir relative to the TOML.
   write_text(d.parent_path() / "ds.toml", "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"shards\"\nclass_tokens = \"a tile\"\nnum_repeats = 3\n");
-  const std::string three = (d.parent_path() / "three.db").string();
-  fs::remove(three);
+  const std::string three = target(d.parent_path(), "three");
   auto m3 = Manifest::open(three, true);
   const IngestReport r = ingest(*m3, quiet(d.parent_path() / "ds.toml", "MIT"));
   EXPECT_EQ(r.added, 24);  // repeats are not rows
   EXPECT_EQ(m3->captions(1), std::vector<std::string>{"a tile"});
 }
 
-TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
+TEST_P(ManifestDb, DedupScoreBucketCacheExportRegisterRemove) {
   // 60 originals + 12 planted near-duplicates, written by the synth generator (manifest.jsonl, CC0).
   const fs::path root = fresh_dir("pipeline");
   synth::Options so;
@@ -237,7 +246,7 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
   so.per_folder = 30;
   const synth::Summary ss = synth::write_dataset(so);
   ASSERT_GT(ss.duplicates, 5);
-  const std::string db = (root / "m.db").string();
+  const std::string db = target(root, "m");
   auto m = Manifest::open(db, true);
   IngestReport ir = ingest(*m, quiet(root / "data"));
   EXPECT_EQ(ir.active, 72);
@@ -455,24 +464,24 @@ TEST(Manifest, DedupScoreBucketCacheExportRegisterRemove) {
   EXPECT_NE(error_of([&] { read_model_dataset(db); }).find(db), std::string::npos);
 
   // The CLI on the same manifest: list, remove, audit.
-  Result r = run("data list --manifest " + db + " --status removed");
+  Result r = run("data list --manifest " + q(db) + " --status removed");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(lines(r.out), (int)m->count("status='removed'"));
   EXPECT_NE(r.out.find(rm.rows[0].relpath), std::string::npos);
-  r = run("data list --manifest " + db);
+  r = run("data list --manifest " + q(db));
   EXPECT_EQ(lines(r.out), 72);
-  r = run("data audit " + model + " --manifest " + db);
+  r = run("data audit " + model + " --manifest " + q(db));
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find(er.digest), std::string::npos);
   EXPECT_NE(r.out.find("CC0-1.0"), std::string::npos);
   EXPECT_NE(r.out.find("oboro synthetic data (seed 4)"), std::string::npos);
   EXPECT_NE(r.out.find("rights holder request"), std::string::npos);
-  r = run("data remove --manifest " + db + " --hash " + digest_lines[2].substr(0, 64) + " --reason \"licence withdrawn\"");
+  r = run("data remove --manifest " + q(db) + " --hash " + digest_lines[2].substr(0, 64) + " --reason \"licence withdrawn\"");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find(fs::absolute(model).lexically_normal().string()), std::string::npos) << r.out;
 }
 
-TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
+TEST_P(ManifestDb, TextCacheWithAFrozenEncoderAndVaeLatents) {
   const fs::path root = fresh_dir("textcache");
   fs::create_directories(root / "d");
   for (int i = 0; i < 3; ++i) {
@@ -491,7 +500,7 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
     t5->init_weights(1);
     TextEncoder(Tokenizer::load((root / "voc.model").string()), std::move(t5)).save((root / "te.safetensors").string());
   }
-  auto m = Manifest::open((root / "m.db").string(), true);
+  auto m = Manifest::open(target(root, "m"), true);
   ingest(*m, quiet(root / "d", "CC0-1.0"));
   BucketOptions bo;
   bo.stage = 2;
@@ -570,37 +579,47 @@ TEST(Manifest, TextCacheWithAFrozenEncoderAndVaeLatents) {
   EXPECT_NE(error_of([&] { CacheOptions b = vo; b.vae.clear(); build_cache(cpu_backend(), *m, b); }).find("--vae"), std::string::npos);
 }
 
-TEST(Manifest, CliContractAndErrors) {
+TEST_P(ManifestDb, CliContractAndErrors) {
   const fs::path d = make_folder("cli");
-  const std::string db = (d.parent_path() / "cli.db").string();
-  fs::remove(db);
-  Result r = run("data ingest " + d.string() + " --manifest " + db + " --license CC0-1.0 -q");
+  const std::string db = target(d.parent_path(), "cli");
+  Result r = run("data ingest " + d.string() + " --manifest " + q(db) + " --license CC0-1.0 -q");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("7 images found, 7 added"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("e.png"), std::string::npos);  // the corrupt image is warned about
-  r = run("data list --manifest " + db + " --status active");
+  r = run("data list --manifest " + q(db) + " --status active");
   EXPECT_EQ(lines(r.out), 4);  // a, b, c (--license), f.png
-  r = run("data dedup --manifest " + db + " --eps 0.1 -q");
+  r = run("data dedup --manifest " + q(db) + " --eps 0.1 -q");
   EXPECT_EQ(r.code, 0) << r.err;
-  r = run("data bucket --manifest " + db + " --stage 2 --dry-run");
+  r = run("data bucket --manifest " + q(db) + " --stage 2 --dry-run");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("none: too small"), std::string::npos);
-  r = run("data stats --manifest " + db);
+  r = run("data stats --manifest " + q(db));
   EXPECT_EQ(r.code, 0) << r.err;
+  const std::string copy = (d.parent_path() / (backend() + "-copy.db")).string();
+  fs::remove(copy);
+  r = run("data manifest copy " + q(db) + " " + copy + " -q");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("verified"), std::string::npos) << r.out;
+  auto body = [](const std::string& s) { return s.substr(s.find(':')); };  // stats without the manifest's name
+  EXPECT_EQ(body(run("data stats --manifest " + copy).out), body(run("data stats --manifest " + q(db)).out));
   // Failures: one line on stderr naming the thing and the fix, non-zero exit.
   for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
            {"data list --manifest " + d.string() + "/none.db", "oboro data ingest"},
-           {"data ingest " + d.string() + "/nope --manifest " + db, "no such folder"},
-           {"data ingest " + d.string() + " --manifest " + db + " --license \"CC BY/NC\"", "SPDX"},
-           {"data ingest " + d.string() + " --manifest " + db + " --shard 5/2", "--shard"},
-           {"data dedup --manifest " + db + " --eps 0", "--eps"},
-           {"data remove --manifest " + db + " --hash zz --reason x", "--hash"},
+           {"data manifest copy " + d.string() + "/none.db " + d.string() + "/x.db", "no such manifest"},
+           {"data manifest copy " + q(db) + " " + copy, "already exists"},
+           {"data ingest " + d.string() + "/nope --manifest " + q(db), "no such folder"},
+           {"data ingest " + d.string() + " --manifest " + q(db) + " --license \"CC BY/NC\"", "SPDX"},
+           {"data ingest " + d.string() + " --manifest " + q(db) + " --shard 5/2", "--shard"},
+           {"data dedup --manifest " + q(db) + " --eps 0", "--eps"},
+           {"data remove --manifest " + q(db) + " --hash zz --reason x", "--hash"},
            {"data audit " + d.string() + "/a.png", "a.png"},
-           {"data score --manifest " + db + " --scores " + d.string() + "/none.csv", "none.csv"},
-           {"data cache --manifest " + db + " --out " + d.string() + "/c --codec flux-vae", "--vae"}}) {
+           {"data score --manifest " + q(db) + " --scores " + d.string() + "/none.csv", "none.csv"},
+           {"data cache --manifest " + q(db) + " --out " + d.string() + "/c --codec flux-vae", "--vae"}}) {
     r = run(args);
     EXPECT_NE(r.code, 0) << args;
     EXPECT_EQ(lines(r.err), 1) << args << "\n" << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\n" << r.err;
   }
 }
+
+OBORO_MANIFEST_BACKENDS(ManifestDb);

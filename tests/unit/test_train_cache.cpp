@@ -1,7 +1,8 @@
 // Training from `oboro data cache`: ingest → bucket (two stage-2 buckets) → cache (pixels latents and a
 // frozen T5's text states) → train. Checks that batches come from one bucket each and use the cached
 // latents, that cached text states are used, that resume is bit-identical, that the model records the
-// manifest's dataset digest, and that the errors name the fix.
+// manifest's dataset digest, and that the errors name the fix. On both manifest backends (manifest_backends.h).
+#include "manifest_backends.h"
 #include "core/error.h"
 #include "core/sha256.h"
 #include "data/audit.h"
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <unistd.h>
 
@@ -39,16 +41,20 @@ fs::path scratch(const std::string& name) {
 }
 
 struct CachedFixture {
-  fs::path root, db, cache, te;
+  fs::path root, cache, te;
+  std::string db;  // the manifest: an SQLite file or a PostgreSQL connection string
   std::string digest;  // sha256 of the sorted "<sha256> <licence>" lines of the 6 images
 };
 
 // 4 images of 64×64 and 2 of 128×128 (stage 2 never upscales: buckets 64² and 128²) and one of 40×40
 // (no bucket), captions, a frozen random T5, and a cache with pixels stride 8 latents and text states at 16 tokens.
-const CachedFixture& fixture() {
-  static CachedFixture f = [] {
+const CachedFixture& fixture(const std::string& backend) {
+  static std::map<std::string, CachedFixture> made;
+  auto it = made.find(backend);
+  if (it != made.end()) return it->second;
+  CachedFixture& f = made[backend] = [&] {
     CachedFixture f;
-    f.root = scratch("fixture");
+    f.root = scratch("fixture-" + backend);
     fs::create_directories(f.root / "d");
     std::vector<std::string> corpus;
     for (int i = 0; i < 6; ++i) {
@@ -69,8 +75,8 @@ const CachedFixture& fixture() {
     f.te = f.root / "te.safetensors";
     TextEncoder(Tokenizer::load((f.root / "voc.model").string()), std::move(t5)).save(f.te.string());
 
-    f.db = f.root / "m.db";
-    auto m = Manifest::open(f.db.string(), true);
+    f.db = oboro::test::manifest_target(backend, f.root, "m");
+    auto m = Manifest::open(f.db, true);
     IngestOptions io;
     io.source = (f.root / "d").string();
     io.default_license = "CC0-1.0";
@@ -100,10 +106,10 @@ const CachedFixture& fixture() {
   return f;
 }
 
-TrainConfig cached_config(const fs::path& out) {
-  const CachedFixture& f = fixture();
+TrainConfig cached_config(const fs::path& out, const std::string& backend) {
+  const CachedFixture& f = fixture(backend);
   TrainConfig c;
-  c.manifest = f.db.string();
+  c.manifest = f.db;
   c.cache_dir = f.cache.string();
   c.cache_stage = 2;
   c.text_encoder = f.te.string();
@@ -128,11 +134,13 @@ TrainConfig cached_config(const fs::path& out) {
   return c;
 }
 
+class TrainCache : public oboro::test::ManifestBackend {};
+
 }  // namespace
 
-TEST(TrainCache, EpochBatchesAreBucketedShuffledAndCoverEveryImage) {
-  const CachedFixture& f = fixture();
-  CachedDataset d = CachedDataset::open(f.db.string(), f.cache.string(), 2, codec_identity("pixels", 8));
+TEST_P(TrainCache, EpochBatchesAreBucketedShuffledAndCoverEveryImage) {
+  const CachedFixture& f = fixture(backend());
+  CachedDataset d = CachedDataset::open(f.db, f.cache.string(), 2, codec_identity("pixels", 8));
   ASSERT_EQ(d.size(), 6u);
   ASSERT_EQ(d.buckets().size(), 2u);
   std::set<std::pair<int, int>> sizes;
@@ -176,15 +184,15 @@ TEST(TrainCache, EpochBatchesAreBucketedShuffledAndCoverEveryImage) {
   EXPECT_THROW(d.latent(0, 3 * 16, 4, lat.data()), Error);  // another stride: clear error
 }
 
-TEST(TrainCache, TrainsFromTheCacheWithExactResumeAndProvenance) {
-  fs::path a = scratch("straight"), b = scratch("resumed");
-  TrainResult ra = train(cached_config(a), cpu_backend());
+TEST_P(TrainCache, TrainsFromTheCacheWithExactResumeAndProvenance) {
+  fs::path a = scratch("straight-" + backend()), b = scratch("resumed-" + backend());
+  TrainResult ra = train(cached_config(a, backend()), cpu_backend());
   EXPECT_EQ(ra.steps, 6);
   EXPECT_TRUE(std::isfinite(ra.final_loss));
   EXPECT_GT(ra.text_cache_hits, 0);  // the frozen encoder's states came from the cache
   EXPECT_GT(ra.text_cache_hits + ra.text_cache_misses, 6 * 3 - 1);
-  train(cached_config(b), cpu_backend(), "", 3);
-  TrainResult rb = train(cached_config(b), cpu_backend(), "latest");
+  train(cached_config(b, backend()), cpu_backend(), "", 3);
+  TrainResult rb = train(cached_config(b, backend()), cpu_backend(), "latest");
   EXPECT_EQ(rb.steps, 6);
   auto fa = SafetensorsFile::open(ra.state_path), fb = SafetensorsFile::open(rb.state_path);
   for (const char* n : {"dit.params", "dit.adam_m", "dit.adam_v", "dit.ema"}) {
@@ -194,17 +202,17 @@ TEST(TrainCache, TrainsFromTheCacheWithExactResumeAndProvenance) {
   }
   auto model = SafetensorsFile::open(ra.model_path);
   const auto ds = nlohmann::json::parse(model->metadata().at("oboro.dataset"));
-  EXPECT_EQ(ds["digest"], fixture().digest);
+  EXPECT_EQ(ds["digest"], fixture(backend()).digest);
   EXPECT_EQ(ds["images"], 6);
   EXPECT_EQ(ds["licenses"]["CC0-1.0"], 6);
   // register-model links it to exactly the cached images through the digest.
-  auto m = Manifest::open(fixture().db.string(), false);
+  auto m = Manifest::open(fixture(backend()).db, false);
   const RegisterReport reg = register_model(*m, ra.model_path, "");
   EXPECT_EQ(reg.linked_by.rfind("cache stage 2 ", 0), 0u) << reg.linked_by;
   EXPECT_EQ(reg.images, 6);
 }
 
-TEST(TrainCache, ErrorsNameTheFix) {
+TEST_P(TrainCache, ErrorsNameTheFix) {
   auto msg = [](TrainConfig c) {
     try {
       train(c, cpu_backend());
@@ -213,17 +221,19 @@ TEST(TrainCache, ErrorsNameTheFix) {
     }
     return std::string("no error");
   };
-  const fs::path o = scratch("errors");
-  TrainConfig c = cached_config(o);
+  const fs::path o = scratch("errors-" + backend());
+  TrainConfig c = cached_config(o, backend());
   c.manifest.clear();
   EXPECT_NE(msg(c).find("cache_dir and manifest go together"), std::string::npos);
-  c = cached_config(o);
+  c = cached_config(o, backend());
   c.train_data_dir = "x";
   EXPECT_NE(msg(c).find("exactly one of"), std::string::npos);
-  c = cached_config(o);
+  c = cached_config(o, backend());
   c.pixels_stride = 4;  // nothing cached with this codec
   EXPECT_NE(msg(c).find("oboro data cache"), std::string::npos);
-  c = cached_config(o);
+  c = cached_config(o, backend());
   c.license_allow = {"MIT"};
   EXPECT_NE(msg(c).find("licence the training policy does not allow"), std::string::npos);
 }
+
+OBORO_MANIFEST_BACKENDS(TrainCache);
