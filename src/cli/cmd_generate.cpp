@@ -55,6 +55,7 @@ void register_generate(CLI::App& app) {
   struct Opts {
     GenerateRequest rq;
     std::string prompt_pos, image_size, size, output_dir, from_file, grid, max_memory;
+    std::vector<std::string> loras;
     int grid_columns = 0;
     bool no_metadata = false, no_shift = false, memory_plan = false, no_memory_check = false;
     int threads = 0;
@@ -118,9 +119,16 @@ void register_generate(CLI::App& app) {
                 "(flags given here are the defaults)");
   c->add_option("--grid", o->grid, "also write every image of this run into one grid PNG");
   c->add_option("--grid-columns", o->grid_columns, "grid columns (default: images per prompt, or 8)");
+  c->add_option("--lora", o->loras,
+                "apply a LoRA: FILE[:WEIGHT] (repeatable; weights stack and may be negative); the prompt may also "
+                "name LoRAs as <lora:NAME:WEIGHT>");
+  c->add_option("--lora-dir", o->rq.lora_dir,
+                "folder of the LoRAs a prompt names with <lora:NAME:WEIGHT> (default MODELS_DIR/loras when it "
+                "exists, else models/loras)");
   c->callback([o] {
     if (o->threads > 0) set_num_threads(o->threads);
     GenerateRequest rq = o->rq;
+    for (const std::string& a : o->loras) rq.loras.push_back(parse_lora_arg(a));
     if (!o->prompt_pos.empty()) {
       if (!rq.prompt.empty()) fail("give the prompt once: either as the argument or with --prompt");
       rq.prompt = o->prompt_pos;

@@ -336,6 +336,14 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
     return s;
   };
 
+  // LoRAs: resolved and validated against the model before anything loads; the prompt's tags are stripped from
+  // the text the encoder sees.
+  std::vector<LoraRequest> lora_reqs = rq.loras;
+  const std::string encode_prompt = strip_prompt_loras(rq.prompt, lora_reqs);
+  const std::string lora_dir = lora_dir_or_default(rq.lora_dir, models_dir_or_env(rq.models_dir));
+  const LoraSet loras = read_lora_set(lora_reqs, lora_dir, rq.model);
+  if (!loras.empty()) std::fprintf(stderr, "%s", loras.report().c_str());
+
   clock.begin("model hash");
   const std::string model_hash = sha256_file_cached(rq.model).substr(0, 10);
   const std::string model_name = fs::path(rq.model).stem().string();
@@ -360,7 +368,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
     if (te->dim() != cfg.text_dim)
       fail(p.te_path, ": the text encoder outputs width ", te->dim(), " but the model ", rq.model, " expects text_dim ",
            cfg.text_dim, ": use the text encoder the model was trained with");
-    cond = repeat_rows(be, te->encode({rq.prompt}, false), n);
+    cond = repeat_rows(be, te->encode({encode_prompt}, false), n);
     if (guided) uncond = repeat_rows(be, te->encode({rq.negative_prompt}, false), n);
   }
   clock.end();
@@ -446,11 +454,15 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
   // 3. The first pass. The DiT comes from the cache when kept there, else it is loaded for the pass.
   std::unique_ptr<DiT> dit_local;
   DiT* dit = nullptr;
-  const std::string dit_key = rq.model + "|" + rq.dit_type;
+  // A model with LoRAs merged in is cached (if at all) under a key naming them, so a later request without them
+  // loads the file afresh: no LoRA state leaks between generations.
+  const std::string dit_key = rq.model + "|" + rq.dit_type + "|" + loras.key();
   auto acquire_dit = [&](const std::string& path, bool cacheable) {
     if (cacheable && keep && cache->dit && cache->dit_key == dit_key) return cache->dit.get();
     if (cacheable && keep) { cache->dit.reset(); cache->dit_key.clear(); }
-    dit_local = DiT::load(path, be, weight_format(rq.dit_type, "--type"));
+    const std::optional<WFormat> type = weight_format(rq.dit_type, "--type");
+    if (path == rq.model || loras.empty()) dit_local = load_dit_with_loras(path, be, type, loras);
+    else dit_local = load_dit_with_loras(path, be, type, read_lora_set(lora_reqs, lora_dir, path));
     if (!cacheable || !keep) return dit_local.get();
     cache->dit = std::move(dit_local);
     cache->dit_key = dit_key;
@@ -542,6 +554,13 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
           j["hr_second_pass_steps"] = rq.hr_steps;
           j["hr_upscaler"] = p.hr_upscaler_name;
           if (!p.same_hr_model) j["hr_checkpoint_name"] = fs::path(p.hr_model).stem().string();
+        }
+        if (!loras.empty()) {
+          kv.push_back({"Lora hashes", loras.infotext_hashes()});
+          nlohmann::json lj = nlohmann::json::array();
+          for (size_t i = 0; i < loras.loras.size(); ++i)
+            lj.push_back({{"name", loras.loras[i].name}, {"path", loras.paths[i]}, {"weight", loras.loras[i].weight}});
+          j["loras"] = lj;
         }
         kv.push_back({"Shift", py_float(std::round(shift * 1000) / 1000)});
         kv.push_back({"RNG", "Philox4x32-10 CPU"});

@@ -3,6 +3,7 @@
 // and the refine ("hires fix") pass, and the A1111 infotext + request JSON of each image. Shared by
 // `oboro generate`, `oboro bench pipeline` and (later) the server.
 #pragma once
+#include "flow/lora_apply.h"
 #include "flow/memory_plan.h"
 #include "io/image.h"
 #include <atomic>
@@ -58,6 +59,11 @@ struct GenerateRequest {
   int vae_tile = 64;                 // VAE tile side in latent pixels
   std::string dit_type, te_type;     // weight formats to load the DiT / text encoder in ("" = as stored; formats.md)
   std::string vae_type;              // VAE conv weight format: "" / f32, bf16, f16 (formats.md)
+
+  // LoRAs (flow/lora_apply.h): --lora FILE[:W] requests, plus the prompt's <lora:NAME:W> tags (stripped from the
+  // text the encoder sees, kept in the infotext prompt as A1111 does), looked up in lora_dir ("" = default).
+  std::vector<LoraRequest> loras;
+  std::string lora_dir;
 };
 
 struct GeneratedImage {
