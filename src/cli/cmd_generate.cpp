@@ -80,6 +80,12 @@ void register_generate(CLI::App& app) {
   c->add_option("--strength,--denoising-strength,--denoising_strength", o->rq.strength,
                 "img2img: fraction of noise added to the init image (0 keeps it, 1 ignores it); steps*strength steps run")
       ->capture_default_str();
+  c->add_option("--mask", o->rq.mask_image,
+                "inpainting (with --init-img): white = repaint, black = keep (resized like the init image); the kept "
+                "pixels come back unchanged outside the blurred edge");
+  c->add_option("--mask-blur,--mask_blur", o->rq.mask_blur, "inpainting: Gaussian blur of the mask edge in pixels")
+      ->capture_default_str();
+  c->add_flag("--invert-mask,--inpainting_mask_invert", o->rq.invert_mask, "inpainting: repaint the black part instead");
   c->add_option("--hr-scale,--hr_scale", o->rq.hr_scale, "refine pass (hires fix): upscale the first pass by this factor");
   c->add_option("--hr-resize-x,--hr_resize_x", o->rq.hr_resize_x, "refine pass: target width (instead of --hr-scale)");
   c->add_option("--hr-resize-y,--hr_resize_y", o->rq.hr_resize_y, "refine pass: target height (instead of --hr-scale)");

@@ -40,6 +40,13 @@ struct GenerateRequest {
   Image init_image_data;             // the init image already decoded (the server); used instead of init_image
   float strength = 0.75f;
   bool img2img() const { return !init_image.empty() || !init_image_data.empty(); }
+  // Inpainting (needs the init image; flow/inpaint.h): white = repaint. mask_blur px (A1111 "Mask blur", default 4);
+  // invert_mask repaints the black part (A1111 "Inpaint not masked").
+  std::string mask_image;
+  Image mask_image_data;             // the mask already decoded (the server); used instead of mask_image
+  int mask_blur = 4;
+  bool invert_mask = false;
+  bool inpaint() const { return !mask_image.empty() || !mask_image_data.empty(); }
 
   // Refine pass (A1111 "hires fix"): upscale the first pass (latent or decoded pixels) by hr_scale or to
   // hr_resize_x × hr_resize_y, re-noise to hr_strength and denoise at that size (hr_steps, 0 = steps), with

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "flow/infotext.h"
 #include "io/safetensors.h"
+#include "train/lora_save.h"
 #include "train/trainer.h"
 #include <nlohmann/json.hpp>
 #include <algorithm>
@@ -123,6 +124,7 @@ void load_state(TrainState& state, const std::string& path, const TrainConfig& c
 // ---------------------------------------------------------------- inference files
 
 void save_models(TrainState& state, const TrainConfig& cfg, const RunData& data) {
+  if (state.lora) return save_lora_model(state, cfg, data);  // a LoRA run writes its LoRA file
   fs::create_directories(cfg.output_dir);
   EmaWeightsInModels ema(state);  // inference weights: EMA when enabled
   state.te->save(text_encoder_path(cfg));

@@ -191,12 +191,20 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
   } else {
     state.create_models(cfg, codec, *data);
     state.init_optimizers(cfg);
+    state.load_network_weights(cfg);
   }
   // What this invocation trains on (a resumed run records the data it continues with).
   std::string provenance = prov.has_manifest ? prov.summary.to_json() : "";
   std::fprintf(stderr, "model: DiT %lld parameters%s, text encoder %zu parameters (%s)\n",
                (long long)state.dit->config().param_count(), "", state.te->t5().layout().total(),
                state.train_te ? "trained jointly" : "frozen");
+  if (state.lora)  // the memory that differs from a full fine-tune: the base once, 4–5 copies of the LoRA only
+    std::fprintf(stderr, "LoRA: %zu modules, %zu parameters (dim %d, alpha %g, %s); the DiT is frozen: %.1f MiB "
+                 "of weights without gradients or moments, LoRA state %.1f KiB (weights, gradients, AdamW m, v%s)\n",
+                 state.lora->num_modules(), state.lora->num_params(), state.lora->settings().dim,
+                 state.lora->settings().alpha, state.lora->settings().args_json().c_str(),
+                 state.dit->weight_bytes() / 1048576.0, state.lora->num_params() * 4.0 * (state.has_ema() ? 5 : 4) / 1024,
+                 state.has_ema() ? ", EMA" : "");
   data->set_text_encoder(*state.te, state.train_te);
   if (cfg.mixed_precision == "bf16") std::fprintf(stderr, "mixed precision: bf16 GEMMs, F32 master weights\n");
   TrainResult res;
