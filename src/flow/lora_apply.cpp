@@ -3,6 +3,7 @@
 #include "io/safetensors.h"
 #include "models/dit.h"
 #include "models/params.h"
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -121,6 +122,26 @@ std::string locate_lora(const LoraRequest& r, const std::string& lora_dir) {
   for (const auto& p : tried) list += (list.empty() ? "" : ", ") + fs::absolute(p, ec).string();
   fail(r.from_prompt ? "<lora:" + r.spec + ">" : "--lora " + r.spec, ": no such LoRA file (looked at ", list,
        "): check the name, or pass --lora-dir DIR with the folder that holds NAME.safetensors");
+}
+
+std::vector<LoraListing> list_loras(const std::string& dir) {
+  std::vector<LoraListing> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_regular_file(ec) || e.path().extension() != ".safetensors") continue;
+    LoraListing l;
+    l.name = e.path().stem().string();
+    l.path = e.path().string();
+    try {
+      l.metadata = SafetensorsFile::open(l.path)->metadata();
+    } catch (const Error&) {
+      continue;  // not a readable safetensors file: not offered
+    }
+    out.push_back(std::move(l));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
 }
 
 std::string LoraSet::key() const {

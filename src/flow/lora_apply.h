@@ -15,6 +15,7 @@
 #pragma once
 #include "lora/lora_merge.h"
 #include "ops/weights.h"
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,14 @@ std::string lora_dir_or_default(const std::string& flag, const std::string& mode
 // The file of one request: an existing path as given; for a prompt name (or a bare --lora name) also
 // lora_dir/NAME.safetensors and lora_dir/NAME. Fails naming every place it looked.
 std::string locate_lora(const LoraRequest& r, const std::string& lora_dir);
+
+// The LoRA files in `dir` (*.safetensors, sorted by name) with their metadata (the server's /sdapi/v1/loras). A
+// missing folder lists nothing.
+struct LoraListing {
+  std::string name, path;
+  std::map<std::string, std::string> metadata;
+};
+std::vector<LoraListing> list_loras(const std::string& dir);
 
 // The LoRAs of a generation, resolved and read (validated against the model at `model_path`).
 struct LoraSet {

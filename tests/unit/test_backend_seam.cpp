@@ -229,8 +229,12 @@ TEST(StepOps, InpaintBlendKeepsTheNoisedOriginalWhereTheMaskIsZero) {
     for (size_t i = 0; i < n; ++i) {
       const float keep = 0.4f * x1[i] + 0.6f * nz[i];
       ASSERT_NEAR(xh[i], m[i] * x0[i] + (1 - m[i]) * keep, 1e-6f);
-      if (m[i] == 0.f) ASSERT_EQ(yh[i], x1[i]);
-      if (m[i] == 1.f) ASSERT_EQ(yh[i], x0[i]);
+      if (m[i] == 0.f) {
+        ASSERT_EQ(yh[i], x1[i]);
+      }
+      if (m[i] == 1.f) {
+        ASSERT_EQ(yh[i], x0[i]);
+      }
     }
     // axpy: y += a·x.
     Buffer ya = upload_new(*be, x0, "y");

@@ -428,7 +428,9 @@ TEST(Inpaint, BlurIsTheNormalisedGaussianWithTheA1111Kernel) {
   const auto b = gaussian_blur_u8(m, W, W, sigma);
   for (int x = 0; x < W; ++x) {
     const bool band = x >= 8 - r && x < 13 + r;
-    if (!band) EXPECT_EQ(b[10 * W + x], 0) << x;
+    if (!band) {
+      EXPECT_EQ(b[10 * W + x], 0) << x;
+    }
     EXPECT_EQ(b[10 * W + x], b[10 * W + (W - 1 - x)]) << x;  // symmetric
     EXPECT_EQ(b[10 * W + x], b[3 * W + x]) << x;             // constant along the stripe
   }
@@ -458,8 +460,12 @@ TEST(Inpaint, MaskThresholdInvertLatentGridAndOverlay) {
   k = make_inpaint_mask(column_mask(32, 8, 12, 20), 32, 8, 2, 2, false, "m.png");
   for (int x = 0; x < 32; ++x) {
     const float a = k.overlay[4 * 32 + x];
-    if (x < 12 - 5 || x >= 20 + 5) EXPECT_EQ(a, 0.f) << x;
-    if (x >= 12 && x < 20) EXPECT_EQ(a, 1.f) << x;  // inside: ≥ 128 blurred → saturates
+    if (x < 12 - 5 || x >= 20 + 5) {
+      EXPECT_EQ(a, 0.f) << x;
+    }
+    if (x >= 12 && x < 20) {
+      EXPECT_EQ(a, 1.f) << x;  // inside: ≥ 128 blurred → saturates
+    }
   }
   EXPECT_GT(k.overlay[4 * 32 + 10], 0.f);
   // Another aspect: resized (cover + crop) with a note; a bad blur is one clear error.
@@ -497,7 +503,9 @@ TEST(Inpaint, UnmaskedPixelsUnchangedMaskedRegionRepainted) {
           for (int x = 0; x < 32; ++x)
             for (int c = 0; c < 3; ++c) {
               const size_t k = ((size_t)y * 32 + x) * 3 + c;
-              if (x < 12 - band || x >= 20 + band) ASSERT_EQ(g.image.rgb[k], init.rgb[k]) << x << "," << y;
+              if (x < 12 - band || x >= 20 + band) {
+                ASSERT_EQ(g.image.rgb[k], init.rgb[k]) << x << "," << y;
+              }
               if (x >= 12 && x < 20) changed += std::abs((int)g.image.rgb[k] - (int)init.rgb[k]) > 8;
             }
         EXPECT_GT(changed, 8 * 16 * 3 / 2);  // most of the repainted values moved
