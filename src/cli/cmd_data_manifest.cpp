@@ -374,37 +374,46 @@ void register_audit(CLI::App& data) {
   c->add_option("--manifest", o->manifest, "also show which of its images are now removed, and why");
   c->add_flag("--all", o->all, "print every attribution line (default: the first 50)");
   c->callback([o] {
-    const ModelDataset d = read_model_dataset(o->model);
-    std::printf("model:   %s\ndataset: %s\nimages:  %lld\n", o->model.c_str(), d.digest.c_str(), (long long)d.images);
-    std::printf("licences:\n");
-    for (const auto& [k, n] : d.licenses) std::printf("  %-24s %lld\n", k.c_str(), (long long)n);
-    std::printf("sources:\n");
-    for (const auto& [k, n] : d.sources) std::printf("  %-24s %lld\n", k.empty() ? "(none)" : k.c_str(), (long long)n);
-    std::printf("attribution (%zu):\n", d.attribution.size());
-    for (size_t i = 0; i < d.attribution.size() && (o->all || i < 50); ++i) std::printf("  %s\n", d.attribution[i].c_str());
-    if (!o->all && d.attribution.size() > 50) std::printf("  ... %zu more (--all)\n", d.attribution.size() - 50);
-    if (o->manifest.empty()) return;
-    auto m = Manifest::open(o->manifest, false);
-    sql::Stmt s(m->db(), "SELECT id, linked_by, images FROM models WHERE digest=? ORDER BY id");
-    s.bind(1, d.digest);
-    bool any = false;
-    while (s.step()) {
-      any = true;
-      std::printf("registered in %s as model %lld (%lld images, linked by %s)\n", sql::display_name(o->manifest).c_str(), (long long)s.i64(0),
-                  (long long)s.i64(2), s.text(1).c_str());
-      sql::Stmt r(m->db(), "SELECT i.sha256, i.path, i.reason FROM model_images mi JOIN images i ON i.id=mi.image_id "
-                           "WHERE mi.model_id=? AND i.status='removed' ORDER BY i.id");
-      r.bind(1, s.i64(0));
-      int64_t n = 0;
-      while (r.step()) {
-        if (n++ == 0) std::printf("images removed since (a retrain without them is needed):\n");
-        std::printf("  %s %s: %s\n", r.text(0).substr(0, 16).c_str(), r.text(1).c_str(), r.text(2).c_str());
+    // A merged model or LoRA lists every dataset of its inputs (oboro.datasets); a trained model has one.
+    const std::vector<SourcedDataset> all = read_model_datasets(o->model);
+    if (all.size() > 1 || !all[0].from.empty())
+      std::printf("model:   %s\n%zu dataset(s) behind it (oboro merge recorded its inputs' provenance)\n",
+                  o->model.c_str(), all.size());
+    for (const SourcedDataset& sd : all) {
+      const ModelDataset& d = sd.dataset;
+      if (!sd.from.empty()) std::printf("\nfrom:    %s\n", sd.from.c_str());
+      std::printf("model:   %s\ndataset: %s\nimages:  %lld\n", o->model.c_str(), d.digest.c_str(), (long long)d.images);
+      std::printf("licences:\n");
+      for (const auto& [k, n] : d.licenses) std::printf("  %-24s %lld\n", k.c_str(), (long long)n);
+      std::printf("sources:\n");
+      for (const auto& [k, n] : d.sources) std::printf("  %-24s %lld\n", k.empty() ? "(none)" : k.c_str(), (long long)n);
+      std::printf("attribution (%zu):\n", d.attribution.size());
+      for (size_t i = 0; i < d.attribution.size() && (o->all || i < 50); ++i) std::printf("  %s\n", d.attribution[i].c_str());
+      if (!o->all && d.attribution.size() > 50) std::printf("  ... %zu more (--all)\n", d.attribution.size() - 50);
+      if (o->manifest.empty()) continue;
+      auto m = Manifest::open(o->manifest, false);
+      sql::Stmt s(m->db(), "SELECT id, linked_by, images FROM models WHERE digest=? ORDER BY id");
+      s.bind(1, d.digest);
+      bool any = false;
+      while (s.step()) {
+        any = true;
+        std::printf("registered in %s as model %lld (%lld images, linked by %s)\n",
+                    sql::display_name(o->manifest).c_str(), (long long)s.i64(0),
+                    (long long)s.i64(2), s.text(1).c_str());
+        sql::Stmt r(m->db(), "SELECT i.sha256, i.path, i.reason FROM model_images mi JOIN images i ON i.id=mi.image_id "
+                             "WHERE mi.model_id=? AND i.status='removed' ORDER BY i.id");
+        r.bind(1, s.i64(0));
+        int64_t n = 0;
+        while (r.step()) {
+          if (n++ == 0) std::printf("images removed since (a retrain without them is needed):\n");
+          std::printf("  %s %s: %s\n", r.text(0).substr(0, 16).c_str(), r.text(1).c_str(), r.text(2).c_str());
+        }
+        if (n == 0) std::printf("none of its images has been removed since\n");
       }
-      if (n == 0) std::printf("none of its images has been removed since\n");
+      if (!any)
+        std::printf("not registered in %s: oboro data register-model %s --manifest %s\n",
+                    sql::display_name(o->manifest).c_str(), o->model.c_str(), sql::display_name(o->manifest).c_str());
     }
-    if (!any)
-      std::printf("not registered in %s: oboro data register-model %s --manifest %s\n", sql::display_name(o->manifest).c_str(), o->model.c_str(),
-                  sql::display_name(o->manifest).c_str());
   });
 }
 

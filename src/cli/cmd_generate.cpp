@@ -77,6 +77,7 @@ void register_generate(CLI::App& app) {
   struct Opts {
     GenerateRequest rq;
     std::string prompt_pos, image_size, size, output_dir, from_file, grid, max_memory;
+    std::vector<std::string> loras;
     int grid_columns = 0;
     bool force = false;
     bool no_metadata = false, no_shift = false, memory_plan = false, no_memory_check = false;
@@ -108,6 +109,12 @@ void register_generate(CLI::App& app) {
       ->check(int_in(1, kMaxImageSide));
   c->add_option("--hr-resize-y,--hr_resize_y", o->rq.hr_resize_y, "refine pass: target height (instead of --hr-scale)")
       ->check(int_in(1, kMaxImageSide));
+  c->add_option("--mask", o->rq.mask_image,
+                "inpainting (with --init-img): white = repaint, black = keep (resized like the init image); the kept "
+                "pixels come back unchanged outside the blurred edge");
+  c->add_option("--mask-blur,--mask_blur", o->rq.mask_blur, "inpainting: Gaussian blur of the mask edge in pixels")
+      ->capture_default_str()->check(int_in(0, 256));
+  c->add_flag("--invert-mask,--inpainting_mask_invert", o->rq.invert_mask, "inpainting: repaint the black part instead");
   c->add_option("--hr-upscaler,--hr_upscaler", o->rq.hr_upscaler,
                 "refine pass upscaler: Latent (bilinear on latents), \"Latent (nearest)\", Lanczos or Nearest "
                 "(decoded pixels, then encoded again)")->capture_default_str();
@@ -153,9 +160,16 @@ void register_generate(CLI::App& app) {
   c->add_option("--grid-columns", o->grid_columns, "grid columns (default: images per prompt, or 8)")
       ->check(int_in(1, 4096));
   c->add_flag("--force,--overwrite", o->force, "let --grid replace an existing file (never one of this run's inputs)");
+  c->add_option("--lora", o->loras,
+                "apply a LoRA: FILE[:WEIGHT] (repeatable; weights stack and may be negative); the prompt may also "
+                "name LoRAs as <lora:NAME:WEIGHT>");
+  c->add_option("--lora-dir", o->rq.lora_dir,
+                "folder of the LoRAs a prompt names with <lora:NAME:WEIGHT> (default MODELS_DIR/loras when it "
+                "exists, else models/loras)");
   c->callback([o] {
     if (o->threads > 0) set_num_threads(o->threads);
     GenerateRequest rq = o->rq;
+    for (const std::string& a : o->loras) rq.loras.push_back(parse_lora_arg(a));
     if (!o->prompt_pos.empty()) {
       if (!rq.prompt.empty()) fail("give the prompt once: either as the argument or with --prompt");
       rq.prompt = o->prompt_pos;

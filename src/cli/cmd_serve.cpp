@@ -27,6 +27,9 @@ void register_serve(CLI::App& app) {
                 "ComfyUI-style models folder: every DIR/diffusion_models/*.safetensors is offered by name; T5 and VAE "
                 "are looked up in DIR/text_encoders and DIR/vae (default: $OBORO_MODELS_DIR)");
   c->add_option("--t5,--text-encoder", o->s.text_encoder, "text encoder for every job (default: the one the model names)");
+  c->add_option("--lora-dir", o->s.lora_dir,
+                "LoRAs for <lora:NAME:WEIGHT> in prompts and /sdapi/v1/loras (default: DIR/loras of --models-dir, else "
+                "models/loras)");
   c->add_option("--vae", o->s.vae, "FLUX.1 VAE for flux-vae models (default: DIR/vae/ae.safetensors)");
   c->add_option("--api-key", o->s.api_key,
                 "require 'Authorization: Bearer KEY' on every endpoint but /health and the UI's static files "

@@ -21,6 +21,7 @@ int run_supervised(std::vector<std::string> command);
 void register_convert(CLI::App& app);  // oboro convert --from-state ...    (cmd_convert.cpp)
 void register_generate(CLI::App& app);  // oboro generate ...            (cmd_generate.cpp)
 void register_serve(CLI::App& app);     // oboro serve ...               (cmd_serve.cpp)
+void register_merge(CLI::App& app);     // oboro merge --mode ... A B [C] -o OUT (cmd_merge.cpp)
 // The bundled default model (cmd_generate.cpp): $OBORO_DEFAULT_MODEL, beside the binary, or in the source tree.
 std::string default_model();
 void register_vae_commands(CLI::App& app);  // oboro debug vae, oboro bench vae (cmd_vae.cpp; after debug, bench)

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   oboro::cli::register_supervise(app);
   oboro::cli::register_generate(app);
   oboro::cli::register_serve(app);
+  oboro::cli::register_merge(app);
   oboro::cli::register_convert(app);
   try {
     app.parse(argc, argv);

@@ -17,19 +17,12 @@ namespace oboro {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-ModelDataset read_model_dataset(const std::string& model) {
-  std::error_code ec;
-  if (!fs::exists(model, ec)) fail(model, ": no such model file: pass the .safetensors file written by `oboro train`");
-  TensorSource src = TensorSource::open(model);
-  auto it = src.metadata().find("oboro.dataset");
-  if (it == src.metadata().end())
-    fail(model, ": has no oboro.dataset metadata: the model was not trained from a folder with a manifest.jsonl (export "
-         "one with `oboro data export --manifest M.db -o DIR` and train from it), so its images cannot be audited");
-  ModelDataset d;
-  d.raw = it->second;
-  const json j = json::parse(it->second, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("digest") || !j["digest"].is_string())
+namespace {
+ModelDataset parse_model_dataset(const std::string& model, const json& j) {
+  if (!j.is_object() || !j.contains("digest") || !j["digest"].is_string())
     fail(model, ": oboro.dataset is not a JSON object with a \"digest\": the file's metadata is damaged; re-save it");
+  ModelDataset d;
+  d.raw = j.dump();
   d.digest = j["digest"].get<std::string>();
   if (j.contains("images") && j["images"].is_number_integer()) d.images = j["images"].get<int64_t>();
   for (const char* k : {"licenses", "sources"})
@@ -40,6 +33,49 @@ ModelDataset read_model_dataset(const std::string& model) {
     for (const auto& a : j["attribution"])
       if (a.is_string()) d.attribution.push_back(a.get<std::string>());
   return d;
+}
+
+TensorSource open_model_for_audit(const std::string& model) {
+  std::error_code ec;
+  if (!fs::exists(model, ec)) fail(model, ": no such model file: pass the .safetensors file written by `oboro train`");
+  return TensorSource::open(model);
+}
+
+[[noreturn]] void no_dataset(const std::string& model) {
+  fail(model, ": has no oboro.dataset metadata: the model was not trained from a folder with a manifest.jsonl (export "
+       "one with `oboro data export --manifest M.db -o DIR` and train from it), so its images cannot be audited");
+}
+}  // namespace
+
+ModelDataset read_model_dataset(const std::string& model) {
+  TensorSource src = open_model_for_audit(model);
+  auto it = src.metadata().find("oboro.dataset");
+  if (it == src.metadata().end()) no_dataset(model);
+  const json j = json::parse(it->second, nullptr, false);
+  ModelDataset d = parse_model_dataset(model, j.is_discarded() ? json() : j);
+  d.raw = it->second;
+  return d;
+}
+
+std::vector<SourcedDataset> read_model_datasets(const std::string& model) {
+  TensorSource src = open_model_for_audit(model);
+  auto it = src.metadata().find("oboro.datasets");
+  if (it == src.metadata().end()) return {{"", read_model_dataset(model)}};
+  const json arr = json::parse(it->second, nullptr, false);
+  if (!arr.is_array() || arr.empty())
+    fail(model, ": oboro.datasets is not a non-empty JSON array: the file's metadata is damaged; re-save it");
+  std::vector<SourcedDataset> out;
+  for (const json& e : arr) {
+    if (!e.is_object() || !e.contains("dataset"))
+      fail(model, ": an oboro.datasets entry has no \"dataset\": the file's metadata is damaged; re-save it");
+    SourcedDataset s;
+    const std::string name = e.contains("model") && e["model"].is_string() ? e["model"].get<std::string>() : "?";
+    const std::string sha = e.contains("sha256") && e["sha256"].is_string() ? e["sha256"].get<std::string>() : "";
+    s.from = name + (sha.empty() ? "" : " (" + sha.substr(0, 10) + ")");
+    s.dataset = parse_model_dataset(model, e["dataset"]);
+    out.push_back(std::move(s));
+  }
+  return out;
 }
 
 // ---- export ----

@@ -31,6 +31,15 @@ struct ModelDataset {
 };
 // Reads `oboro.dataset` from a model file (or sharded checkpoint). Errors name the file and the fix.
 ModelDataset read_model_dataset(const std::string& model);
+// Every dataset behind a model: a merged model or LoRA (`oboro merge`, merge/merge_metadata.h) records
+// `oboro.datasets`, one entry per dataset of its inputs ({"model", "sha256", "dataset"}); `from` is "name (sha256
+// prefix)" of the input that brought it. A model with only `oboro.dataset` gives that one (from = ""). Errors as
+// read_model_dataset.
+struct SourcedDataset {
+  std::string from;
+  ModelDataset dataset;
+};
+std::vector<SourcedDataset> read_model_datasets(const std::string& model);
 
 // The file `oboro data export` writes into every export folder; `--force` replaces only a folder that has it (or
 // that the manifest recorded as an export).

@@ -4,6 +4,7 @@
 #include "io/file_hash.h"
 #include "flow/flow.h"
 #include "flow/infotext.h"
+#include "flow/inpaint.h"
 #include "flow/model_paths.h"
 #include "flow/request_check.h"
 #include "flow/sampler.h"
@@ -47,6 +48,7 @@ struct Prepared {
   ResizeFilter hr_filter = ResizeFilter::Bilinear;
   std::string hr_upscaler_name;
   Image init;
+  InpaintMask mask;                       // inpainting: empty latent = none
   int Lc = 1, Lu = 0;
   bool truncated = false;
   MemoryPlan plan;
@@ -138,6 +140,12 @@ Prepared prepare(const GenerateRequest& in) {
   if (W % m || H % m) fail("size ", W, "x", H, " must be a multiple of ", m, " for this model");
   p.W = W; p.H = H; p.h = H / p.stride; p.w = W / p.stride;
   if (!p.init.empty() && (p.init.width != W || p.init.height != H)) p.init = resize_cover_crop(p.init, W, H);
+  if (rq.inpaint()) {
+    if (!rq.img2img()) fail("--mask needs the image to inpaint: pass --init-img IMAGE");
+    const std::string label = rq.mask_image.empty() ? "the mask" : rq.mask_image;
+    const Image mask = !rq.mask_image_data.empty() ? rq.mask_image_data : load_image(rq.mask_image);
+    p.mask = make_inpaint_mask(mask, W, H, p.stride, rq.mask_blur, rq.invert_mask, label);
+  }
 
   // Refine pass.
   p.W2 = W; p.H2 = H;
@@ -218,8 +226,10 @@ Prepared prepare(const GenerateRequest& in) {
     vae_stage(str("VAE encode ", p.W, "x", p.H), has_vae ? vae_pass_bytes(vc, true, p.h, p.w, p.vae_opt, vae_fmt) : 0,
               (size_t)3 * p.W * p.H * f + lat1 * f + text);
   const int s1 = p.init.empty() ? rq.steps : img2img_steps(rq.steps, rq.strength);
+  const size_t inpaint_bufs = p.mask.latent.empty() ? 0 : 3 * (size_t)n * lat1 * f;  // noise, init, mask
   pl.stages.push_back({str("DiT ", s1, " steps at ", p.w, "x", p.h, " latent, batch ", B), "DiT", dit.resident_bytes,
-                       dit_activation_bytes(cfg, B, L, p.h, p.w), text + text_rows + 3 * (size_t)B * lat1 * f + all_lat,
+                       dit_activation_bytes(cfg, B, L, p.h, p.w),
+                       text + text_rows + 3 * (size_t)B * lat1 * f + all_lat + inpaint_bufs,
                        dit.load_copy_bytes});
   if (p.hires) {
     const int s2 = img2img_steps(rq.hr_steps > 0 ? rq.hr_steps : rq.steps, rq.hr_strength);
@@ -323,6 +333,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
   if (stats) stats->plan = p.plan;
   if (progress) std::fprintf(stderr, "%s", p.plan.format().c_str());
   if (rq.check_memory && !p.plan.fits()) fail(p.plan.refusal());
+  if (progress && !p.mask.note.empty()) std::fprintf(stderr, "warning: %s\n", p.mask.note.c_str());
   if (progress && p.truncated) std::fprintf(stderr, "warning: the prompt is longer than 256 tokens and was truncated\n");
   const bool tty = progress && isatty(2);
   StageClock clock{stats};
@@ -334,6 +345,14 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
     for (int i = 0; i < n; ++i) s.push_back(base_seed + (uint64_t)(it * n + i));
     return s;
   };
+
+  // LoRAs: resolved and validated against the model before anything loads; the prompt's tags are stripped from
+  // the text the encoder sees.
+  std::vector<LoraRequest> lora_reqs = rq.loras;
+  const std::string encode_prompt = strip_prompt_loras(rq.prompt, lora_reqs);
+  const std::string lora_dir = lora_dir_or_default(rq.lora_dir, models_dir_or_env(rq.models_dir));
+  const LoraSet loras = read_lora_set(lora_reqs, lora_dir, rq.model);
+  if (!loras.empty()) std::fprintf(stderr, "%s", loras.report().c_str());
 
   clock.begin("model hash");
   const std::string model_hash = sha256_file_cached(rq.model).substr(0, 10);
@@ -359,7 +378,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
     if (te->dim() != cfg.text_dim)
       fail(p.te_path, ": the text encoder outputs width ", te->dim(), " but the model ", rq.model, " expects text_dim ",
            cfg.text_dim, ": use the text encoder the model was trained with");
-    cond = repeat_rows(be, te->encode({rq.prompt}, false), n);
+    cond = repeat_rows(be, te->encode({encode_prompt}, false), n);
     if (guided) uncond = repeat_rows(be, te->encode({rq.negative_prompt}, false), n);
   }
   clock.end();
@@ -402,7 +421,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
     for (int i = 0; i < n; ++i) rep_init.insert(rep_init.end(), init_lat.begin(), init_lat.end());
 
   auto run_dit = [&](DiT& dit, int h, int w, int steps, const float* init_all, float strength, uint64_t stream,
-                     const char* label) {
+                     const char* label, const float* mask) {
     std::vector<float> out;
     const size_t per = (size_t)cfg.latent_channels * h * w;
     for (int it = 0; it < rq.n_iter; ++it) {
@@ -411,7 +430,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
       so.cfg_scale = rq.cfg_scale;
       so.shift = rq.shift;
       so.noise_stream = stream;
-      if (init_all) { so.init = init_all + (size_t)it * n * per; so.strength = strength; }
+      if (init_all) { so.init = init_all + (size_t)it * n * per; so.strength = strength; so.mask = mask; }
       if (stats) so.max_steps = stats->max_dit_steps;
       double ts = now_s();
       so.on_step = [&](int s, int total, const std::function<std::vector<float>()>& latents) {
@@ -452,11 +471,15 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
   // 3. The first pass. The DiT comes from the cache when kept there, else it is loaded for the pass.
   std::unique_ptr<DiT> dit_local;
   DiT* dit = nullptr;
-  const std::string dit_key = rq.model + "|" + rq.dit_type;
+  // A model with LoRAs merged in is cached (if at all) under a key naming them, so a later request without them
+  // loads the file afresh: no LoRA state leaks between generations.
+  const std::string dit_key = rq.model + "|" + rq.dit_type + "|" + loras.key();
   auto acquire_dit = [&](const std::string& path, bool cacheable) {
     if (cacheable && keep && cache->dit && cache->dit_key == dit_key) return cache->dit.get();
     if (cacheable && keep) { cache->dit.reset(); cache->dit_key.clear(); }
-    dit_local = DiT::load(path, be, weight_format(rq.dit_type, "--type"));
+    const std::optional<WFormat> type = weight_format(rq.dit_type, "--type");
+    if (path == rq.model || loras.empty()) dit_local = load_dit_with_loras(path, be, type, loras);
+    else dit_local = load_dit_with_loras(path, be, type, read_lora_set(lora_reqs, lora_dir, path));
     if (!cacheable || !keep) return dit_local.get();
     cache->dit = std::move(dit_local);
     cache->dit_key = dit_key;
@@ -469,7 +492,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
   if (!rep_init.empty())
     for (int it = 0; it < rq.n_iter; ++it) init_all.insert(init_all.end(), rep_init.begin(), rep_init.end());
   std::vector<float> lat = run_dit(*dit, p.h, p.w, rq.steps, init_all.empty() ? nullptr : init_all.data(),
-                                   rq.strength, 0, "");
+                                   rq.strength, 0, "", p.mask.latent.empty() ? nullptr : p.mask.latent.data());
   const bool keep_dit = p.hires && p.hr_latent && p.same_hr_model;
   if (!keep_dit) { dit_local.reset(); dit = nullptr; }
   clock.end();
@@ -496,7 +519,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
     clock.begin("refine DiT");
     check_cancel();
     if (!dit) dit = acquire_dit(p.hr_model, p.same_hr_model);
-    lat = run_dit(*dit, p.h2, p.w2, rq.hr_steps > 0 ? rq.hr_steps : rq.steps, up.data(), rq.hr_strength, 1, "refine ");
+    lat = run_dit(*dit, p.h2, p.w2, rq.hr_steps > 0 ? rq.hr_steps : rq.steps, up.data(), rq.hr_strength, 1, "refine ", nullptr);
     dit_local.reset();
     dit = nullptr;
     clock.end();
@@ -516,6 +539,7 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
         codec.decode(lat.data() + ((size_t)it * n + i) * per2, p.H2, p.W2, img.data());
         GeneratedImage g;
         g.image = chw_to_image(img.data(), p.H2, p.W2);
+        if (!p.mask.latent.empty()) g.image = composite_inpaint(g.image, p.init, p.mask.overlay);
         g.seed = seeds[i];
         std::vector<std::pair<std::string, std::string>> kv = {{"Steps", std::to_string(rq.steps)},
                                                                {"Sampler", "Euler"},
@@ -549,8 +573,23 @@ std::vector<GeneratedImage> generate(Backend& be, const GenerateRequest& in, boo
           j["hr_upscaler"] = p.hr_upscaler_name;
           if (!p.same_hr_model) j["hr_checkpoint_name"] = fs::path(p.hr_model).stem().string();
         }
+        if (!loras.empty()) {
+          kv.push_back({"Lora hashes", loras.infotext_hashes()});
+          nlohmann::json lj = nlohmann::json::array();
+          for (size_t i = 0; i < loras.loras.size(); ++i)
+            lj.push_back({{"name", loras.loras[i].name}, {"path", loras.paths[i]}, {"weight", loras.loras[i].weight}});
+          j["loras"] = lj;
+        }
         kv.push_back({"Shift", py_float(std::round(shift * 1000) / 1000)});
         kv.push_back({"RNG", "Philox4x32-10 CPU"});
+        if (!p.mask.latent.empty()) {  // A1111's extra_generation_params of an inpainting run
+          kv.push_back({"Mask blur", std::to_string(rq.mask_blur)});
+          if (rq.invert_mask) kv.push_back({"Mask mode", "Inpaint not masked"});
+          j["mask_blur"] = rq.mask_blur;
+          j["inpainting_mask_invert"] = rq.invert_mask ? 1 : 0;
+          j["inpainting_fill"] = 1;  // "original"
+          if (!rq.mask_image.empty()) j["mask"] = rq.mask_image;
+        }
         kv.push_back({"Version", "oboro 0.1.0"});
         g.infotext = format_infotext(rq.prompt, rq.negative_prompt, kv);
         g.request_json = j.dump();

@@ -3,6 +3,7 @@
 // and the refine ("hires fix") pass, and the A1111 infotext + request JSON of each image. Shared by
 // `oboro generate`, `oboro bench pipeline` and (later) the server.
 #pragma once
+#include "flow/lora_apply.h"
 #include "flow/memory_plan.h"
 #include "io/image.h"
 #include <atomic>
@@ -39,6 +40,13 @@ struct GenerateRequest {
   Image init_image_data;             // the init image already decoded (the server); used instead of init_image
   float strength = 0.75f;
   bool img2img() const { return !init_image.empty() || !init_image_data.empty(); }
+  // Inpainting (needs the init image; flow/inpaint.h): white = repaint. mask_blur px (A1111 "Mask blur", default 4);
+  // invert_mask repaints the black part (A1111 "Inpaint not masked").
+  std::string mask_image;
+  Image mask_image_data;             // the mask already decoded (the server); used instead of mask_image
+  int mask_blur = 4;
+  bool invert_mask = false;
+  bool inpaint() const { return !mask_image.empty() || !mask_image_data.empty(); }
 
   // Refine pass (A1111 "hires fix"): upscale the first pass (latent or decoded pixels) by hr_scale or to
   // hr_resize_x × hr_resize_y, re-noise to hr_strength and denoise at that size (hr_steps, 0 = steps), with
@@ -58,6 +66,11 @@ struct GenerateRequest {
   int vae_tile = 64;                 // VAE tile side in latent pixels
   std::string dit_type, te_type;     // weight formats to load the DiT / text encoder in ("" = as stored; formats.md)
   std::string vae_type;              // VAE conv weight format: "" / f32, bf16, f16 (formats.md)
+
+  // LoRAs (flow/lora_apply.h): --lora FILE[:W] requests, plus the prompt's <lora:NAME:W> tags (stripped from the
+  // text the encoder sees, kept in the infotext prompt as A1111 does), looked up in lora_dir ("" = default).
+  std::vector<LoraRequest> loras;
+  std::string lora_dir;
 };
 
 struct GeneratedImage {

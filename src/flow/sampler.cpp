@@ -31,9 +31,20 @@ std::vector<float> sample_euler(DiT& dit, const TextBatch& cond, const TextBatch
     for (int i = 0; i < n; ++i) initial_noise(seeds[i], per, noise.data() + (size_t)i * per, opt.noise_stream);
     be.upload(x.f32(), noise.data(), noise.size());
   }
+  if (opt.mask && !opt.init) fail("internal error: an inpainting mask without an init image");
+  // Inpainting keeps the starting noise, the init latents and the mask (n, C, h, w) on the backend.
+  Buffer init, noise0, mask;
   if (opt.init) {  // x_t = t·x1 + (1 − t)·x0 (spec §6) at the first timestep
-    Buffer init = be.alloc((size_t)n * per, DType::F32, "sampler.init");
+    init = be.alloc((size_t)n * per, DType::F32, "sampler.init");
     be.upload(init.f32(), opt.init, (size_t)n * per);
+    if (opt.mask) {
+      noise0 = be.alloc((size_t)n * per, DType::F32, "sampler.noise");
+      be.copy(noise0.f32(), x.f32(), (size_t)n * per);
+      std::vector<float> m((size_t)n * per);
+      const size_t hw = (size_t)h * w;
+      for (size_t k = 0; k < m.size(); ++k) m[k] = opt.mask[k % hw];
+      mask = upload_new(be, m, "sampler.mask");
+    }
     be.flow_interpolate(x.f32(), init.f32(), ts[0], (size_t)n * per);
   }
   if (steps == 0) return download_all(x);
@@ -53,6 +64,7 @@ std::vector<float> sample_euler(DiT& dit, const TextBatch& cond, const TextBatch
     const float dt = ts[s + 1] - ts[s];
     be.euler_cfg_step(x.f32(), v.f32(), guided ? v.f32() + (size_t)n * per : nullptr, opt.cfg_scale, dt,
                       (size_t)n * per);
+    if (opt.mask) be.inpaint_blend(x.f32(), noise0.f32(), init.f32(), mask.f32(), ts[s + 1], (size_t)n * per);
     if (opt.on_step) opt.on_step(s + 1, steps, [&] { return download_all(x); });
   }
   return download_all(x);

@@ -17,6 +17,10 @@ struct SamplerOptions {
   // x = t·init + (1 − t)·noise and runs img2img_steps(steps, strength) steps (flow.h). null = txt2img.
   const float* init = nullptr;
   float strength = 1.f;
+  // Inpainting (needs init): latent mask (h, w) in [0, 1], 1 = repaint, shared by the n images. After every step
+  // the kept region is re-imposed as t·init + (1 − t)·noise (the image's starting noise) at the step's flow time,
+  // so at t = 1 it is the init latent exactly. null = the whole image is sampled.
+  const float* mask = nullptr;
   uint64_t noise_stream = 0;  // Philox stream of the starting noise (0: the txt2img noise of the seed)
   int max_steps = 0;          // > 0: stop after this many steps (benchmarks time a prefix of the schedule)
   // Called after each step with (step, total, latents): calling `latents()` downloads the batch's current latents

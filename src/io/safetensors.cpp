@@ -582,34 +582,56 @@ Tensor TensorSource::tensor_f32(const std::string& name) const {
 // Writer
 // ============================================================================================
 
-void SafetensorsWriter::add(const std::string& name, const Tensor& t) {
+void SafetensorsWriter::check_name(const std::string& name) const {
   if (name.empty()) fail("safetensors writer: empty tensor name");
   if (name == "__metadata__") fail("safetensors writer: \"__metadata__\" is reserved and cannot be a tensor name");
+}
+
+void SafetensorsWriter::add(const std::string& name, const Tensor& t) {
+  check_name(name);
   if (!t.defined()) fail("safetensors writer: tensor ", quote(name), " has no data");
   tensors_.emplace_back(name, t);
+}
+
+void SafetensorsWriter::add_lazy(const std::string& name, DType dtype, const Shape& shape,
+                                 std::function<Tensor()> produce) {
+  check_name(name);
+  if (lazy_.count(name)) fail("safetensors writer: tensor ", quote(name), " was added twice: names must be unique");
+  lazy_[name] = Lazy{dtype, shape, std::move(produce)};
 }
 
 void SafetensorsWriter::set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
 void SafetensorsWriter::write(const std::string& path) const {
   std::vector<const std::pair<std::string, Tensor>*> order;
-  order.reserve(tensors_.size());
+  order.reserve(tensors_.size() + lazy_.size());
   for (const auto& p : tensors_) order.push_back(&p);
+  // Lazy tensors take part in the order under their name; their slot holds an empty Tensor until produced.
+  std::vector<std::pair<std::string, Tensor>> lazy_slots;
+  lazy_slots.reserve(lazy_.size());
+  for (const auto& [name, l] : lazy_) lazy_slots.emplace_back(name, Tensor());
+  for (const auto& p : lazy_slots) order.push_back(&p);
   std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->first < b->first; });
   for (size_t i = 1; i < order.size(); ++i)
     if (order[i]->first == order[i - 1]->first)
       fail(path, ": tensor ", quote(order[i]->first), " was added twice: names must be unique");
+  auto lazy_of = [&](const std::pair<std::string, Tensor>* p) -> const Lazy* {
+    if (p < lazy_slots.data() || p >= lazy_slots.data() + lazy_slots.size()) return nullptr;
+    return &lazy_.at(p->first);
+  };
 
   json hdr = json::object();
   uint64_t off = 0;
   for (const auto* p : order) {
-    const Tensor& t = p->second;
-    const uint64_t nb = t.nbytes();
-    if (nb && !t.raw()) fail(path, ": tensor ", quote(p->first), " has no data");
+    const Lazy* lz = lazy_of(p);
+    const DType dt = lz ? lz->dtype : p->second.dtype();
+    const Shape& shape = lz ? lz->shape : p->second.shape();
+    const uint64_t nb = (uint64_t)shape_numel(shape) * dtype_size(dt);
+    if (!lz && nb && !p->second.raw()) fail(path, ": tensor ", quote(p->first), " has no data");
     json e = json::object();
-    e["dtype"] = dtype_name(t.dtype());
+    e["dtype"] = dtype_name(dt);
     e["shape"] = json::array();
-    for (int64_t d : t.shape()) e["shape"].push_back(d);
+    for (int64_t d : shape) e["shape"].push_back(d);
     e["data_offsets"] = json::array({off, off + nb});
     hdr[p->first] = std::move(e);
     off += nb;
@@ -633,7 +655,14 @@ void SafetensorsWriter::write(const std::string& path) const {
     put(len, 8);
     put(hs.data(), hs.size());
     for (const auto* p : order) {
-      const Tensor& t = p->second;
+      Tensor produced;
+      if (const Lazy* lz = lazy_of(p)) {
+        produced = lz->produce();
+        if (produced.dtype() != lz->dtype || produced.shape() != lz->shape)
+          fail("internal error: lazy tensor ", p->first, " was declared ", dtype_name(lz->dtype), " ",
+               shape_str(lz->shape), " but produced ", dtype_name(produced.dtype()), " ", shape_str(produced.shape()));
+      }
+      const Tensor& t = lazy_of(p) ? produced : p->second;
       if (t.numel() == 0) continue;
       if (t.is_contiguous()) {
         put(t.raw(), t.nbytes());

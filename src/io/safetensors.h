@@ -5,6 +5,7 @@
 #pragma once
 #include "core/tensor.h"
 #include "io/atomic_file.h"  // write_file_atomic (callers include it through this header)
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -84,11 +85,22 @@ class TensorSource {
 class SafetensorsWriter {
  public:
   void add(const std::string& name, const Tensor& t);
+  // A tensor computed when write() reaches it (in name order) and dropped once written, so a file can be streamed
+  // with about one tensor in memory (oboro merge). Its dtype and shape are declared now (the header is written
+  // first); the produced tensor must match them (an internal error otherwise).
+  void add_lazy(const std::string& name, DType dtype, const Shape& shape, std::function<Tensor()> produce);
   void set_metadata(const std::string& key, const std::string& value);
   void write(const std::string& path) const;
 
  private:
+  struct Lazy {
+    DType dtype;
+    Shape shape;
+    std::function<Tensor()> produce;
+  };
+  void check_name(const std::string& name) const;
   std::vector<std::pair<std::string, Tensor>> tensors_;
+  std::map<std::string, Lazy> lazy_;
   std::map<std::string, std::string> metadata_;
 };
 

@@ -1,7 +1,8 @@
-// DiT forward/backward. Shapes: B batch, L text tokens, N = (h/p)(w/p) image tokens,
+// DiT forward (backward: dit_backward.cpp). Shapes: B batch, L text tokens, N = (h/p)(w/p) image tokens,
 // S = L + N, M = B·S rows, D width, C cond width, T text dim, F FFN width, P = C_lat·p².
 // The residual stream `h` is (B, S, D) with each sample's text rows first.
 #include "models/dit.h"
+#include "models/dit_internal.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
@@ -12,15 +13,12 @@
 
 namespace oboro {
 
-// Pointers to one block's tensors inside a flat buffer (params or grads).
-struct DiT::Layer {
-  float *qkv, *qn_w, *qn_b, *kn_w, *kn_b, *out, *w1, *w2, *w3, *an1, *an2, *fn1, *fn2, *ada_w, *ada_b;
-};
+using dit_detail::bind_layers;
+using dit_detail::bind_weights;
+using dit_detail::site_name;
 
 namespace {
-struct Weights {
-  float *t0w, *t0b, *t2w, *t2b, *b0w, *b0b, *b2w, *b2b, *capg, *capw, *capb, *xw, *xb, *fmw, *fmb, *flw, *flb;
-};
+using dit_detail::Weights;
 
 // The DiT's tensors, each declared once (models/tensor_table.h): the layout (dit_param_layout: names, shapes and the
 // order of the flat buffer that checkpoints and the optimiser's moments keep), the pointers forward/backward read
@@ -79,69 +77,19 @@ const DiTTable& dit_tensors() {
   return table;
 }
 
-Weights bind_weights(const ParamLayout& L, float* base) {
+}  // namespace
+
+dit_detail::Weights dit_detail::bind_weights(const ParamLayout& L, float* base) {
   Weights w{};
   dit_tensors().bind_top(w, L, base);
   return w;
 }
-}  // namespace
 
 ParamLayout dit_param_layout(const DiTConfig& c) { return dit_tensors().layout(c.layers(), dit_sizes(c)); }
 
-static std::vector<DiT::Layer> bind_layers(const ParamLayout& L, float* base, int n) {
+std::vector<DiT::Layer> dit_detail::bind_layers(const ParamLayout& L, float* base, int n) {
   return dit_tensors().bind_blocks(L, base, n);
 }
-
-// Activations one block saves for backward (in inference one set is reused by every block).
-struct DiT::LayerActs {
-  float *x_in = nullptr, *x_mid = nullptr;             // (M,D) residual stream before each sub-block (training)
-  float *a_rstd, *a_n, *a_m;                           // attention_norm1: rstd (M), normed (M,D), modulated (M,D)
-  float *q_pre, *k_pre, *v;                            // (M,D) projections
-  float *q_mean, *q_rstd, *k_mean, *k_rstd;            // (M) QK LayerNorm statistics
-  float *q, *k;                                        // (M,D) after LayerNorm + RoPE
-  float *o, *lse;                                      // (M,D) attention output; (B,H,S) logsumexp
-  float *ao, *ao_rstd, *an2;                           // out projection (M,D); attention_norm2 rstd (M), out (M,D)
-  float *f_rstd, *f_n, *f_m;                           // ffn_norm1
-  float *h1, *h3, *g;                                  // (M,F) SwiGLU inputs / output
-  float *f, *f2_rstd, *fn2;                            // w2 output (M,D); ffn_norm2
-};
-
-struct DiT::Acts {
-  Backend* be;  // null in a dry run (activation_bytes): nothing is allocated
-  std::vector<Buffer> owned;
-  size_t floats = 0;
-  int B = 0, L = 0, h = 0, w = 0, S = 0, N = 0;
-  bool training = false;
-  float* take(size_t n) {
-    owned.push_back(be->alloc(n, DType::F32, "dit.activations"));
-    floats += n;
-    return owned.back().f32();
-  }
-  explicit Acts(Backend* b) : be(b) {}
-
-  float *key_valid, *txt_copy;
-  float *temb_in, *te1, *te1s, *temb, *bos_in, *be1, *be1s, *bemb, *c, *sc;
-  float *cap_rstd, *cap_n, *cap_out, *tokens, *img_out, *h_stream, *mods;
-  float *fin_x, *fin_mean, *fin_rstd, *fin_n, *fscale, *fin_m, *out_tok;
-  std::vector<LayerActs> layers;
-  std::map<int, std::pair<float*, float*>> rope;  // head dim -> (cos, sin) tables (S, dh/2)
-  LayerActs& layer(int l) { return layers[training ? l : 0]; }
-};
-
-struct DiT::GradScratch {
-  Backend& be;
-  std::vector<Buffer> owned;
-  int M = 0, B = 0, L = 0, N = 0;
-  float* take(size_t n) {
-    owned.push_back(be.alloc(n, DType::F32, "dit.grad_scratch"));
-    return owned.back().f32();
-  }
-  explicit GradScratch(Backend& b) : be(b) {}
-  float *dh, *dmod, *dsc, *dc, *d_te1s, *d_te1, *d_be1s, *d_be1, *d_bos;
-  float *d_fn2, *d_f, *d_g, *d_h1, *d_h3, *d_fm, *d_fn, *d_an2, *d_ao, *d_o, *dq, *dk, *dv, *d_qpre, *d_kpre, *d_am,
-      *d_an;
-  float *d_out_tok, *d_fin_m, *d_fin_n, *d_fin_x, *d_fscale, *d_cap_out, *d_cap_n, *d_img_out;
-};
 
 bool dit_quantizable(const std::string& n) { return dit_tensors().quantizable(n); }
 
@@ -383,6 +331,10 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
   const int S = a.S, N = a.N, M = B * S, p = cfg_.patch_size, Cl = cfg_.latent_channels;
   const float eps = cfg_.norm_eps;
   const AttnPrecision attn_prec = attention_precision(training);  // BF16 only for low-precision inference
+  auto adapt = [&](int l, const char* name, const float* xin, int Mr, int K,
+                   std::initializer_list<LinearAdapter::Part> outs) {
+    if (adapter_) adapter_->forward(site_name(l, name), xin, Mr, K, outs, training);
+  };
 
   be.text_image_key_valid(a.key_valid, txt_mask, B, L, N);  // text keys from txt_mask, image keys always valid
   if (training) be.copy(a.txt_copy, txt, (size_t)B * L * T);
@@ -390,12 +342,16 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
   // Conditioning c = t_emb + bos_emb; blocks consume SiLU(c).
   be.timestep_embedding(a.temb_in, t, B, 256, 1000.f, 10000.f);
   be.linear_forward(a.te1, a.temb_in, W.t0w, W.t0b, B, 256, C);
+  adapt(-1, "t_embedder.mlp.0.weight", a.temb_in, B, 256, {{a.te1, C}});
   be.silu_forward(a.te1s, a.te1, (size_t)B * C);
   be.linear_forward(a.temb, a.te1s, W.t2w, W.t2b, B, C, C);
+  adapt(-1, "t_embedder.mlp.2.weight", a.te1s, B, C, {{a.temb, C}});
   for (int b = 0; b < B; ++b) be.copy(a.bos_in + (size_t)b * T, txt + (size_t)b * L * T, T);
   be.linear_forward(a.be1, a.bos_in, W.b0w, W.b0b, B, T, C);
+  adapt(-1, "bos_embedder.mlp.0.weight", a.bos_in, B, T, {{a.be1, C}});
   be.silu_forward(a.be1s, a.be1, (size_t)B * C);
   be.linear_forward(a.bemb, a.be1s, W.b2w, W.b2b, B, C, C);
+  adapt(-1, "bos_embedder.mlp.2.weight", a.be1s, B, C, {{a.bemb, C}});
   be.copy(a.c, a.temb, (size_t)B * C);
   be.add_inplace(a.c, a.bemb, (size_t)B * C);
   be.silu_forward(a.sc, a.c, (size_t)B * C);
@@ -403,8 +359,10 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
   // Token embeddings into the joint stream [text ; image].
   be.rmsnorm_forward(a.cap_n, a.cap_rstd, txt, W.capg, B * L, T, eps);
   be.linear_forward(a.cap_out, a.cap_n, W.capw, W.capb, B * L, T, D);
+  adapt(-1, "cap_embedder.1.weight", a.cap_n, B * L, T, {{a.cap_out, D}});
   be.patchify(a.tokens, x, B, Cl, h, w, p);
   be.linear_forward(a.img_out, a.tokens, W.xw, W.xb, B * N, P, D);
+  adapt(-1, "x_embedder.weight", a.tokens, B * N, P, {{a.img_out, D}});
   for (int b = 0; b < B; ++b) {
     be.copy(a.h_stream + (size_t)b * S * D, a.cap_out + (size_t)b * L * D, (size_t)L * D);
     be.copy(a.h_stream + ((size_t)b * S + L) * D, a.img_out + (size_t)b * N * D, (size_t)N * D);
@@ -420,6 +378,7 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     const auto& rope = a.rope.at(dh);
     float* mod = a.mods + (size_t)l * B * 4 * D;  // (B, 4D): s_a | g_a | s_f | g_f
     be.linear_forward_w(mod, a.sc, V.ada, Wl.ada_b, B, C, 4 * D);
+    adapt(l, "adaLN_modulation.1.weight", a.sc, B, C, {{mod, 4 * D}});
 
     // x = x + tanh(g_a) ⊙ attention_norm2(Attn(attention_norm1(x) ⊙ (1 + s_a)))
     if (training) be.copy(la.x_in, a.h_stream, (size_t)M * D);
@@ -432,6 +391,7 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     be.linear_forward_w(la.q_pre, la.a_m, V.qkv.rows(0, D), nullptr, M, D, D);
     be.linear_forward_w(la.k_pre, la.a_m, V.qkv.rows(D, D), nullptr, M, D, D);
     be.linear_forward_w(la.v, la.a_m, V.qkv.rows(2 * D, D), nullptr, M, D, D);
+    adapt(l, "attention.qkv.weight", la.a_m, M, D, {{la.q_pre, D}, {la.k_pre, D}, {la.v, D}});
     if (training) {
       be.layernorm_forward(la.q, la.q_mean, la.q_rstd, la.q_pre, Wl.qn_w, Wl.qn_b, M, D, eps);
       be.layernorm_forward(la.k, la.k_mean, la.k_rstd, la.k_pre, Wl.kn_w, Wl.kn_b, M, D, eps);
@@ -446,6 +406,7 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     be.attention_forward(la.o, la.lse, la.q, la.k, la.v, a.key_valid, B, S, H, dh, 1.f / std::sqrt((float)dh),
                          nullptr, attn_prec);
     be.linear_forward_w(la.ao, la.o, V.out, nullptr, M, D, D);
+    adapt(l, "attention.out.weight", la.o, M, D, {{la.ao, D}});
     if (training) {
       be.rmsnorm_forward(la.an2, la.ao_rstd, la.ao, Wl.an2, M, D, eps);
       be.gate_residual_forward(a.h_stream, la.an2, mod + D, 4 * D, B, S, D);
@@ -463,8 +424,11 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     }
     be.linear_forward_w(la.h1, la.f_m, V.w1, nullptr, M, D, F);
     be.linear_forward_w(la.h3, la.f_m, V.w3, nullptr, M, D, F);
+    adapt(l, "feed_forward.w1.weight", la.f_m, M, D, {{la.h1, F}});
+    adapt(l, "feed_forward.w3.weight", la.f_m, M, D, {{la.h3, F}});
     be.swiglu_forward(la.g, la.h1, la.h3, (size_t)M * F);
     be.linear_forward_w(la.f, la.g, V.w2, nullptr, M, F, D);
+    adapt(l, "feed_forward.w2.weight", la.g, M, F, {{la.f, D}});
     if (training) {
       be.rmsnorm_forward(la.fn2, la.f2_rstd, la.f, Wl.fn2, M, D, eps);
       be.gate_residual_forward(a.h_stream, la.fn2, mod + 3 * D, 4 * D, B, S, D);
@@ -478,143 +442,11 @@ void DiT::forward(float* v, const float* x, const float* t, const float* txt, co
     be.copy(a.fin_x + (size_t)b * N * D, a.h_stream + ((size_t)b * S + L) * D, (size_t)N * D);
   be.layernorm_forward(a.fin_n, a.fin_mean, a.fin_rstd, a.fin_x, nullptr, nullptr, B * N, D, 1e-6f);
   be.linear_forward(a.fscale, a.sc, W.fmw, W.fmb, B, C, D);
+  adapt(-1, "final_layer.adaLN_modulation.1.weight", a.sc, B, C, {{a.fscale, D}});
   be.modulate_forward(a.fin_m, a.fin_n, a.fscale, D, B, N, D);
   be.linear_forward(a.out_tok, a.fin_m, W.flw, W.flb, B * N, D, P);
+  adapt(-1, "final_layer.linear.weight", a.fin_m, B * N, D, {{a.out_tok, P}});
   be.unpatchify(v, a.out_tok, B, Cl, h, w, p);
-}
-
-void DiT::backward(const float* dv, float* dtxt) {
-  require_f32("backward");
-  if (!acts_ || !acts_->training) fail("internal error: DiT::backward needs a preceding forward(training=true)");
-  Acts& a = *acts_;
-  Backend& be = be_;
-  grads();
-  const Weights W = bind_weights(layout_, params_);
-  const Weights G = bind_weights(layout_, grads_);
-  const int B = a.B, L = a.L, h = a.h, w = a.w, S = a.S, N = a.N, M = B * S;
-  const int D = cfg_.hidden_size, C = cfg_.cond(), T = cfg_.text_dim, F = cfg_.ffn_hidden_size, P = cfg_.features();
-  const int p = cfg_.patch_size, Cl = cfg_.latent_channels;
-  const size_t MD = (size_t)M * D, MF = (size_t)M * F;
-
-  if (!gs_ || gs_->M != M || gs_->B != B || gs_->L != L || gs_->N != N) {
-    gs_.reset();
-    auto g = std::make_unique<GradScratch>(be);
-    g->M = M; g->B = B; g->L = L; g->N = N;
-    g->dh = g->take(MD); g->dmod = g->take((size_t)B * 4 * D); g->dsc = g->take((size_t)B * C);
-    g->dc = g->take((size_t)B * C); g->d_te1s = g->take((size_t)B * C); g->d_te1 = g->take((size_t)B * C);
-    g->d_be1s = g->take((size_t)B * C); g->d_be1 = g->take((size_t)B * C); g->d_bos = g->take((size_t)B * T);
-    for (float** q : {&g->d_fn2, &g->d_f, &g->d_fm, &g->d_fn, &g->d_an2, &g->d_ao, &g->d_o, &g->dq, &g->dk, &g->dv,
-                      &g->d_qpre, &g->d_kpre, &g->d_am, &g->d_an})
-      *q = g->take(MD);
-    g->d_g = g->take(MF); g->d_h1 = g->take(MF); g->d_h3 = g->take(MF);
-    g->d_out_tok = g->take((size_t)B * N * P);
-    g->d_fin_m = g->take((size_t)B * N * D); g->d_fin_n = g->take((size_t)B * N * D);
-    g->d_fin_x = g->take((size_t)B * N * D); g->d_fscale = g->take((size_t)B * D);
-    g->d_cap_out = g->take((size_t)B * L * D); g->d_cap_n = g->take((size_t)B * L * T);
-    g->d_img_out = g->take((size_t)B * N * D);
-    gs_ = std::move(g);
-  }
-  GradScratch& g = *gs_;
-  auto z = [&](float* ptr, size_t n) { be.zero(ptr, n); };
-
-  z(g.dh, MD);
-  z(g.dsc, (size_t)B * C);
-
-  // Final layer.
-  z(g.d_out_tok, (size_t)B * N * P);
-  be.unpatchify_backward(g.d_out_tok, dv, B, Cl, h, w, p);
-  z(g.d_fin_m, (size_t)B * N * D);
-  be.linear_backward(g.d_fin_m, G.flw, G.flb, g.d_out_tok, a.fin_m, W.flw, B * N, D, P);
-  z(g.d_fin_n, (size_t)B * N * D);
-  z(g.d_fscale, (size_t)B * D);
-  be.modulate_backward(g.d_fin_n, g.d_fscale, g.d_fin_m, a.fin_n, a.fscale, D, B, N, D);
-  z(g.d_fin_x, (size_t)B * N * D);
-  be.layernorm_backward(g.d_fin_x, nullptr, nullptr, g.d_fin_n, a.fin_x, nullptr, a.fin_mean, a.fin_rstd, B * N, D);
-  for (int b = 0; b < B; ++b)
-    be.add_inplace(g.dh + ((size_t)b * S + L) * D, g.d_fin_x + (size_t)b * N * D, (size_t)N * D);
-  be.linear_backward(g.dsc, G.fmw, G.fmb, g.d_fscale, a.sc, W.fmw, B, C, D);
-
-  for (int l = cfg_.layers() - 1; l >= 0; --l) {
-    LayerActs& la = a.layer(l);
-    const Layer& Wl = layers_[l];
-    const Layer& Gl = dlayers_[l];
-    const int H = cfg_.heads[l], dh = D / H;
-    const auto& rope = a.rope.at(dh);
-    const float* mod = a.mods + (size_t)l * B * 4 * D;
-    z(g.dmod, (size_t)B * 4 * D);
-
-    // FFN sub-block (g.dh is the gradient of the stream after it; it passes through the residual).
-    z(g.d_fn2, MD);
-    be.gate_residual_backward(g.d_fn2, g.dmod + 3 * D, g.dh, la.fn2, mod + 3 * D, 4 * D, B, S, D);
-    z(g.d_f, MD);
-    be.rmsnorm_backward(g.d_f, Gl.fn2, g.d_fn2, la.f, Wl.fn2, la.f2_rstd, M, D);
-    z(g.d_g, MF);
-    be.linear_backward(g.d_g, Gl.w2, nullptr, g.d_f, la.g, Wl.w2, M, F, D);
-    z(g.d_h1, MF);
-    z(g.d_h3, MF);
-    be.swiglu_backward(g.d_h1, g.d_h3, g.d_g, la.h1, la.h3, MF);
-    z(g.d_fm, MD);
-    be.linear_backward(g.d_fm, Gl.w1, nullptr, g.d_h1, la.f_m, Wl.w1, M, D, F);
-    be.linear_backward(g.d_fm, Gl.w3, nullptr, g.d_h3, la.f_m, Wl.w3, M, D, F);
-    z(g.d_fn, MD);
-    be.modulate_backward(g.d_fn, g.dmod + 2 * D, g.d_fm, la.f_n, mod + 2 * D, 4 * D, B, S, D);
-    be.rmsnorm_backward(g.dh, Gl.fn1, g.d_fn, la.x_mid, Wl.fn1, la.f_rstd, M, D);
-
-    // Attention sub-block.
-    z(g.d_an2, MD);
-    be.gate_residual_backward(g.d_an2, g.dmod + D, g.dh, la.an2, mod + D, 4 * D, B, S, D);
-    z(g.d_ao, MD);
-    be.rmsnorm_backward(g.d_ao, Gl.an2, g.d_an2, la.ao, Wl.an2, la.ao_rstd, M, D);
-    z(g.d_o, MD);
-    be.linear_backward(g.d_o, Gl.out, nullptr, g.d_ao, la.o, Wl.out, M, D, D);
-    z(g.dq, MD);
-    z(g.dk, MD);
-    z(g.dv, MD);
-    be.attention_backward(g.dq, g.dk, g.dv, g.d_o, la.q, la.k, la.v, la.o, la.lse, a.key_valid, B, S, H, dh,
-                          1.f / std::sqrt((float)dh), nullptr, nullptr);
-    be.rope_backward(g.dq, rope.first, rope.second, B, S, H, dh);
-    be.rope_backward(g.dk, rope.first, rope.second, B, S, H, dh);
-    z(g.d_qpre, MD);
-    z(g.d_kpre, MD);
-    be.layernorm_backward(g.d_qpre, Gl.qn_w, Gl.qn_b, g.dq, la.q_pre, Wl.qn_w, la.q_mean, la.q_rstd, M, D);
-    be.layernorm_backward(g.d_kpre, Gl.kn_w, Gl.kn_b, g.dk, la.k_pre, Wl.kn_w, la.k_mean, la.k_rstd, M, D);
-    z(g.d_am, MD);
-    be.linear_backward(g.d_am, Gl.qkv, nullptr, g.d_qpre, la.a_m, Wl.qkv, M, D, D);
-    be.linear_backward(g.d_am, Gl.qkv + (size_t)D * D, nullptr, g.d_kpre, la.a_m, Wl.qkv + (size_t)D * D, M, D, D);
-    be.linear_backward(g.d_am, Gl.qkv + (size_t)2 * D * D, nullptr, g.dv, la.a_m, Wl.qkv + (size_t)2 * D * D, M, D, D);
-    z(g.d_an, MD);
-    be.modulate_backward(g.d_an, g.dmod, g.d_am, la.a_n, mod, 4 * D, B, S, D);
-    be.rmsnorm_backward(g.dh, Gl.an1, g.d_an, la.x_in, Wl.an1, la.a_rstd, M, D);
-
-    be.linear_backward(g.dsc, Gl.ada_w, Gl.ada_b, g.dmod, a.sc, Wl.ada_w, B, C, 4 * D);
-  }
-
-  // Token embedders.
-  for (int b = 0; b < B; ++b) {
-    be.copy(g.d_cap_out + (size_t)b * L * D, g.dh + (size_t)b * S * D, (size_t)L * D);
-    be.copy(g.d_img_out + (size_t)b * N * D, g.dh + ((size_t)b * S + L) * D, (size_t)N * D);
-  }
-  be.linear_backward(nullptr, G.xw, G.xb, g.d_img_out, a.tokens, W.xw, B * N, P, D);
-  z(g.d_cap_n, (size_t)B * L * T);
-  be.linear_backward(g.d_cap_n, G.capw, G.capb, g.d_cap_out, a.cap_n, W.capw, B * L, T, D);
-  be.rmsnorm_backward(dtxt, G.capg, g.d_cap_n, a.txt_copy, W.capg, a.cap_rstd, B * L, T);
-
-  // Conditioning: c = t_emb + bos_emb, sc = SiLU(c).
-  z(g.dc, (size_t)B * C);
-  be.silu_backward(g.dc, g.dsc, a.c, (size_t)B * C);
-  z(g.d_te1s, (size_t)B * C);
-  be.linear_backward(g.d_te1s, G.t2w, G.t2b, g.dc, a.te1s, W.t2w, B, C, C);
-  z(g.d_te1, (size_t)B * C);
-  be.silu_backward(g.d_te1, g.d_te1s, a.te1, (size_t)B * C);
-  be.linear_backward(nullptr, G.t0w, G.t0b, g.d_te1, a.temb_in, W.t0w, B, 256, C);
-  z(g.d_be1s, (size_t)B * C);
-  be.linear_backward(g.d_be1s, G.b2w, G.b2b, g.dc, a.be1s, W.b2w, B, C, C);
-  z(g.d_be1, (size_t)B * C);
-  be.silu_backward(g.d_be1, g.d_be1s, a.be1, (size_t)B * C);
-  z(g.d_bos, (size_t)B * T);
-  be.linear_backward(dtxt ? g.d_bos : nullptr, G.b0w, G.b0b, g.d_be1, a.bos_in, W.b0w, B, T, C);
-  if (dtxt)
-    for (int b = 0; b < B; ++b) be.add_inplace(dtxt + (size_t)b * L * T, g.d_bos + (size_t)b * T, T);
 }
 
 double DiT::forward_flops(const DiTConfig& c, int B, int L, int h, int w) {

@@ -4,6 +4,7 @@
 #include "models/dit_config.h"
 #include "ops/backend.h"
 #include "ops/weights.h"
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <memory>
@@ -13,6 +14,22 @@
 namespace oboro {
 
 class TensorSource;
+
+// A trainable addition to the DiT's Linear layers (LoRA training: train/lora_network.h). After a Linear
+// y(M,N) = x(M,K)·Wᵀ (+ b) the DiT calls forward(tensor, x, M, K, outs, training) and the adapter adds its term to y,
+// given as row blocks of W (attention.qkv: q, k, v, each (M, D)); in backward, backward(tensor, dx, x, M, K, douts)
+// accumulates dx (M,K) (null: not needed) and the adapter's own gradients. `tensor` names W
+// ("layers.0.attention.qkv.weight"); x is the Linear's input as the forward saw it (kept by a training forward).
+class LinearAdapter {
+ public:
+  struct Part { float* y; int N; };
+  struct DPart { const float* dy; int N; };
+  virtual ~LinearAdapter() = default;
+  virtual void forward(const std::string& tensor, const float* x, int M, int K, std::initializer_list<Part> outs,
+                       bool training) = 0;
+  virtual void backward(const std::string& tensor, float* dx, const float* x, int M, int K,
+                        std::initializer_list<DPart> douts) = 0;
+};
 
 // The DiT tensors that may be stored in a low-precision format (docs/formats.md): the blocks' big Linear weights
 // (attention qkv/out, SwiGLU w1/w2/w3, adaLN modulation). Norms, biases, embedders and the final layer never are.
@@ -54,6 +71,11 @@ class DiT {
   float* params() { return params_; }
   float* grads();                       // allocated on first use
   void zero_grads();
+  // Adapter training (LoRA): the adapter's terms join every forward; a frozen model's backward computes no weight
+  // gradients (grads() is never allocated), only the activation gradients the adapter needs. Not owned.
+  void set_adapter(LinearAdapter* adapter) { adapter_ = adapter; }
+  void set_frozen(bool frozen) { frozen_ = frozen; }
+  bool frozen() const { return frozen_; }
 
   // Plan activation memory for a batch shape; `training` keeps every layer's activations
   // for backward, inference reuses one layer's worth. Called automatically by forward().
@@ -101,6 +123,8 @@ class DiT {
   std::vector<LinearViews> lv_;
   std::unique_ptr<Acts> acts_;
   std::unique_ptr<GradScratch> gs_;
+  LinearAdapter* adapter_ = nullptr;
+  bool frozen_ = false;
 };
 
 }  // namespace oboro

@@ -92,6 +92,7 @@ class Backend {
   template <class T> void copy(T* dst, const T* src, size_t n) { copy_bytes(dst, src, n * sizeof(T)); }
   template <class T> void zero(T* p, size_t n) { zero_bytes(p, n * sizeof(T)); }
   virtual void add_inplace(float* y, const float* x, size_t n) = 0;  // y += x
+  virtual void axpy(float* y, const float* x, float a, size_t n) = 0;  // y += a·x (LoRA's alpha/dim scale)
 
   // Backend side of Buffer (called by alloc / wrap_host and by ~Buffer; decorators forward them).
   virtual void* alloc_bytes(size_t bytes, const char* what) = 0;  // zero-initialised
@@ -228,6 +229,9 @@ class Backend {
                               size_t n) = 0;
   // x = t·x1 + (1 − t)·x: the flow's interpolant (img2img's start from noise x and clean latents x1).
   virtual void flow_interpolate(float* x, const float* x1, float t, size_t n) = 0;
+  // Inpainting's re-imposition over n values: x = m·x + (1 − m)·(t·x1 + (1 − t)·noise), m = mask in [0, 1]
+  // (1 = repaint, 0 = keep the original x1 noised to flow time t; at t = 1 a kept value becomes x1 exactly).
+  virtual void inpaint_blend(float* x, const float* noise, const float* x1, const float* mask, float t, size_t n) = 0;
   // Zero the rows of x (rows, D) whose mask (rows) is 0 (padded text rows).
   virtual void mask_rows(float* x, const float* mask, int rows, int D) = 0;
   // The DiT's key mask over [text ‖ image]: key_valid(B, L+N)[b] = [txt_mask(B,L)[b] != 0 ? 1 : 0, 1 × N].

@@ -119,6 +119,10 @@ class CheckedBackend final : public Backend {
     Guard guard_(*this, "add_inplace", {{"y", y}, {"x", x}});
     in_.add_inplace(y, x, n);
   }
+  void axpy(float* y, const float* x, float a, size_t n) override {
+    Guard guard_(*this, "axpy", {{"y", y}, {"x", x}});
+    in_.axpy(y, x, a, n);
+  }
   void set_matmul_precision(MatmulPrecision p) override { in_.set_matmul_precision(p); }
   MatmulPrecision matmul_precision() const override { return in_.matmul_precision(); }
 
@@ -298,6 +302,10 @@ class CheckedBackend final : public Backend {
   void flow_interpolate(float* x, const float* x1, float t, size_t n) override {
     Guard guard_(*this, "flow_interpolate", {{"x", x}, {"x1", x1}});
     in_.flow_interpolate(x, x1, t, n);
+  }
+  void inpaint_blend(float* x, const float* noise, const float* x1, const float* mask, float t, size_t n) override {
+    Guard guard_(*this, "inpaint_blend", {{"x", x}, {"noise", noise}, {"x1", x1}, {"mask", mask}});
+    in_.inpaint_blend(x, noise, x1, mask, t, n);
   }
   void mask_rows(float* x, const float* mask, int rows, int D) override {
     Guard guard_(*this, "mask_rows", {{"x", x}, {"mask", mask}});

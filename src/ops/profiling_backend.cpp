@@ -99,6 +99,9 @@ void ProfilingBackend::download_bytes(void* host, const void* src, size_t n) {
 void ProfilingBackend::add_inplace(float* y, const float* x, size_t n) {
   timed("add_inplace", 0, [&] { in_.add_inplace(y, x, n); });
 }
+void ProfilingBackend::axpy(float* y, const float* x, float a, size_t n) {
+  timed("axpy", 0, [&] { in_.axpy(y, x, a, n); });
+}
 
 // ---- linear ----
 void ProfilingBackend::linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) {
@@ -279,6 +282,10 @@ void ProfilingBackend::euler_cfg_step(float* x, const float* vc, const float* vu
 }
 void ProfilingBackend::flow_interpolate(float* x, const float* x1, float t, size_t n) {
   timed("flow_interpolate", 0, [&] { in_.flow_interpolate(x, x1, t, n); });
+}
+void ProfilingBackend::inpaint_blend(float* x, const float* noise, const float* x1, const float* mask, float t,
+                                     size_t n) {
+  timed("inpaint_blend", 0, [&] { in_.inpaint_blend(x, noise, x1, mask, t, n); });
 }
 void ProfilingBackend::mask_rows(float* x, const float* mask, int rows, int D) {
   timed("mask_rows", 0, [&] { in_.mask_rows(x, mask, rows, D); });

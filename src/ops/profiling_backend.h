@@ -65,6 +65,7 @@ class ProfilingBackend final : public Backend {
   void upload_bytes(void* dst, const void* host, size_t n) override;
   void download_bytes(void* host, const void* src, size_t n) override;
   void add_inplace(float* y, const float* x, size_t n) override;
+  void axpy(float* y, const float* x, float a, size_t n) override;
 
   void linear_forward(float* y, const float* x, const float* w, const float* b, int M, int K, int N) override;
   void linear_forward_w(float* y, const float* x, const WeightView& w, const float* b, int M, int K, int N) override;
@@ -134,6 +135,7 @@ class ProfilingBackend final : public Backend {
   void ema_update(float* ema, const float* p, size_t n, float decay) override;
   void euler_cfg_step(float* x, const float* vc, const float* vu, float s, float dt, size_t n) override;
   void flow_interpolate(float* x, const float* x1, float t, size_t n) override;
+  void inpaint_blend(float* x, const float* noise, const float* x1, const float* mask, float t, size_t n) override;
   void mask_rows(float* x, const float* mask, int rows, int D) override;
   void text_image_key_valid(float* kv, const float* txt_mask, int B, int L, int N) override;
   void fill(float* x, float value, size_t n) override;

@@ -193,7 +193,19 @@ ParsedRequest parse_a1111(const json& b, const Limits& lim, bool require_init) {
     }
   }
   if (require_init && !p.img2img) bad("init_images", "img2img needs one init image (base64)");
-  if (has(b, "mask")) bad("mask", "inpainting is not implemented yet");
+  if (has(b, "mask")) {  // inpainting (flow/inpaint.h): "original" fill over the whole picture, as A1111's defaults
+    if (!p.img2img) bad("mask", "inpainting needs the image to repaint in init_images");
+    if (!b.at("mask").is_string()) bad("mask", "must be a base64 image (white = repaint)");
+    rq.mask_image_data = decode_b64_image(b.at("mask").get<std::string>(), "mask");
+    rq.mask_blur = (int)get_int(b, "mask_blur", 0, 64).value_or(4);
+    rq.invert_mask = get_int(b, "inpainting_mask_invert", 0, 1).value_or(0) == 1;
+    if (get_int(b, "inpainting_fill", 0, 3).value_or(1) != 1)
+      bad("inpainting_fill", "only 1 (\"original\") is supported: the masked region starts from the noised image");
+    const json full = has(b, "inpaint_full_res") ? b.at("inpaint_full_res") : json(false);  // bool or 0/1
+    if (!(full.is_boolean() || full.is_number())) bad("inpaint_full_res", "must be true/false or 0/1");
+    if (full.is_boolean() ? full.get<bool>() : full.get<double>() != 0)
+      bad("inpaint_full_res", "\"Only masked\" is not supported: inpainting runs on the whole picture");
+  }
   const auto strength = get_num(b, "denoising_strength", 0.0, 1.0);
   if (p.img2img) {
     rq.strength = (float)strength.value_or(0.75);
@@ -215,6 +227,11 @@ ParsedRequest parse_a1111(const json& b, const Limits& lim, bool require_init) {
                   {"cfg_scale", rq.cfg_scale}, {"width", rq.width}, {"height", rq.height}, {"seed", rq.seed},
                   {"batch_size", rq.batch_size}, {"n_iter", rq.n_iter}, {"sampler_name", "Euler"}};
   if (p.img2img) p.parameters["denoising_strength"] = rq.strength;
+  if (rq.inpaint()) {
+    p.parameters["mask_blur"] = rq.mask_blur;
+    p.parameters["inpainting_mask_invert"] = rq.invert_mask ? 1 : 0;
+    p.parameters["inpainting_fill"] = 1;
+  }
   if (rq.hires()) {
     p.parameters["enable_hr"] = true;
     p.parameters["hr_scale"] = rq.hr_scale;

@@ -4,6 +4,7 @@
 #include "core/base64.h"
 #include "core/error.h"
 #include "flow/infotext.h"
+#include "flow/lora_apply.h"
 #include "io/image.h"
 #include "serve/server_internal.h"
 #include <filesystem>
@@ -139,7 +140,16 @@ void register_a1111_routes(httplib::Server& svr, Context& cx) {
   svr.Get("/sdapi/v1/samplers", guard([](const auto&, auto& res) {
     send_json(res, 200, json::array({{{"name", "Euler"}, {"aliases", {"k_euler", "euler"}}, {"options", json::object()}}}));
   }));
-  svr.Get("/sdapi/v1/loras", guard([](const auto&, auto& res) { send_json(res, 200, json::array()); }));
+  // A1111's listing of the LoRA folder: name, alias (kohya's ss_output_name when recorded), path, metadata.
+  svr.Get("/sdapi/v1/loras", guard([&cx](const auto&, auto& res) {
+    json out = json::array();
+    for (const LoraListing& l : list_loras(lora_dir_or_default(cx.opt.lora_dir, cx.opt.models_dir))) {
+      auto alias = l.metadata.find("ss_output_name");
+      out.push_back({{"name", l.name}, {"alias", alias != l.metadata.end() ? alias->second : l.name}, {"path", l.path},
+                     {"metadata", l.metadata}});
+    }
+    send_json(res, 200, out);
+  }));
   svr.Get("/sdapi/v1/options", guard([&cx](const auto&, auto& res) {
     const ModelEntry m = cx.models.current();
     const std::string h = ModelCatalog::hash10(m.path);

@@ -2,6 +2,7 @@
 // route files share. The routes themselves are in routes_a1111.cpp and routes_jobs.cpp.
 #include "core/base64.h"
 #include "core/error.h"
+#include "flow/lora_apply.h"
 #include "flow/memory_plan.h"
 #include "models/codec.h"
 #include "serve/connection.h"
@@ -74,6 +75,15 @@ std::shared_ptr<Job> make_job(Context& cx, ParsedRequest&& p, const std::string&
   rq.text_encoder = cx.opt.text_encoder;
   rq.vae = cx.opt.vae;
   rq.max_memory = cx.opt.max_memory;
+  // <lora:NAME:W> tags in the prompt: found and checked against the model now, so a bad one is a 422 naming it.
+  rq.lora_dir = lora_dir_or_default(cx.opt.lora_dir, cx.opt.models_dir);
+  try {
+    std::vector<LoraRequest> tags;
+    strip_prompt_loras(rq.prompt, tags);
+    read_lora_set(tags, rq.lora_dir, rq.model);
+  } catch (const Error& e) {
+    throw RequestError(422, "prompt", e.what());
+  }
   // Size: a multiple of the model's granularity (codec stride × patch size).
   const DiTConfig cfg = dit_config_of(rq.model);
   const int g = cfg.patch_size * (cfg.codec == "flux-vae" ? 8 : codec_stride(cfg.codec, cfg.latent_channels));

@@ -16,6 +16,7 @@ struct ServeOptions {
   std::string model;          // the model loaded first (path); the command fills in the bundled default
   std::string models_dir;     // ComfyUI-style folder: more models in DIR/diffusion_models, T5 / VAE lookups
   std::string text_encoder, vae;  // --t5 / --vae for every job ("" = what the model names / DIR/vae)
+  std::string lora_dir;       // LoRAs for <lora:NAME:W> prompt tags and /sdapi/v1/loras ("" = DIR/loras or models/loras)
   std::string api_key;        // non-empty: every endpoint but /health and the UI's files needs `Authorization: Bearer`
   std::string cors;           // allowed cross-origin Origin ("" = none; "*" = any)
   std::string outputs = "outputs";

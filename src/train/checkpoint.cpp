@@ -4,6 +4,7 @@
 #include "flow/infotext.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "train/lora_save.h"
 #include "train/trainer.h"
 #include <nlohmann/json.hpp>
 #include <algorithm>
@@ -128,6 +129,7 @@ void load_state(TrainState& state, const std::string& path, const TrainConfig& c
 // ---------------------------------------------------------------- inference files
 
 void save_models(TrainState& state, const TrainConfig& cfg, const RunData& data) {
+  if (state.lora) return save_lora_model(state, cfg, data);  // a LoRA run writes its LoRA file
   fs::create_directories(cfg.output_dir);
   EmaWeightsInModels ema(state);  // inference weights: EMA when enabled
   // Both files are written in full before either replaces its old version: a failed export (full disk) leaves

@@ -111,7 +111,8 @@ const std::vector<std::string>& model_setting_keys() {
   static const std::vector<std::string> keys = {
       "pretrained_model", "model_preset", "head_schedule", "hidden_size",  "num_layers", "ffn_hidden_size",
       "codec",            "pixels_stride", "patch_size",   "text_encoder", "train_text_encoder", "vocab_size",
-      "t5_d_model",       "t5_layers",     "t5_heads",     "t5_d_kv",      "t5_d_ff",    "max_token_length"};
+      "t5_d_model",       "t5_layers",     "t5_heads",     "t5_d_kv",      "t5_d_ff",    "max_token_length",
+      "network_module",   "network_dim",   "network_alpha", "network_args"};
   return keys;
 }
 

@@ -72,6 +72,11 @@ const Field kFields[] = {
     OBORO_FIELD(vae, kToml | kJson | kPath),
     OBORO_FIELD_R(pixels_stride, kToml | kJson, 1, 64, kClosed, ""),
     OBORO_FIELD_R(patch_size, kToml | kJson, 1, 64, kClosed, ""),
+    OBORO_FIELD(network_module, kToml | kJson),
+    OBORO_FIELD_R(network_dim, kToml | kJson, 1, 65536, kClosed, " (the LoRA rank)"),
+    OBORO_FIELD_R(network_alpha, kToml | kJson, 0, 1e6, kClosed, " (0 = network_dim)"),
+    OBORO_FIELD(network_args, kToml | kJson),
+    OBORO_FIELD(network_weights, kToml | kJson | kPath),
     OBORO_FIELD(text_encoder, kToml | kJson | kPath),
     OBORO_FIELD(train_text_encoder, kToml | kJson),
     OBORO_FIELD_R(vocab_size, kToml | kJson, 2, 1048576, kClosed, ""),
@@ -306,6 +311,18 @@ void TrainConfig::validate() const {
          "or cache_dir + manifest (latents from `oboro data cache`)");
   if (cache_dir.empty() != manifest.empty())
     fail("cache_dir and manifest go together: cache_dir = the --out of `oboro data cache`, manifest = its --manifest");
+  if (lora()) {
+    if (network_module != "lora" && network_module != "networks.lora")
+      fail("network_module = \"", network_module, "\" is not supported: use \"lora\" (kohya's networks.lora)");
+    if (pretrained_model.empty())
+      fail("network_module = \"lora\" adapts a pretrained model: set pretrained_model = \"BASE.safetensors\"");
+    if (text_encoder.empty())
+      fail("LoRA training keeps the text encoder frozen: set text_encoder (the base model's .t5.safetensors)");
+    if (network_dim < 1 || network_dim > 4096) fail("network_dim must be between 1 and 4096, got ", network_dim);
+    if (network_alpha < 0) fail("network_alpha must be 0 (= network_dim) or positive, got ", network_alpha);
+  } else if (!network_weights.empty() || !network_args.empty()) {
+    fail("network_weights / network_args need network_module = \"lora\"");
+  }
   if (!cache_dir.empty() && cache_stage != 1 && cache_stage != 2)
     fail("cache_stage must be 1 (256² crops) or 2 (~512² buckets), as in `oboro data bucket --stage`");
 }

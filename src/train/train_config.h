@@ -17,6 +17,14 @@ struct TrainConfig {
   std::string codec = "pixels";
   std::string vae;  // codec flux-vae: the FLUX.1 VAE file that encodes the training images (latent = scaled mean)
   int pixels_stride = 1, patch_size = 2;
+  // LoRA (train/lora_network.h), kohya's names: network_module "lora" (or "networks.lora") trains a LoRA of
+  // pretrained_model (frozen) instead of the whole DiT; "" = full training
+  std::string network_module;
+  int network_dim = 4;
+  float network_alpha = 0.f;              // 0 = network_dim (scale alpha/dim = 1)
+  std::vector<std::string> network_args;  // "targets=attention,feed_forward,…", "blocks=0-3,6"
+  std::string network_weights;            // a LoRA file to continue from
+  bool lora() const { return !network_module.empty(); }
   // text encoder
   std::string text_encoder;              // frozen T5 file/dir; "" = train a small T5 from scratch
   bool train_text_encoder = true;        // only for the from-scratch T5

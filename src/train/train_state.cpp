@@ -72,6 +72,17 @@ void TrainState::create_models(const TrainConfig& cfg, const LatentCodec& codec,
 
 void TrainState::init_optimizers(const TrainConfig& cfg) {
   AdamWConfig ac{cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.weight_decay};
+  if (cfg.lora()) {
+    if (dit->weight_format() != WFormat::F32)
+      fail("LoRA training needs an F32 base in memory (the DiT's backward reads F32 weights)");
+    lora = std::make_unique<LoraNetwork>(*dit, LoraSettings::from_config(cfg), cfg.seed ^ 0x10ad);
+    dit->set_frozen(true);
+    dit->set_adapter(lora.get());
+    train_te = false;
+    opt_lora_.init(be, lora->layout(), ac);
+    if (cfg.ema_decay > 0) ema_lora_.init(be, lora->params(), lora->num_params(), "lora.ema");
+    return;
+  }
   opt_dit_.init(be, dit->layout(), ac);
   if (train_te) opt_te_.init(be, te->t5().layout(), ac);
   if (cfg.ema_decay > 0) {
@@ -80,14 +91,20 @@ void TrainState::init_optimizers(const TrainConfig& cfg) {
   }
 }
 
+void TrainState::load_network_weights(const TrainConfig& cfg) {
+  if (lora && !cfg.network_weights.empty()) lora->load_weights(cfg.network_weights, *dit);
+}
+
 void TrainState::zero_grads() {
+  if (lora) return lora->zero_grads();
   dit->zero_grads();
   if (train_te) te->t5().zero_grads();
 }
 
 double TrainState::grad_norm() {
   if (norm_sq_.empty()) norm_sq_ = be.alloc(1, DType::F64, "train.grad_norm_sq");
-  be.sum_squares(norm_sq_.f64(), dit->grads(), dit->num_params(), false);
+  if (lora) be.sum_squares(norm_sq_.f64(), lora->grads(), lora->num_params(), false);
+  else be.sum_squares(norm_sq_.f64(), dit->grads(), dit->num_params(), false);
   if (train_te) be.sum_squares(norm_sq_.f64(), te->t5().grads(), te->t5().layout().total(), true);
   double ss = 0;
   be.download(&ss, norm_sq_.f64(), 1);
@@ -95,6 +112,7 @@ double TrainState::grad_norm() {
 }
 
 void TrainState::optimizer_step(float lr, float grad_scale) {
+  if (lora) return opt_lora_.step(lora->params(), lora->grads(), lr, step + 1, grad_scale);
   opt_dit_.step(dit->params(), dit->grads(), lr, step + 1, grad_scale);
   if (train_te) opt_te_.step(te->t5().params(), te->t5().grads(), lr, step + 1, grad_scale);
 }
@@ -103,11 +121,20 @@ void TrainState::ema_step(float ema_decay) {
   const float decay = ema_decay_at(step, ema_decay);
   if (ema_dit_.enabled()) ema_dit_.update(dit->params(), decay);
   if (ema_te_.enabled()) ema_te_.update(te->t5().params(), decay);
+  if (ema_lora_.enabled()) ema_lora_.update(lora->params(), decay);
 }
 
 std::vector<CheckpointTensor> TrainState::checkpoint_tensors() {
   std::vector<CheckpointTensor> b;
   b.push_back({"dit.params", dit->params(), dit->num_params()});
+  if (lora) {
+    b.push_back({"lora.params", lora->params(), lora->num_params()});
+    b.push_back({"lora.adam_m", opt_lora_.m.f32(), opt_lora_.m.size()});
+    b.push_back({"lora.adam_v", opt_lora_.v.f32(), opt_lora_.v.size()});
+    if (ema_lora_.enabled()) b.push_back({"lora.ema", ema_lora_.w.f32(), ema_lora_.size()});
+    b.push_back({"t5.params", te->t5().params(), te->t5().layout().total()});
+    return b;
+  }
   b.push_back({"dit.adam_m", opt_dit_.m.f32(), opt_dit_.m.size()});
   b.push_back({"dit.adam_v", opt_dit_.v.f32(), opt_dit_.v.size()});
   if (ema_dit_.enabled()) b.push_back({"dit.ema", ema_dit_.w.f32(), ema_dit_.size()});
@@ -134,6 +161,8 @@ EmaSwap::~EmaSwap() {
 }
 
 EmaWeightsInModels::EmaWeightsInModels(TrainState& s)
-    : dit_(s.be, s.dit->params(), s.ema_dit_), te_(s.be, s.te->t5().params(), s.ema_te_) {}
+    : dit_(s.be, s.dit->params(), s.ema_dit_),
+      te_(s.be, s.te->t5().params(), s.ema_te_),
+      lora_(s.be, s.lora ? s.lora->params() : nullptr, s.ema_lora_) {}
 
 }  // namespace oboro

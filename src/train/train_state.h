@@ -10,6 +10,7 @@
 #include "models/dit.h"
 #include "models/text_encoder.h"
 #include "ops/backend.h"
+#include "train/lora_network.h"
 #include "train/optim.h"
 #include "train/train_config.h"
 #include <cstdint>
@@ -48,6 +49,9 @@ class TrainState {
   std::unique_ptr<TextEncoder> te;   // frozen, or trained jointly with the DiT when train_te
   std::unique_ptr<DiT> dit;
   bool train_te = false;
+  // A LoRA run (cfg.lora()): the trained parameter set — the LoRA weights, their gradients, AdamW moments and EMA;
+  // the DiT is frozen (set_frozen: no gradients, no optimizer state) and calls the network as its adapter.
+  std::unique_ptr<LoraNetwork> lora;
   // Counters (all saved in checkpoints).
   int64_t step = 0;                  // optimizer steps done
   DataPosition data;
@@ -61,8 +65,11 @@ class TrainState {
   // captions (the tokenizer goes to output_dir/tokenizer.*); a pretrained DiT, or a new one from the preset.
   void create_models(const TrainConfig& cfg, const LatentCodec& codec, const BatchSource& data);
   // Zero AdamW moments (DiT, and T5 when trained); EMA = the current weights when cfg.ema_decay > 0.
+  // A LoRA run creates its network here (down from the seed, up zero), attached to the frozen DiT.
   void init_optimizers(const TrainConfig& cfg);
-  bool has_ema() const { return ema_dit_.enabled(); }
+  // A new LoRA run with network_weights: continue from that file (not on resume: the checkpoint has the weights).
+  void load_network_weights(const TrainConfig& cfg);
+  bool has_ema() const { return ema_dit_.enabled() || ema_lora_.enabled(); }
 
   // ---- one optimizer step
   void zero_grads();
@@ -74,13 +81,14 @@ class TrainState {
   void ema_step(float ema_decay);            // EMA towards the weights, decay warmed up by `step`
 
   // The checkpoint's tensors, in file order: dit.params, dit.adam_m, dit.adam_v, [dit.ema], t5.params and,
-  // when the T5 is trained, t5.adam_m, t5.adam_v, [t5.ema]. Brackets: only with an EMA.
+  // when the T5 is trained, t5.adam_m, t5.adam_v, [t5.ema]. Brackets: only with an EMA. A LoRA run: dit.params
+  // (the frozen base, so a resume needs nothing else), lora.params, lora.adam_m, lora.adam_v, [lora.ema], t5.params.
   std::vector<CheckpointTensor> checkpoint_tensors();
 
  private:
   friend class EmaWeightsInModels;
-  AdamW opt_dit_, opt_te_;  // moments m, v and the decay masks: backend Buffers
-  Ema ema_dit_, ema_te_;    // the weights' EMA, backend Buffers (not enabled(): no EMA)
+  AdamW opt_dit_, opt_te_, opt_lora_;  // moments m, v and the decay masks: backend Buffers
+  Ema ema_dit_, ema_te_, ema_lora_;    // the weights' EMA, backend Buffers (not enabled(): no EMA)
   Buffer norm_sq_;          // (1) F64: Σ g² of the last grad_norm()
 };
 
@@ -112,7 +120,7 @@ class EmaWeightsInModels {
   explicit EmaWeightsInModels(TrainState& s);
 
  private:
-  EmaSwap dit_, te_;
+  EmaSwap dit_, te_, lora_;
 };
 
 }  // namespace oboro

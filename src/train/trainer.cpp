@@ -286,7 +286,11 @@ class TrainLoop {
 
   // The gradients of every trained parameter (what optimizer_step updates), in a fixed order.
   std::vector<dist::GradSpan> gradient_spans() {
-    std::vector<dist::GradSpan> g{{state_.dit->grads(), state_.dit->num_params()}};
+    std::vector<dist::GradSpan> g;
+    if (state_.lora)  // a LoRA run trains the LoRA alone (the DiT is frozen: no weight gradients)
+      g.push_back({state_.lora->grads(), state_.lora->num_params()});
+    else
+      g.push_back({state_.dit->grads(), state_.dit->num_params()});
     if (state_.train_te) g.push_back({state_.te->t5().grads(), state_.te->t5().layout().total()});
     return g;
   }
@@ -405,6 +409,7 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
   } else {
     state.create_models(cfg, codec, *data);
     state.init_optimizers(cfg);
+    state.load_network_weights(cfg);
   }
   // What this invocation trains on (a resumed run records the data it continues with).
   std::string provenance = prov.has_manifest ? prov.summary.to_json() : "";
@@ -412,6 +417,13 @@ TrainResult train(const TrainConfig& cfg, Backend& be, const std::string& resume
     std::fprintf(stderr, "model: DiT %lld parameters%s, text encoder %zu parameters (%s)\n",
                  (long long)state.dit->config().param_count(), "", state.te->t5().layout().total(),
                  state.train_te ? "trained jointly" : "frozen");
+  if (state.lora && comm.rank() == 0)  // the memory that differs from a full fine-tune: the base once, 4–5 copies of the LoRA only
+    std::fprintf(stderr, "LoRA: %zu modules, %zu parameters (dim %d, alpha %g, %s); the DiT is frozen: %.1f MiB "
+                 "of weights without gradients or moments, LoRA state %.1f KiB (weights, gradients, AdamW m, v%s)\n",
+                 state.lora->num_modules(), state.lora->num_params(), state.lora->settings().dim,
+                 state.lora->settings().alpha, state.lora->settings().args_json().c_str(),
+                 state.dit->weight_bytes() / 1048576.0, state.lora->num_params() * 4.0 * (state.has_ema() ? 5 : 4) / 1024,
+                 state.has_ema() ? ", EMA" : "");
   data->set_text_encoder(*state.te, state.train_te);
   if (comm.size() > 1 && comm.rank() == 0)
     std::fprintf(stderr, "data parallel: %d ranks (%s) × train_batch_size %d × gradient_accumulation_steps %d = %lld "

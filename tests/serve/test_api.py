@@ -423,6 +423,44 @@ class ServeProcess(unittest.TestCase):
             self.assertEqual(srv2.stop(), 0)
 
 
+class ServeLora(unittest.TestCase):
+    """<lora:NAME:W> in prompts and /sdapi/v1/loras with --lora-dir (issue 19): a LoRA extracted by oboro merge."""
+
+    @classmethod
+    def setUpClass(cls):
+        import subprocess
+        d = os.path.join(ARGS.workdir, "lora")
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(os.path.join(d, "loras"))
+        model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "default",
+                             "oboro-default.safetensors")
+        bf16 = os.path.join(d, "bf16.safetensors")
+        subprocess.run([ARGS.oboro, "merge", "--mode", "no-interpolation", model, "--dtype", "bf16", "-o", bf16],
+                       check=True, capture_output=True)
+        subprocess.run([ARGS.oboro, "merge", "--mode", "extract-lora", "--rank", "2", model, bf16, "-o",
+                        os.path.join(d, "loras", "diff.safetensors")], check=True, capture_output=True)
+        cls.srv = Server(ARGS.oboro, os.path.join(d, "outputs"), "--lora-dir", os.path.join(d, "loras"))
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.srv.stop()
+        if rc != 0:
+            raise AssertionError("oboro serve exited with %d" % rc)
+
+    def test_listing_tag_and_unknown_name(self):
+        loras = call(self.srv.base, "GET", "/sdapi/v1/loras").json()
+        self.assertEqual([l["name"] for l in loras], ["diff"])
+        self.assertEqual(loras[0]["metadata"]["modelspec.architecture"], "oboro-dit-v1/lora")
+        r = call(self.srv.base, "POST", "/sdapi/v1/txt2img", dict(FAST, prompt=PROMPT + " <lora:diff:0.5>", steps=2))
+        self.assertEqual(r.status, 200, r.body)
+        info = json.loads(r.json()["info"])["infotexts"][0]
+        self.assertRegex(info, r'Lora hashes: "diff: [0-9a-f]{12}"')
+        self.assertIn("<lora:diff:0.5>", info)  # kept in the infotext prompt, as A1111 does
+        r = call(self.srv.base, "POST", "/sdapi/v1/txt2img", dict(FAST, prompt=PROMPT + " <lora:nope:1>", steps=2))
+        self.assertEqual((r.status, r.json()["field"]), (422, "prompt"))
+        self.assertIn("<lora:nope>", r.json()["error"])
+
+
 def main():
     global ARGS
     ap = argparse.ArgumentParser()

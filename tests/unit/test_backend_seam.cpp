@@ -212,6 +212,40 @@ TEST(StepOps, EulerCfgInterpolateMasksFillEqualOnEveryBackend) {
   }
 }
 
+TEST(StepOps, InpaintBlendKeepsTheNoisedOriginalWhereTheMaskIsZero) {
+  // x = m·x + (1 − m)·(t·x1 + (1 − t)·noise) against the naive loop; m = 0 at t = 1 gives x1 bitwise.
+  const size_t n = 777;
+  const Vec x0 = randn(n, 11), nz = randn(n, 12), x1 = randn(n, 13);
+  Vec m(n);
+  for (size_t i = 0; i < n; ++i) m[i] = i % 3 == 0 ? 0.f : i % 3 == 1 ? 1.f : 0.25f;
+  Vec ref_half;
+  for (Backend* be : backends()) {
+    SCOPED_TRACE(be->name());
+    Buffer x = upload_new(*be, x0, "x"), y = upload_new(*be, x0, "y"), nb = upload_new(*be, nz, "noise"),
+           cl = upload_new(*be, x1, "x1"), mb = upload_new(*be, m, "mask");
+    be->inpaint_blend(x.f32(), nb.f32(), cl.f32(), mb.f32(), 0.4f, n);
+    be->inpaint_blend(y.f32(), nb.f32(), cl.f32(), mb.f32(), 1.f, n);
+    const Vec xh = download_all(x), yh = download_all(y);
+    for (size_t i = 0; i < n; ++i) {
+      const float keep = 0.4f * x1[i] + 0.6f * nz[i];
+      ASSERT_NEAR(xh[i], m[i] * x0[i] + (1 - m[i]) * keep, 1e-6f);
+      if (m[i] == 0.f) {
+        ASSERT_EQ(yh[i], x1[i]);
+      }
+      if (m[i] == 1.f) {
+        ASSERT_EQ(yh[i], x0[i]);
+      }
+    }
+    // axpy: y += a·x.
+    Buffer ya = upload_new(*be, x0, "y");
+    be->axpy(ya.f32(), nb.f32(), -0.5f, n);
+    const Vec yah = download_all(ya);
+    for (size_t i = 0; i < n; ++i) ASSERT_NEAR(yah[i], x0[i] - 0.5f * nz[i], 1e-6f);
+    if (ref_half.empty()) ref_half = xh;
+    else EXPECT_TRUE(bitwise_equal(xh, ref_half));
+  }
+}
+
 // ---------------------------------------------------------------- the checking backend
 
 TEST(CheckedBackend, RefusesPointersItDidNotAllocateNamingTheOpAndArgument) {

@@ -8,6 +8,7 @@
 #include "flow/flow.h"
 #include "flow/generate.h"
 #include "flow/infotext.h"
+#include "flow/inpaint.h"
 #include "flow/memory_plan.h"
 #include "flow/upscale.h"
 #include "io/image.h"
@@ -400,4 +401,158 @@ TEST(Pipeline, CheckedBackendGivesTheCpuImages) {
       EXPECT_EQ(got[i].infotext, want[i].infotext);
     }
   }
+}
+
+// ---- inpainting (flow/inpaint.h) ----
+
+namespace {
+// A mask image: white (repaint) in columns [x0, x1), black elsewhere.
+Image column_mask(int W, int H, int x0, int x1) {
+  Image m;
+  m.width = W;
+  m.height = H;
+  m.rgb.assign((size_t)W * H * 3, 0);
+  for (int y = 0; y < H; ++y)
+    for (int x = x0; x < x1; ++x)
+      for (int c = 0; c < 3; ++c) m.rgb[((size_t)y * W + x) * 3 + c] = 255;
+  return m;
+}
+}  // namespace
+
+TEST(Inpaint, BlurIsTheNormalisedGaussianWithTheA1111Kernel) {
+  // A single white pixel in 21x21 spreads over ±int(2.5σ+0.5) pixels exactly, symmetric, nothing beyond.
+  const int W = 21, sigma = 2, r = (int)(2.5 * sigma + 0.5);
+  std::vector<uint8_t> m((size_t)W * W, 0);
+  for (int y = 0; y < W; ++y)
+    for (int x = 8; x < 13; ++x) m[(size_t)y * W + x] = 255;  // a 5-column stripe
+  const auto b = gaussian_blur_u8(m, W, W, sigma);
+  for (int x = 0; x < W; ++x) {
+    const bool band = x >= 8 - r && x < 13 + r;
+    if (!band) {
+      EXPECT_EQ(b[10 * W + x], 0) << x;
+    }
+    EXPECT_EQ(b[10 * W + x], b[10 * W + (W - 1 - x)]) << x;  // symmetric
+    EXPECT_EQ(b[10 * W + x], b[3 * W + x]) << x;             // constant along the stripe
+  }
+  EXPECT_GT(b[10 * W + 8 - r], 0);  // the kernel's last tap reaches
+  EXPECT_LT(b[10 * W + 8], 255);
+  EXPECT_GT(b[10 * W + 10], 200);
+  EXPECT_EQ(gaussian_blur_u8(m, W, W, 0), m);
+}
+
+TEST(Inpaint, MaskThresholdInvertLatentGridAndOverlay) {
+  // 16x8 mask, white columns [4, 12); stride 2 → latent 8x4, repaint latent columns 2..5.
+  InpaintMask k = make_inpaint_mask(column_mask(16, 8, 4, 12), 16, 8, 2, 0, false, "m.png");
+  ASSERT_EQ(k.latent.size(), 32u);
+  for (int y = 0; y < 4; ++y)
+    for (int x = 0; x < 8; ++x) EXPECT_EQ(k.latent[y * 8 + x], x >= 2 && x < 6 ? 1.f : 0.f) << x;
+  for (int x = 0; x < 16; ++x) EXPECT_EQ(k.overlay[3 * 16 + x], x >= 4 && x < 12 ? 1.f : 0.f) << x;
+  EXPECT_TRUE(k.note.empty());
+  // Inverted: the complement. Grey 128 is "keep" (luminance must exceed 128), 129 repaint.
+  k = make_inpaint_mask(column_mask(16, 8, 4, 12), 16, 8, 2, 0, true, "m.png");
+  for (int x = 0; x < 8; ++x) EXPECT_EQ(k.latent[x], x >= 2 && x < 6 ? 0.f : 1.f) << x;
+  Image grey = column_mask(16, 8, 0, 0);
+  for (auto& v : grey.rgb) v = 128;
+  EXPECT_EQ(make_inpaint_mask(grey, 16, 8, 2, 0, false, "g").latent, std::vector<float>(32, 0.f));
+  for (auto& v : grey.rgb) v = 129;
+  EXPECT_EQ(make_inpaint_mask(grey, 16, 8, 2, 0, false, "g").latent, std::vector<float>(32, 1.f));
+  // Blur 2: the overlay is min(1, 2·blurred), zero beyond the kernel radius (5 px) from the white columns.
+  k = make_inpaint_mask(column_mask(32, 8, 12, 20), 32, 8, 2, 2, false, "m.png");
+  for (int x = 0; x < 32; ++x) {
+    const float a = k.overlay[4 * 32 + x];
+    if (x < 12 - 5 || x >= 20 + 5) {
+      EXPECT_EQ(a, 0.f) << x;
+    }
+    if (x >= 12 && x < 20) {
+      EXPECT_EQ(a, 1.f) << x;  // inside: ≥ 128 blurred → saturates
+    }
+  }
+  EXPECT_GT(k.overlay[4 * 32 + 10], 0.f);
+  // Another aspect: resized (cover + crop) with a note; a bad blur is one clear error.
+  k = make_inpaint_mask(column_mask(32, 32, 0, 16), 16, 8, 2, 0, false, "m.png");
+  EXPECT_NE(k.note.find("m.png"), std::string::npos);
+  EXPECT_EQ(k.latent.size(), 32u);
+  EXPECT_NE(error_of([] { make_inpaint_mask(column_mask(16, 8, 0, 4), 16, 8, 2, 99, false, "m"); }).find("--mask-blur"),
+            std::string::npos);
+}
+
+// The run: pixels outside the blurred mask are the init image's bytes exactly (pixel-space composite), the
+// repainted region changes; with the pixels codec even the latent kept region ends at the init exactly.
+TEST(Inpaint, UnmaskedPixelsUnchangedMaskedRegionRepainted) {
+  const fs::path img = root() / "inpaint_init.png", mask = root() / "inpaint_mask.png";
+  const Image init = test_image(32, 16);
+  save_png(img.string(), init);
+  save_png(mask.string(), column_mask(32, 16, 12, 20));
+  for (const std::string& m : {models().pix, models().flux}) {
+    for (int blur : {0, 2}) {
+      SCOPED_TRACE(m + " blur " + std::to_string(blur));
+      GenerateRequest rq = base_request(m);
+      rq.width = 32;
+      rq.height = 16;
+      rq.init_image = img.string();
+      rq.mask_image = mask.string();
+      rq.mask_blur = blur;
+      rq.strength = 1.f;
+      rq.batch_size = 2;
+      auto out = generate(cpu_backend(), rq, false);
+      ASSERT_EQ(out.size(), 2u);
+      const int band = blur ? (int)(2.5 * blur + 0.5) : 0;
+      for (const auto& g : out) {
+        long changed = 0;
+        for (int y = 0; y < 16; ++y)
+          for (int x = 0; x < 32; ++x)
+            for (int c = 0; c < 3; ++c) {
+              const size_t k = ((size_t)y * 32 + x) * 3 + c;
+              if (x < 12 - band || x >= 20 + band) {
+                ASSERT_EQ(g.image.rgb[k], init.rgb[k]) << x << "," << y;
+              }
+              if (x >= 12 && x < 20) changed += std::abs((int)g.image.rgb[k] - (int)init.rgb[k]) > 8;
+            }
+        EXPECT_GT(changed, 8 * 16 * 3 / 2);  // most of the repainted values moved
+      }
+      const auto p = params_of(out[0].infotext);
+      EXPECT_EQ(p.at("Mask blur"), std::to_string(blur));
+      EXPECT_EQ(p.count("Mask mode"), 0u);
+      EXPECT_EQ(p.at("Denoising strength"), "1");
+    }
+  }
+  // Inverted: the columns outside [12, 20) repaint, the stripe stays.
+  GenerateRequest rq = base_request(models().pix);
+  rq.width = 32;
+  rq.height = 16;
+  rq.init_image = img.string();
+  rq.mask_image = mask.string();
+  rq.mask_blur = 0;
+  rq.invert_mask = true;
+  rq.strength = 0.8f;
+  auto out = generate(cpu_backend(), rq, false);
+  for (int y = 0; y < 16; ++y)
+    for (int x = 12; x < 20; ++x)
+      ASSERT_EQ(out[0].image.rgb[((size_t)y * 32 + x) * 3], init.rgb[((size_t)y * 32 + x) * 3]);
+  EXPECT_NE(out[0].image.rgb, init.rgb);
+  EXPECT_EQ(params_of(out[0].infotext).at("Mask mode"), "Inpaint not masked");
+}
+
+TEST(Inpaint, BadMaskIsOneClearError) {
+  const fs::path img = root() / "inpaint_init.png", bad = root() / "not_a_mask.png";
+  save_png(img.string(), test_image(32, 16));
+  { std::ofstream(bad) << "not an image"; }
+  GenerateRequest rq = base_request(models().pix);
+  rq.mask_image = bad.string();
+  EXPECT_NE(error_of([&] { generate(cpu_backend(), rq, false); }).find("--init-img"), std::string::npos);
+  rq.init_image = img.string();
+  const std::string e = error_of([&] { generate(cpu_backend(), rq, false); });
+  EXPECT_NE(e.find("not_a_mask.png"), std::string::npos) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  // A mask of another size is resized (as A1111), not refused.
+  const fs::path big = root() / "big_mask.png";
+  save_png(big.string(), column_mask(64, 32, 24, 40));
+  rq.mask_image = big.string();
+  rq.mask_blur = 0;
+  rq.width = 32;
+  rq.height = 16;
+  auto out = generate(cpu_backend(), rq, false);
+  ASSERT_EQ(out.size(), 1u);
+  for (int y = 0; y < 16; ++y)
+    ASSERT_EQ(out[0].image.rgb[((size_t)y * 32 + 2) * 3], test_image(32, 16).rgb[((size_t)y * 32 + 2) * 3]);
 }

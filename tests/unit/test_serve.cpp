@@ -110,6 +110,32 @@ TEST(ServeRequest, InitImagesAndDataUrls) {
   }
 }
 
+TEST(ServeRequest, InpaintingMaskFields) {
+  const std::string png = base64_encode(encode_png(tiny_image(8, 6, 200)));
+  const ParsedRequest p = parse_a1111({{"init_images", {png}}, {"mask", png}, {"mask_blur", 2},
+                                       {"inpainting_mask_invert", 1}, {"inpainting_fill", 1}, {"inpaint_full_res", 0}},
+                                      Limits{}, true);
+  EXPECT_TRUE(p.rq.inpaint());
+  EXPECT_EQ(p.rq.mask_image_data.width, 8);
+  EXPECT_EQ(p.rq.mask_blur, 2);
+  EXPECT_TRUE(p.rq.invert_mask);
+  EXPECT_EQ(p.parameters["mask_blur"], 2);
+  EXPECT_EQ(parse_a1111({{"init_images", {png}}, {"mask", png}}, Limits{}, true).rq.mask_blur, 4);  // A1111's default
+  struct Case {
+    json body;
+    std::string field;
+  } cases[] = {{{{"mask", png}}, "mask"},
+               {{{"init_images", {png}}, {"mask", "!!!"}}, "mask"},
+               {{{"init_images", {png}}, {"mask", png}, {"mask_blur", 99}}, "mask_blur"},
+               {{{"init_images", {png}}, {"mask", png}, {"inpainting_fill", 0}}, "inpainting_fill"},
+               {{{"init_images", {png}}, {"mask", png}, {"inpaint_full_res", true}}, "inpaint_full_res"}};
+  for (const auto& c : cases) {
+    std::string field;
+    EXPECT_EQ(status_of([&] { parse_a1111(c.body, Limits{}, false); }, &field), 422) << c.body.dump();
+    EXPECT_EQ(field, c.field) << c.body.dump();
+  }
+}
+
 TEST(ServeRequest, ModelNames) {
   EXPECT_EQ(clean_model_name("oboro-default", "m"), "oboro-default");
   EXPECT_EQ(clean_model_name("oboro-default.safetensors", "m"), "oboro-default");

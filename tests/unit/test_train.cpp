@@ -233,7 +233,7 @@ TEST(Train, ConfigJsonHasItsKeysAndRoundTrips) {
       "dataset_config", "ema_decay", "ffn_hidden_size", "gradient_accumulation_steps", "head_schedule", "height",
       "hidden_size", "learning_rate", "license_allow", "lr_scheduler", "lr_warmup_steps", "manifest",
       "max_grad_norm", "max_token_length", "max_train_steps", "min_lr_ratio", "mixed_precision", "model_preset",
-      "num_layers", "optimizer_type", "patch_size", "pixels_stride", "pretrained_model", "require_license", "seed",
+      "network_alpha", "network_args", "network_dim", "network_module", "network_weights", "num_layers", "optimizer_type", "patch_size", "pixels_stride", "pretrained_model", "require_license", "seed",
       "t5_d_ff", "t5_d_kv", "t5_d_model", "t5_heads", "t5_layers", "text_encoder", "timestep_sampling",
       "train_batch_size", "train_data_dir", "train_text_encoder", "vae", "vocab_size", "weight_decay", "width"};
   EXPECT_EQ(keys, want);

@@ -109,6 +109,9 @@ class CpuBackend final : public Backend {
   void add_inplace(float* y, const float* x, size_t n) override {
     parallel_for((int64_t)n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) y[i] += x[i]; }, kElemGrain);
   }
+  void axpy(float* y, const float* x, float a, size_t n) override {
+    parallel_for((int64_t)n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) y[i] += a * x[i]; }, kElemGrain);
+  }
 
   void set_matmul_precision(MatmulPrecision p) override { mp_ = p; }
   MatmulPrecision matmul_precision() const override { return mp_; }
@@ -506,6 +509,9 @@ class CpuBackend final : public Backend {
     cpu::euler_cfg_step(x, vc, vu, s, dt, n);
   }
   void flow_interpolate(float* x, const float* x1, float t, size_t n) override { cpu::flow_interpolate(x, x1, t, n); }
+  void inpaint_blend(float* x, const float* noise, const float* x1, const float* mask, float t, size_t n) override {
+    cpu::inpaint_blend(x, noise, x1, mask, t, n);
+  }
   void mask_rows(float* x, const float* mask, int rows, int D) override { cpu::mask_rows(x, mask, rows, D); }
   void text_image_key_valid(float* kv, const float* txt_mask, int B, int L, int N) override {
     cpu::text_image_key_valid(kv, txt_mask, B, L, N);

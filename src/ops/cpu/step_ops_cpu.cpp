@@ -96,6 +96,13 @@ void flow_interpolate(float* x, const float* x1, float t, size_t n) {
   for (size_t k = 0; k < n; ++k) x[k] = t * x1[k] + (1.f - t) * x[k];
 }
 
+void inpaint_blend(float* x, const float* noise, const float* x1, const float* mask, float t, size_t n) {
+  for (size_t k = 0; k < n; ++k) {
+    const float keep = t * x1[k] + (1.f - t) * noise[k];
+    x[k] = mask[k] * x[k] + (1.f - mask[k]) * keep;
+  }
+}
+
 void mask_rows(float* x, const float* mask, int rows, int D) {
   for (int r = 0; r < rows; ++r)
     if (mask[r] == 0.f) std::fill_n(x + (size_t)r * D, D, 0.f);

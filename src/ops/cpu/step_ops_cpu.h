@@ -15,6 +15,7 @@ void adamw_update(float* p, const float* g, float* m, float* v, const uint8_t* d
 void ema_update(float* ema, const float* p, size_t n, float decay);
 void euler_cfg_step(float* x, const float* vc, const float* vu, float cfg_scale, float dt, size_t n);
 void flow_interpolate(float* x, const float* x1, float t, size_t n);
+void inpaint_blend(float* x, const float* noise, const float* x1, const float* mask, float t, size_t n);
 void mask_rows(float* x, const float* mask, int rows, int D);
 void text_image_key_valid(float* kv, const float* txt_mask, int B, int L, int N);
 
