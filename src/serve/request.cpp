@@ -132,10 +132,17 @@ json parse_body(const std::string& body) {
     if (const size_t at = utf8_invalid_at(body); at != std::string::npos) {
       LastKey k;
       json::sax_parse(body, &k);
-      const std::string field = k.key_at_error.empty() ? "body" : k.key_at_error;
+      const bool usable = !k.key_at_error.empty() && utf8_invalid_at(k.key_at_error) == std::string::npos;
+      const std::string field = usable ? k.key_at_error : "body";
+      // The key as the message shows it: plain when it is a plain name, else JSON-quoted (a key may hold NUL or a
+      // newline, and the message must stay one line), at most 80 bytes.
+      std::string shown = field;
+      if (std::any_of(field.begin(), field.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f || c == '"'; }))
+        shown = json(field).dump();
+      if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
       char hex[8];
       std::snprintf(hex, sizeof hex, "0x%02X", (unsigned)(unsigned char)body[at]);
-      throw RequestError(422, field, str(field, ": not valid UTF-8 at byte ", at, " of the body (", hex,
+      throw RequestError(422, field, str(shown, ": not valid UTF-8 at byte ", at, " of the body (", hex,
                                          "); send the text as UTF-8"));
     }
     throw RequestError(400, "", std::string("the body is not valid JSON: ") + e.what());
