@@ -16,7 +16,7 @@ S=$OUT/seeds
 rm -rf "$W" "$S"
 mkdir -p "$W" "$S"
 for h in safetensors safetensors_sharded image png_text infotext train_toml dataset_toml manifest_jsonl \
-         ingest_jsonl tokenizer serve_request; do
+         ingest_jsonl tokenizer serve_request lora; do
   mkdir -p "$S/fuzz_$h"
 done
 export OBORO_THREADS=1
@@ -244,6 +244,15 @@ printf '{"prompt":"blue","init_images":["%s"],"denoising_strength":0.6,"steps":3
 printf '{"prompt":"blue","init_images":["data:image/png;base64,%s"],"resize_mode":0}' "$B64" >"$SR/img2img-dataurl.json"
 printf '%s' '{"prompt":"an avatar","n":2,"size":"32x32","response_format":"b64_json","model":"oboro-default"}' >"$SR/openai.json"
 printf '%s' '{"prompt":"caf\u00e9 \u2603","seed":-1,"width":0,"height":0}' >"$SR/unicode.json"
+
+# ---- LoRA: a rank-2 LoRA extracted from two tiny models (the harness's model is the tiny preset above), small
+# slices of it, and text lines (keys, prompt tags, --lora arguments, block-weight specs).
+run init --preset tiny --text-dim 32 --latent-channels 4 --seed 3 --random-all -o "$W/tiny-b.safetensors"
+run merge --mode extract-lora --rank 2 "$W/tiny-b.safetensors" "$W/tiny.safetensors" -o "$W/lora.safetensors"
+cp "$W/lora.safetensors" "$S/fuzz_lora/extracted-rank2.safetensors"
+$PY "$HERE/slice_safetensors.py" slice "$W/lora.safetensors" "$S/fuzz_lora/extracted-3.safetensors" --max-bytes 16384 --max-tensors 3
+printf '%s\n' 'lora_unet_layers_0_attention_qkv.lora_down.weight' 'transformer.layers.1.feed_forward.w1.lora_A.weight' \
+  'a cat <lora:style:0.8> <lora:other:-0.3:0.5>' 'style.safetensors:1.5' 'embedders:0.5,00-01:1,final:0' >"$S/fuzz_lora/lines.txt"
 
 # ---- tokenizer: a vocabulary trained by `oboro data vocab` on the shapes captions; seeds are captions and
 # prompts, each prefixed by the token-limit byte.

@@ -13,6 +13,7 @@ struct RunData {
   size_t num_images = 0;       // ss_num_train_images (repeats included)
   int64_t skipped_images = 0;  // unreadable images met so far
   std::string provenance;      // DatasetSummary JSON for `oboro.dataset` ("" = no manifest)
+  std::string tag_frequency;   // ss_tag_frequency of a LoRA run (kohya: {"dir": {"tag": count}}; "" = none)
 };
 
 // The run's files.

@@ -3,7 +3,9 @@
 #include "io/file_hash.h"
 #include "lora/lora_file.h"
 #include <nlohmann/json.hpp>
+#include <cctype>
 #include <cstdio>
+#include <map>
 #include <filesystem>
 
 namespace oboro {
@@ -34,6 +36,7 @@ void save_lora_model(TrainState& state, const TrainConfig& cfg, const RunData& d
   md.base_model_hash = sha256_file_cached(cfg.pretrained_model);
   md.base_model_name = fs::path(cfg.pretrained_model).stem().string();
   md.provenance = data.provenance;
+  md.tag_frequency = data.tag_frequency;
   md.extra = {{"ss_seed", std::to_string(cfg.seed)},
               {"ss_optimizer", cfg.optimizer_type},
               {"ss_lr_scheduler", cfg.lr_scheduler},
@@ -45,6 +48,26 @@ void save_lora_model(TrainState& state, const TrainConfig& cfg, const RunData& d
                                              {"loss_ema", state.loss_ema},
                                              {"ema", state.has_ema()}}.dump()}};
   lora::write_lora(model_path(cfg), modules, md);
+}
+
+std::string kohya_tag_frequency(const std::string& dataset_dir, const std::vector<std::string>& captions) {
+  std::map<std::string, int64_t> counts;
+  for (const std::string& caption : captions) {
+    size_t start = 0;
+    while (start <= caption.size()) {
+      size_t end = caption.find(',', start);
+      if (end == std::string::npos) end = caption.size();
+      size_t a = start, b = end;
+      while (a < b && std::isspace((unsigned char)caption[a])) ++a;
+      while (b > a && std::isspace((unsigned char)caption[b - 1])) --b;
+      if (b > a) ++counts[caption.substr(a, b - a)];
+      start = end + 1;
+    }
+  }
+  nlohmann::json tags = nlohmann::json::object();
+  for (const auto& [tag, n] : counts) tags[tag] = n;
+  return nlohmann::json{{fs::path(dataset_dir).filename().string(), tags}}.dump(-1, ' ', false,
+                                                                                 nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace oboro

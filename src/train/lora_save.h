@@ -8,4 +8,8 @@ namespace oboro {
 
 void save_lora_model(TrainState& state, const TrainConfig& cfg, const RunData& data);
 
+// kohya's ss_tag_frequency: {"<dataset folder name>": {"<tag>": count}} over the captions' comma-separated tags
+// (trimmed, empty ones skipped; each image counted once), as sd-scripts writes it.
+std::string kohya_tag_frequency(const std::string& dataset_dir, const std::vector<std::string>& captions);
+
 }  // namespace oboro

@@ -13,6 +13,7 @@
 #include "models/codec.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
+#include "train/lora_save.h"
 #include "train/run_folder.h"
 #include "train/train_memory.h"
 #include "train/samples.h"
@@ -191,7 +192,14 @@ class TrainLoop {
   // Rank 0: the model files, then the checkpoint (so a checkpoint never exists without the model files of its
   // step), then the loss plot.
   void save_outputs() {
-    const RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
+    RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
+    if (state_.lora) {  // ss_tag_frequency of the LoRA file (captions read once per run)
+      if (tag_frequency_.empty())
+        tag_frequency_ = kohya_tag_frequency(!cfg_.train_data_dir.empty() ? cfg_.train_data_dir
+                                             : !cfg_.dataset_config.empty() ? cfg_.dataset_config : cfg_.cache_dir,
+                                             data_.captions());
+      run_data.tag_frequency = tag_frequency_;
+    }
     save_models(state_, cfg_, run_data);
     save_state(state_, cfg_, run_data);
     log_->write_loss_plot();
@@ -346,6 +354,7 @@ class TrainLoop {
   BatchSource& data_;
   TrainState& state_;
   const std::string provenance_;  // DatasetSummary JSON for `oboro.dataset` ("" = no manifest)
+  std::string tag_frequency_;     // a LoRA run's ss_tag_frequency, computed at its first save
   const float sigma_;             // I-CFM noise σ of the DiT
   const TimestepSampling sampling_;
   LrSchedule sched_;

@@ -15,6 +15,7 @@
 #include "train/train_config.h"
 #include "train/trainer.h"
 #include "io/image.h"
+#include "train/lora_save.h"
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <cmath>
@@ -276,6 +277,12 @@ TEST(LoraTrain, ResumeIsBitIdenticalBaseStaysFrozenAndTheFileLoads) {
   EXPECT_EQ(f->metadata().at("modelspec.architecture"), "oboro-dit-v1/lora");
   EXPECT_EQ(f->metadata().at("ss_network_dim"), "4");
   EXPECT_EQ(f->metadata().at("ss_network_alpha"), "2.0");  // kohya writes str(float)
+  // ss_tag_frequency: {"<dataset folder>": {tag: count}} over the training captions
+  const nlohmann::json tags = nlohmann::json::parse(f->metadata().at("ss_tag_frequency"));
+  ASSERT_EQ(tags.size(), 1u);
+  int64_t tagged = 0;
+  for (const auto& [tag, n] : tags.begin().value().items()) tagged += n.get<int64_t>();
+  EXPECT_GT(tagged, 0);
   const DiTConfig dc = DiTConfig::from_json(
       nlohmann::json::parse(SafetensorsFile::open(lora_config(a).pretrained_model)->metadata().at("oboro.config")), "b");
   const lora::LoraFile lfile = lora::read_lora(lf, lora::LoraKeyMap::from_layout(dit_param_layout(dc)));
@@ -310,4 +317,10 @@ TEST(LoraTrain, ResumeIsBitIdenticalBaseStaysFrozenAndTheFileLoads) {
   cont.network_args = {"targets=attention,feed_forward,modulation,final"};
   cont.network_dim = 8;
   EXPECT_NE(error_of([&] { train(cont, cpu_backend()); }).find("rank 4"), std::string::npos);
+}
+
+TEST(LoraTrain, TagFrequencyCountsCommaSeparatedTagsAsKohya) {
+  const nlohmann::json j = nlohmann::json::parse(
+      kohya_tag_frequency("/data/run/img", {"red circle, smile", " smile ,, big", "", "red circle"}));
+  EXPECT_EQ(j, nlohmann::json::parse(R"({"img": {"red circle": 2, "smile": 2, "big": 1}})"));
 }
