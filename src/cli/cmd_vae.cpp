@@ -49,7 +49,7 @@ void add_tiling_options(CLI::App* c, VaeCliOpts& o) {
               "always tile (default: tile only when an untiled pass needs more than 3 GiB of activations)");
   c->add_flag("--no-tiling", o.no_tiling, "never tile");
   c->add_option("--tile", o.tile, "tile side in latent pixels (x8 image pixels)")->capture_default_str()
-      ->check(int_in(8, 4096, " latent pixels"));
+      ->check(int_in(1, 4096, " latent pixels"));
   c->add_option("--overlap", o.overlap, "tile overlap in latent pixels, blended linearly")->capture_default_str()
       ->check(int_in(0, 1024, " latent pixels"));
 }
