@@ -50,7 +50,7 @@ gen full-oldstyle bench/finetune/sweep_old_only.txt --model outputs/finetune-ful
 for i in 0 1 2 3; do
   w=$(sed -n "$((i * 2 + 1))p" bench/finetune/sweep_prompts.txt | sed 's/.*<lora:thumbs-lora:\([0-9.]*\)>.*/\1/')
   mkdir -p "$G/gen/sweep-w$w"
-  ls "$G/gen/sweep"/*.png | sort | sed -n "$((i * 8 + 1)),$((i * 8 + 8))p" | xargs -I{} mv {} "$G/gen/sweep-w$w/"
+  ls "$G/gen/sweep"/*.png | sort | head -8 | xargs -I{} mv {} "$G/gen/sweep-w$w/"   # the next 8 left
 done
 rmdir "$G/gen/sweep"
 

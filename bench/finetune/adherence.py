@@ -6,7 +6,7 @@ dct-colour-v3: 224 floats, L2-normalised, stored as float16) and groups the imag
 below ROOT: reference styles ref/<style>/ and generated sets gen/<set>/.
 
 For each generated image g and each reference style S (50 held-out images each):
-    sim(g, S) = mean over s in S of cos(g, s)
+    sim(g, S) = mean of the K = 5 highest cos(g, s), s in S   (a 5-nearest-neighbour similarity)
 The image is assigned the style with the highest sim. Printed per generated set: the share of images
 assigned to the new style, the mean sim to the new style, the mean sim to the best old style (the
 old style that is nearest for that image), and their difference (new - old; > 0 = closer to the new
@@ -16,6 +16,8 @@ import sqlite3
 import struct
 import sys
 from collections import defaultdict
+
+K = 5  # neighbours per reference style
 
 
 def main():
@@ -39,6 +41,7 @@ def main():
     if new not in refs:
         sys.exit(f"adherence.py: no reference images of the new style '{new}' under {root}ref/{new}")
     dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+    knn = lambda g, rv: sum(sorted((dot(g, r) for r in rv), reverse=True)[:K]) / K
     print(f"embedding: {', '.join(sorted(extractors))}; reference styles (images): "
           + ", ".join(f"{s} ({len(v)})" for s, v in sorted(refs.items())))
     print(f"{'set':<22} {'images':>6} {'-> ' + new:>12} {'sim new':>8} {'sim old':>8} {'new-old':>8}  nearest styles")
@@ -47,7 +50,7 @@ def main():
         hits, s_new, s_old = 0, 0.0, 0.0
         counts = defaultdict(int)
         for g in vecs:
-            sims = {s: sum(dot(g, r) for r in rv) / len(rv) for s, rv in refs.items()}
+            sims = {s: knn(g, rv) for s, rv in refs.items()}
             best = max(sims, key=sims.get)
             counts[best] += 1
             hits += best == new
