@@ -50,7 +50,7 @@ gen full-oldstyle bench/finetune/sweep_old_only.txt --model outputs/finetune-ful
 for i in 0 1 2 3; do
   w=$(sed -n "$((i * 2 + 1))p" bench/finetune/sweep_prompts.txt | sed 's/.*<lora:thumbs-lora:\([0-9.]*\)>.*/\1/')
   mkdir -p "$G/gen/sweep-w$w"
-  ls "$G/gen/sweep"/*.png | sort | head -8 | xargs -I{} mv {} "$G/gen/sweep-w$w/"   # the next 8 left
+  ls "$G/gen/sweep"/*.png | sort | sed -n 1,8p | xargs -I{} mv {} "$G/gen/sweep-w$w/"   # the next 8 left
 done
 rmdir "$G/gen/sweep"
 
@@ -59,11 +59,11 @@ for s in thumbs adventurer lorelei pixel-art; do
   mkdir -p "$G/ref/$s" && cp data/finetune-heldout/dicebear-$s/*.png "$G/ref/$s/"
 done
 mkdir -p "$G/ref/twemoji" "$G/ref/noto-emoji"
-ls data/finetune-heldout/emoji-twitter/*.png | sort | awk 'NR % 37 == 1' | head -50 | xargs -I{} cp {} "$G/ref/twemoji/"
-ls data/finetune-heldout/emoji-google/*.png | sort | awk 'NR % 37 == 1' | head -50 | xargs -I{} cp {} "$G/ref/noto-emoji/"
+ls data/finetune-heldout/emoji-twitter/*.png | sort | awk 'NR % 37 == 1' | sed -n 1,50p | xargs -I{} cp {} "$G/ref/twemoji/"
+ls data/finetune-heldout/emoji-google/*.png | sort | awk 'NR % 37 == 1' | sed -n 1,50p | xargs -I{} cp {} "$G/ref/noto-emoji/"
 # A ceiling: 50 of the real training thumbs, scored like the generated sets.
 mkdir -p "$G/gen/real-train-thumbs"
-ls data/finetune/dicebear-thumbs/*.png | sort | head -50 | xargs -I{} cp {} "$G/gen/real-train-thumbs/"
+ls data/finetune/dicebear-thumbs/*.png | sort | sed -n 1,50p | xargs -I{} cp {} "$G/gen/real-train-thumbs/"
 "$OBORO" data ingest "$G" --manifest "$G/eval.db" --license CC0-1.0 --threads 1 -q
 python3 bench/finetune/adherence.py "$G/eval.db" "$(realpath "$G")" thumbs | tee "$G/adherence.txt"
 ls -l outputs/finetune-lora/thumbs-lora.safetensors outputs/finetune-full/thumbs-full.safetensors docs/finetune/*.png
