@@ -6,7 +6,9 @@ same rows and the same dataset digest as a single-process ingest into an SQLite 
 Needs OBORO_TEST_PG (tests/pg/with_server.sh sets it); exits 77 (ctest: skipped) without it.
   concurrent_ingest.py --oboro build/oboro --workdir build/pg_concurrent [--images 1200]
 """
-import argparse, hashlib, os, shutil, signal, subprocess, sys, time
+import argparse, functools, hashlib, os, shutil, signal, subprocess, sys, time
+
+print = functools.partial(print, flush=True)  # noqa: A001 — lines reach ctest's log in order
 
 
 def main():
@@ -28,33 +30,43 @@ def main():
     ref = os.path.join(a.workdir, "ref.db")
     run([a.oboro, "data", "ingest", data, "--manifest", ref, "-q"])
 
-    schema = "oboro_concurrent_%d" % os.getpid()
-    psql(server, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s" % (schema, schema))
-    target = server + " options=-csearch_path=" + schema
-    # application_name per worker: the test can find each worker's connections.
-    def start(i):
-        cmd = [a.oboro, "data", "ingest", data, "--manifest", target + " application_name=oboro_w%d" % i,
-               "--shard", "%d/4" % i, "--batch", "20", "-q"]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The kill races the workers (a shard takes well under a second here): an attempt whose worker 1 finished
+    # before it could be killed mid-way is discarded and the scenario starts again in a fresh schema.
+    for attempt in range(5):
+        schema = "oboro_concurrent_%d_%d" % (os.getpid(), attempt)
+        psql(server, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s" % (schema, schema))
+        target = server + " options=-csearch_path=" + schema
 
-    procs = [start(i) for i in range(4)]
-    # Kill worker 1 once it has committed at least one batch and is still working.
-    victim = procs[1]
-    deadline = time.time() + 120
-    killed_mid_way = False
-    while time.time() < deadline:
-        n = int(psql(server, "SELECT count(*) FROM pg_tables WHERE schemaname='%s' AND tablename='images'" % schema) or 0)
-        done = int(psql(server, "SELECT count(*) FROM %s.images" % schema)) if n else 0
-        if victim.poll() is not None:
+        # application_name per worker: the test can find each worker's connections.
+        def start(i):
+            cmd = [a.oboro, "data", "ingest", data, "--manifest", target + " application_name=oboro_w%d" % i,
+                   "--shard", "%d/4" % i, "--batch", "20", "-q"]
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        procs = [start(i) for i in range(4)]
+        # Kill worker 1 once at least one batch is committed and it is still working.
+        victim = procs[1]
+        deadline = time.time() + 120
+        killed_mid_way = False
+        while time.time() < deadline:
+            n = int(psql(server, "SELECT count(*) FROM pg_tables WHERE schemaname='%s' AND tablename='images'" % schema) or 0)
+            done = int(psql(server, "SELECT count(*) FROM %s.images" % schema)) if n else 0
+            if victim.poll() is not None:
+                break
+            if done >= 40:
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                killed_mid_way = True
+                break
+            time.sleep(0.005)
+        if killed_mid_way:
             break
-        if done >= 40:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            killed_mid_way = True
-            break
-        time.sleep(0.02)
+        print("attempt %d: worker 1 finished before it could be killed mid-way; again" % (attempt + 1))
+        for p in procs:
+            p.communicate(timeout=600)
+        psql(server, "DROP SCHEMA %s CASCADE" % schema)
     if not killed_mid_way:
-        print("FAIL: worker 1 finished before it could be killed mid-way (make --images larger)")
+        print("FAIL: worker 1 finished before it could be killed mid-way in 5 attempts (make --images larger)")
         return 1
     left = int(psql(server, "SELECT count(*) FROM %s.images" % schema))
     print("killed worker 1 mid-way: %d of %d images in the manifest at that moment" % (left, a.images))
@@ -133,4 +145,11 @@ def digest(rows):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        rc = main()
+    except Exception:  # noqa: BLE001 — shown on stdout, which ctest prints on failure
+        import traceback
+        traceback.print_exc(file=sys.stdout)
+        rc = 1
+    sys.stdout.flush()
+    sys.exit(rc)
