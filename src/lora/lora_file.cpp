@@ -126,7 +126,17 @@ std::vector<float> lora_delta(const LoraModule& m) {
       const float* dr = Dn + j * K;
       for (int64_t k = 0; k < K; ++k) row[k] += u * dr[k];
     }
-    for (int64_t k = 0; k < K; ++k) d[(size_t)(n * K + k)] = (float)(row[k] * m.scale);
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = (float)(row[k] * m.scale);
+      finite = finite && std::isfinite(v);
+      d[(size_t)(n * K + k)] = v;
+    }
+    // Finite halves whose product overflows float32 (fuzz_lora): the delta would turn the model's weights into inf.
+    if (!finite)
+      fail("LoRA tensor ", m.key, ": scale·up·down overflows float32 in row ", n, " of ", m.tensor,
+           " (scale ", m.scale, "): the LoRA's values are out of range — the file is damaged or was not trained for "
+           "this model");
   }
   return d;
 }

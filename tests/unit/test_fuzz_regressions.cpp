@@ -3,6 +3,7 @@
 // oboro::Error. The raw reproducers are in fuzz/regressions/<harness>/ (every fuzz run replays them).
 #include "data/provenance.h"
 #include "serve/request.h"
+#include "lora/lora_file.h"
 #include "flow/infotext.h"
 #include "io/image.h"
 #include "train/trainer.h"
@@ -130,4 +131,21 @@ TEST(FuzzRegressions, ServeBodyWithInvalidUtf8AfterAKeyHoldingNul) {
   } catch (const oboro::serve::RequestError& e) {
     EXPECT_EQ(e.field, "prompt");
   }
+}
+
+// fuzz_lora (in its first 76 executions): a LoRA whose down and up halves are finite but whose product scale·up·down
+// overflows float32 was accepted; generating with it, or baking it with `oboro merge --lora`, turned the model's
+// weights into inf. Fixed in src/lora/lora_file.cpp (lora_delta): an overflowing ΔW is an error naming the key.
+TEST(FuzzRegressions, LoraDeltaThatOverflowsIsRefused) {
+  oboro::lora::LoraModule m;
+  m.tensor = "layers.0.attention.qkv.weight";
+  m.key = "lora_unet_layers_0_attention_qkv.lora_down.weight";
+  m.down = Tensor::from_f32({3e38f, 1.f}, {1, 2});
+  m.up = Tensor::from_f32({1.f, 10.f}, {2, 1});
+  m.scale = 1.f;
+  const std::string e = error_of([&] { oboro::lora::lora_delta(m); });
+  EXPECT_NE(e.find("lora_unet_layers_0_attention_qkv.lora_down.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("overflows float32"), std::string::npos) << e;
+  m.up = Tensor::from_f32({1.f, 0.5f}, {2, 1});
+  EXPECT_EQ(oboro::lora::lora_delta(m)[2], 1.5e38f);
 }
