@@ -68,7 +68,11 @@ BlockWeights::BlockWeights(const std::string& spec, int blocks) : spec_(spec), s
     }
     const size_t eq = item.find('=');
     auto bad = [&](const std::string& why) {
-      fail("--block-weights: '", item, "' ", why, ": write GROUP=WEIGHT entries separated by commas, GROUP one of "
+      std::string shown = item;  // one line: control characters (a newline pasted into the option) as '?'
+      for (char& c : shown)
+        if ((unsigned char)c < 0x20 || c == 0x7f) c = '?';
+      if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
+      fail("--block-weights: '", shown, "' ", why, ": write GROUP=WEIGHT entries separated by commas, GROUP one of "
            "embedders, final, blocks, NN or NN-MM (blocks 00 to ", blocks - 1, ")");
     };
     if (eq == std::string::npos) bad("has no '='");

@@ -4,6 +4,7 @@
 #include "data/provenance.h"
 #include "serve/request.h"
 #include "lora/lora_file.h"
+#include "merge/merge_math.h"
 #include "flow/infotext.h"
 #include "io/image.h"
 #include "train/trainer.h"
@@ -148,4 +149,12 @@ TEST(FuzzRegressions, LoraDeltaThatOverflowsIsRefused) {
   EXPECT_NE(e.find("overflows float32"), std::string::npos) << e;
   m.up = Tensor::from_f32({1.f, 0.5f}, {2, 1});
   EXPECT_EQ(oboro::lora::lora_delta(m)[2], 1.5e38f);
+}
+
+// fuzz_lora (after 293 executions): a --block-weights spec holding a newline was echoed verbatim in its error, a
+// two-line message. Fixed in src/merge/merge_math.cpp (BlockWeights): control characters are shown as '?'.
+TEST(FuzzRegressions, BlockWeightsErrorIsOneLine) {
+  const std::string e = error_of([] { oboro::merge::BlockWeights("style:1.5\nembedders:0.5", 4); });
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  EXPECT_NE(e.find("has no '='"), std::string::npos) << e;
 }
