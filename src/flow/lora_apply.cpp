@@ -10,6 +10,18 @@
 
 namespace oboro {
 
+namespace {
+// Text a user gave, as an error message shows it: one line (control characters such as a prompt's newline as '?'),
+// at most `max` bytes.
+std::string shown(const std::string& text, size_t max = 60) {
+  std::string t = text.size() > max ? text.substr(0, max - 3) + "..." : text;
+  for (char& c : t)
+    if ((unsigned char)c < 0x20 || c == 0x7f) c = '?';
+  return t;
+}
+}  // namespace
+
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -54,7 +66,7 @@ LoraRequest parse_lora_arg(const std::string& arg) {
       r.weight = w;
     }
   }
-  if (r.spec.empty()) fail("--lora ", arg, ": no file: pass --lora FILE[:WEIGHT], e.g. --lora style.safetensors:0.8");
+  if (r.spec.empty()) fail("--lora ", shown(arg, 4096), ": no file: pass --lora FILE[:WEIGHT], e.g. --lora style.safetensors:0.8");
   return r;
 }
 
@@ -69,7 +81,7 @@ std::string strip_prompt_loras(const std::string& prompt, std::vector<LoraReques
     }
     const size_t e = prompt.find('>', b);
     if (e == std::string::npos)
-      fail("prompt: ", prompt.substr(b, 40), " is not closed: write <lora:NAME:WEIGHT>");
+      fail("prompt: ", shown(prompt.substr(b, 40)), " is not closed: write <lora:NAME:WEIGHT>");
     out += prompt.substr(i, b - i);
     const std::string tag = prompt.substr(b, e - b + 1);
     std::vector<std::string> parts;
@@ -83,15 +95,15 @@ std::string strip_prompt_loras(const std::string& prompt, std::vector<LoraReques
     LoraRequest r;
     r.from_prompt = true;
     r.spec = parts[0];
-    if (r.spec.empty()) fail("prompt: ", tag, " names no LoRA: write <lora:NAME:WEIGHT>");
-    if (parts.size() > 3) fail("prompt: ", tag, " has too many fields: write <lora:NAME:WEIGHT>");
+    if (r.spec.empty()) fail("prompt: ", shown(tag), " names no LoRA: write <lora:NAME:WEIGHT>");
+    if (parts.size() > 3) fail("prompt: ", shown(tag), " has too many fields: write <lora:NAME:WEIGHT>");
     for (size_t k = 1; k < parts.size(); ++k) {
       // A1111: <lora:name:te:unet> (named te=/unet= too); the DiT weight is unet when given, else te.
       std::string v = parts[k];
       if (v.rfind("te=", 0) == 0) v = v.substr(3);
       else if (v.rfind("unet=", 0) == 0) v = v.substr(5);
       float w;
-      if (!parse_float(v, w)) fail("prompt: ", tag, ": ", parts[k], " is not a number: write <lora:NAME:WEIGHT>");
+      if (!parse_float(v, w)) fail("prompt: ", shown(tag), ": ", shown(parts[k]), " is not a number: write <lora:NAME:WEIGHT>");
       r.weight = w;
     }
     found.push_back(r);
@@ -120,7 +132,7 @@ std::string locate_lora(const LoraRequest& r, const std::string& lora_dir) {
     if (fs::is_regular_file(p, ec)) return p.string();
   std::string list;
   for (const auto& p : tried) list += (list.empty() ? "" : ", ") + fs::absolute(p, ec).string();
-  fail(r.from_prompt ? "<lora:" + r.spec + ">" : "--lora " + r.spec, ": no such LoRA file (looked at ", list,
+  fail(shown(r.from_prompt ? "<lora:" + r.spec + ">" : "--lora " + r.spec, 4096), ": no such LoRA file (looked at ", list,
        "): check the name, or pass --lora-dir DIR with the folder that holds NAME.safetensors");
 }
 

@@ -5,6 +5,7 @@
 #include "serve/request.h"
 #include "lora/lora_file.h"
 #include "merge/merge_math.h"
+#include "flow/lora_apply.h"
 #include "flow/infotext.h"
 #include "io/image.h"
 #include "train/trainer.h"
@@ -157,4 +158,13 @@ TEST(FuzzRegressions, BlockWeightsErrorIsOneLine) {
   const std::string e = error_of([] { oboro::merge::BlockWeights("style:1.5\nembedders:0.5", 4); });
   EXPECT_EQ(e.find('\n'), std::string::npos) << e;
   EXPECT_NE(e.find("has no '='"), std::string::npos) << e;
+}
+
+// fuzz_lora (after 2,368 executions): a prompt whose <lora:…> tag spans a newline (prompts may have several lines) was
+// echoed verbatim in the error, a two-line message. Fixed in src/flow/lora_apply.cpp: the echoed tag is one line.
+TEST(FuzzRegressions, PromptLoraTagErrorIsOneLine) {
+  std::vector<oboro::LoraRequest> found;
+  const std::string e = error_of([&] { oboro::strip_prompt_loras("a cat <lora::5,\nx:0>", found); });
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  EXPECT_NE(e.find("names no LoRA"), std::string::npos) << e;
 }
