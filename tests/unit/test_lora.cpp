@@ -40,33 +40,13 @@ DiTConfig tiny_cfg() {
   return c;
 }
 
-std::string write_text_encoder(const fs::path& path) {
-  std::vector<std::string> lines;
-  const char* w[] = {"a", "red", "green", "blue", "square", "circle", "on", "left", "right", "big", "small", "cat"};
-  for (int i = 0; i < 300; ++i) lines.push_back(std::string(w[i % 12]) + " " + w[(i / 12) % 12] + " " + w[(i * 7) % 12]);
-  const std::string prefix = (root() / "voc").string();
-  train_vocab(lines, 40, prefix);
-  T5Config c;
-  c.vocab_size = 64;
-  c.d_model = 16;
-  c.d_kv = 8;
-  c.num_heads = 2;
-  c.d_ff = 24;
-  c.num_layers = 1;
-  auto t5 = std::make_unique<T5Encoder>(c, cpu_backend());
-  t5->init_weights(3);
-  TextEncoder te(Tokenizer::load(prefix + ".model"), std::move(t5));
-  te.save(path.string());
-  return path.string();
-}
-
 struct Models {
   std::string te, dit;
 };
 const Models& models() {
   static Models m = [] {
     Models r;
-    r.te = write_text_encoder(root() / "te.safetensors");
+    r.te = oboro::test::write_tiny_text_encoder(root() / "te.safetensors", root());
     DiT d(tiny_cfg(), cpu_backend());
     d.init_random_all(1);
     for (size_t i = 0; i < d.num_params(); ++i) d.params()[i] *= 0.3f;

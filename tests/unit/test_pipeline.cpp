@@ -36,27 +36,6 @@ using oboro::test::error_of;
 
 fs::path root() { return oboro::test::process_tmpdir("oboro_pipeline"); }
 
-// A self-contained tiny text encoder (T5 v1.1 structure, tokenizer in the metadata).
-std::string write_text_encoder(const fs::path& path) {
-  std::vector<std::string> lines;
-  const char* w[] = {"a", "red", "green", "blue", "square", "circle", "on", "left", "right", "big", "small", "cat"};
-  for (int i = 0; i < 300; ++i) lines.push_back(std::string(w[i % 12]) + " " + w[(i / 12) % 12] + " " + w[(i * 7) % 12]);
-  const std::string prefix = (root() / "voc").string();
-  train_vocab(lines, 40, prefix);
-  T5Config c;
-  c.vocab_size = 64;
-  c.d_model = 16;
-  c.d_kv = 8;
-  c.num_heads = 2;
-  c.d_ff = 24;
-  c.num_layers = 1;
-  auto t5 = std::make_unique<T5Encoder>(c, cpu_backend());
-  t5->init_weights(3);
-  TextEncoder te(Tokenizer::load(prefix + ".model"), std::move(t5));
-  te.save(path.string());
-  return path.string();
-}
-
 DiTConfig tiny_dit(const std::string& codec, int channels) {
   DiTConfig c;
   c.hidden_size = 32;
@@ -97,7 +76,7 @@ struct Models {
 const Models& models() {
   static Models m = [] {
     Models r;
-    r.te = write_text_encoder(root() / "te.safetensors");
+    r.te = oboro::test::write_tiny_text_encoder(root() / "te.safetensors", root());
     r.pix = write_dit(root() / "pix.safetensors", tiny_dit("pixels", 3), 1, "te.safetensors");
     r.flux = write_dit(root() / "flux.safetensors", tiny_dit("flux-vae", 4), 2, "te.safetensors");
     r.flux2 = write_dit(root() / "refiner.safetensors", tiny_dit("flux-vae", 4), 9, "te.safetensors");
