@@ -39,6 +39,10 @@ void register_serve(CLI::App& app) {
   c->add_option("--max-queue", o->s.max_queue, "jobs waiting at most; more are answered 429 with Retry-After")
       ->capture_default_str()
       ->check(int_in(1, 1000000));
+  c->add_option("--keep-jobs", o->s.keep_jobs,
+                 "finished jobs remembered for GET /oboro/v1/jobs/{id}, oldest forgotten first (default: 4096, or 4 x "
+                 "--max-queue if more)")
+      ->check(int_in(1, 10000000));
   c->add_option("--max-body", o->max_body, "largest request body (413 beyond it), e.g. 32M")->default_str("32M");
   c->add_option("--max-size", o->s.limits.max_side, "largest width or height")->capture_default_str()
       ->check(int_in(16, 16384));

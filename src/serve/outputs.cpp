@@ -12,6 +12,7 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <tuple>
 
 namespace oboro::serve {
 
@@ -43,20 +44,26 @@ int next_index(const fs::path& dir) {
   return best + 1;
 }
 
-// Sort key of a file name: (day, index).
-std::pair<std::string, long long> order_of(const std::string& rel) {
-  const auto slash = rel.find('/');
-  return {rel.substr(0, slash), std::atoll(rel.c_str() + slash + 1)};
+// (day YYYYMMDD, index NNNNN) of a valid output name.
+std::pair<int32_t, int32_t> key_of(const std::string& rel) {
+  const int32_t day = std::atoi(rel.c_str()) * 10000 + std::atoi(rel.c_str() + 5) * 100 + std::atoi(rel.c_str() + 8);
+  return {day, (int32_t)std::atoll(rel.c_str() + rel.find('/') + 1)};
 }
 
-void append_line(const std::string& path, const std::string& line) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+// Appends `line` and a newline to the index in one write, then fsyncs; returns the line's byte offset. A torn
+// last line (a crash or a full disk during an earlier append) is ended first, so the new line stands alone.
+uint64_t append_line(const std::string& path, const std::string& line) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, ": cannot open the history index for appending: check the permissions of the outputs folder");
-  const std::string l = line + "\n";
+  const off_t size = ::lseek(fd, 0, SEEK_END);
+  char last = '\n';
+  if (size > 0 && ::pread(fd, &last, 1, size - 1) != 1) last = '\n';
+  const std::string l = (last == '\n' ? "" : "\n") + line + "\n";
   const ssize_t n = ::write(fd, l.data(), l.size());
-  ::fsync(fd);
+  const bool synced = ::fsync(fd) == 0;
   ::close(fd);
-  if (n != (ssize_t)l.size()) fail(path, ": could not append to the history index (disk full?)");
+  if (n != (ssize_t)l.size() || !synced) fail(path, ": could not append to the history index (disk full?)");
+  return (uint64_t)size + (last == '\n' ? 0 : 1);
 }
 
 }  // namespace
@@ -95,22 +102,26 @@ json OutputStore::record_from_png(const std::string& rel) const {
   return r;
 }
 
+std::string OutputStore::index_path() const { return (fs::path(root_) / "history.jsonl").string(); }
+
 void OutputStore::load() {
   std::set<std::string> known;
-  std::vector<json> items;
-  std::ifstream in(fs::path(root_) / "history.jsonl");
-  for (std::string line; std::getline(in, line);) {
+  std::vector<Entry> items;
+  std::ifstream in(index_path(), std::ios::binary);
+  uint64_t offset = 0;
+  for (std::string line; std::getline(in, line); offset += line.size() + 1) {
     json r;
     try {
       r = json::parse(line);
     } catch (const json::exception&) {
-      continue;  // a torn last line
+      continue;  // a torn line
     }
     if (!r.is_object() || !r.contains("file") || !r["file"].is_string()) continue;
     const std::string rel = r["file"];
     if (!valid_output_name(rel) || known.count(rel) || !fs::is_regular_file(fs::path(root_) / rel)) continue;
     known.insert(rel);
-    items.push_back(std::move(r));
+    const auto [day, index] = key_of(rel);
+    items.push_back({day, index, offset, (uint32_t)line.size(), false});
   }
   std::error_code ec;
   for (auto& day : fs::directory_iterator(root_, ec)) {
@@ -119,17 +130,32 @@ void OutputStore::load() {
       const std::string rel = day.path().filename().string() + "/" + f.path().filename().string();
       if (!valid_output_name(rel) || known.count(rel)) continue;
       try {
-        items.push_back(record_from_png(rel));
+        recovered_.push_back(record_from_png(rel).dump());
         known.insert(rel);
+        const auto [d, index] = key_of(rel);
+        items.push_back({d, index, recovered_.size() - 1, 0, true});
       } catch (const Error&) {
         // not a readable PNG: not part of the history
       }
     }
   }
   std::stable_sort(items.begin(), items.end(),
-                   [](const json& a, const json& b) { return order_of(a["file"]) < order_of(b["file"]); });
-  for (auto& r : items) r["url"] = "/oboro/v1/images/" + r["file"].get<std::string>();
+                   [](const Entry& a, const Entry& b) { return std::tie(a.day, a.index) < std::tie(b.day, b.index); });
   items_ = std::move(items);
+}
+
+json OutputStore::record_of(const Entry& e, int fd) const {
+  std::string text;
+  if (e.recovered) {
+    text = recovered_[e.offset];
+  } else {
+    text.resize(e.length);
+    if (fd < 0 || ::pread(fd, text.data(), e.length, (off_t)e.offset) != (ssize_t)e.length) return json();
+  }
+  json r = json::parse(text, nullptr, false);
+  if (!r.is_object() || !r.contains("file") || !r["file"].is_string()) return json();  // the index was changed
+  r["url"] = "/oboro/v1/images/" + r["file"].get<std::string>();
+  return r;
 }
 
 std::string OutputStore::save(const GeneratedImage& g, const json& extra) {
@@ -155,10 +181,11 @@ std::string OutputStore::save(const GeneratedImage& g, const json& extra) {
   }
   r["infotext"] = g.infotext;
   r["created"] = unix_now();
-  r.update(extra);
-  append_line((fs::path(root_) / "history.jsonl").string(), r.dump());
-  r["url"] = "/oboro/v1/images/" + rel;
-  items_.push_back(std::move(r));
+  if (extra.is_object()) r.update(extra);
+  const std::string line = r.dump();
+  const uint64_t offset = append_line(index_path(), line);
+  const auto [d, index] = key_of(rel);
+  items_.push_back({d, index, offset, (uint32_t)line.size(), false});
   return rel;
 }
 
@@ -166,7 +193,12 @@ json OutputStore::history(size_t offset, size_t limit) const {
   std::lock_guard<std::mutex> lock(mu_);
   json items = json::array();
   const size_t n = items_.size();
-  for (size_t i = offset; i < n && items.size() < limit; ++i) items.push_back(items_[n - 1 - i]);
+  const int fd = ::open(index_path().c_str(), O_RDONLY | O_CLOEXEC);
+  for (size_t i = offset; i < n && items.size() < limit; ++i) {
+    json r = record_of(items_[n - 1 - i], fd);
+    if (r.is_object()) items.push_back(std::move(r));
+  }
+  if (fd >= 0) ::close(fd);
   return {{"total", n}, {"offset", offset}, {"items", items}};
 }
 

@@ -4,7 +4,12 @@
 // then fsync). On start the history is rebuilt from that index, and any PNG in the date folders that the index does
 // not list (written by `oboro generate`, or by a server stopped between the two writes) is added from its own
 // text chunks, so the history survives restarts and crashes.
+// Memory: the history is not held in memory. Each image has a 24-byte entry (its order and where its record is:
+// a line of history.jsonl, read back with pread when a page is asked for), so a server that has written a million
+// images holds ~24 MB for them, not the ~2 KiB per image a parsed record costs. Only records rebuilt from PNGs the
+// index does not list are kept as text.
 #pragma once
+#include <cstdint>
 #include "flow/generate.h"
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -29,12 +34,22 @@ class OutputStore {
   const std::string& root() const { return root_; }
 
  private:
+  struct Entry {             // one image of the history
+    int32_t day = 0;          // YYYYMMDD of its folder
+    int32_t index = 0;        // NNNNN of its name
+    uint64_t offset = 0;      // its line's byte offset in history.jsonl, or its index in recovered_
+    uint32_t length = 0;      // its line's bytes (no newline); 0 for a recovered record
+    bool recovered = false;   // rebuilt from the PNG's own text chunks (the index does not list it)
+  };
   void load();
   nlohmann::json record_from_png(const std::string& rel) const;
+  nlohmann::json record_of(const Entry& e, int fd) const;
+  std::string index_path() const;
 
   std::string root_;
   mutable std::mutex mu_;
-  std::vector<nlohmann::json> items_;  // oldest first
+  std::vector<Entry> items_;              // oldest first
+  std::vector<std::string> recovered_;    // records of PNGs the index does not list (JSON text)
   std::string day_;                    // the folder the next index belongs to
   int next_ = 0;
 };

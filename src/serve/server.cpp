@@ -237,7 +237,7 @@ int run_server(const ServeOptions& opt, Backend& be) {
   cx.rss_start = current_rss_bytes();
   cx.queue = std::make_unique<JobQueue>(
       [&cx](Job& job, const std::function<void(const StepEvent&)>& on_step) { return run_job(cx, job, on_step); },
-      opt.max_queue, std::max<size_t>(4096, 4 * opt.max_queue), opt.preview_every);
+      opt.max_queue, opt.keep_jobs > 0 ? opt.keep_jobs : std::max<size_t>(4096, 4 * opt.max_queue), opt.preview_every);
 
   httplib::Server svr;
   const int threads = std::max(4, opt.http_threads);

@@ -21,6 +21,7 @@ struct ServeOptions {
   std::string cors;           // allowed cross-origin Origin ("" = none; "*" = any)
   std::string outputs = "outputs";
   size_t max_queue = 64;
+  size_t keep_jobs = 0;       // finished jobs remembered for GET /oboro/v1/jobs/{id} (0 = max(4096, 4 x max_queue))
   size_t max_body = 32u << 20;
   size_t max_memory = 0;      // the memory plan's budget (0 = MemAvailable)
   Limits limits;

@@ -312,6 +312,26 @@ TEST(ServeOutputs, HistorySurvivesRestartsAndRebuildsFromPngs) {
     OutputStore st(root.string());
     EXPECT_EQ(st.history(0, 10)["total"], 3);
   }
+  {  // a torn last line with no newline (a crash mid-append): the next record starts on a line of its own
+    std::ofstream(root / "history.jsonl", std::ios::app) << "{\"file\": \"2025-";
+    std::string rel;
+    {
+      OutputStore st(root.string());
+      GeneratedImage g;
+      g.image = tiny_image(4, 4, 7);
+      g.seed = 7;
+      g.infotext = "after the tear\nSteps: 4, Seed: 7";
+      g.request_json = json({{"prompt", "after the tear"}, {"seed", 7}}).dump();
+      rel = st.save(g, {});
+      EXPECT_EQ(st.history(0, 1)["items"][0]["prompt"], "after the tear");
+    }
+    OutputStore st(root.string());
+    const json h = st.history(0, 10);
+    ASSERT_EQ(h["total"], 4);
+    EXPECT_EQ(h["items"][0]["file"], rel);
+    EXPECT_EQ(h["items"][0]["prompt"], "after the tear");
+    EXPECT_EQ(h["items"][0]["url"], "/oboro/v1/images/" + rel);
+  }
   OutputStore st(root.string());
   EXPECT_NE(st.path_of(files[0]), "");
   for (const char* bad : {"../x.png", "2025-01-01/../../etc/passwd", "/etc/passwd", "history.jsonl", "2025-01-01/a.png"})
