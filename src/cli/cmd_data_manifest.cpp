@@ -318,6 +318,7 @@ void register_export(CLI::App& data) {
   struct Opts {
     std::string manifest;
     ExportOptions e;
+    bool quiet = false;
   };
   auto o = std::make_shared<Opts>();
   auto* c = data.add_subcommand("export", "Write the active images as a training folder (image + .txt caption + "
@@ -328,7 +329,9 @@ void register_export(CLI::App& data) {
       ->check(CLI::IsMember({"link", "copy", "symlink"}))
       ->capture_default_str();
   c->add_flag("--force", o->e.force, "replace a previous export in the folder");
+  c->add_flag("--quiet,-q", o->quiet, "no progress bar");
   c->callback([o] {
+    o->e.progress = !o->quiet;
     auto m = Manifest::open(o->manifest, false);
     const ExportReport r = export_dataset(*m, o->e);
     std::printf("export %lld: %lld images to %s (dataset digest %s)%s\n", (long long)r.export_id, (long long)r.images,

@@ -55,7 +55,10 @@ struct ExportReport {
   int64_t export_id = 0, images = 0, skipped_same_content = 0;
   std::string digest;
 };
-ExportReport export_dataset(Manifest& m, const ExportOptions& opt);
+ExportReport export_dataset(Manifest& m, const ExportOptions& opt);  // data/export.cpp
+// The dataset digest: "sha256:" + SHA-256 over the rows "SHA256 LICENSE\n" of a query returning (sha256, license)
+// ordered by sha256, license.
+std::string digest_of(sql::Stmt& rows);
 
 struct RegisterReport {
   int64_t model_id = 0, images = 0;

@@ -4,6 +4,7 @@
 #include "core/rng.h"
 #include "core/sha256.h"
 #include "core/threads.h"
+#include "io/atomic_file.h"
 
 #include <nlohmann/json.hpp>
 #include <stb_image_write.h>
@@ -198,12 +199,6 @@ std::string rel_name(const Options& o, uint64_t i, const char* ext) {
   return b;
 }
 
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream f(p, std::ios::binary);
-  f.write(bytes.data(), (std::streamsize)bytes.size());
-  if (!f) fail(p.string(), ": cannot write: check the folder's permissions and free space");
-}
-
 }  // namespace
 
 Summary write_dataset(const Options& o) {
@@ -217,6 +212,7 @@ Summary write_dataset(const Options& o) {
     fail(o.out_dir, ": already holds a synthetic dataset (duplicates.tsv): pass --force to replace it, or choose another --out");
   fs::create_directories(dir, ec);
   if (ec) fail(o.out_dir, ": cannot create the folder: ", ec.message());
+  remove_stale_temps_below(dir.string());  // of an interrupted earlier run
   for (int64_t f = 0; f <= (o.count - 1) / o.per_folder; ++f) {
     fs::create_directories(dir / rel_name(o, (uint64_t)f * o.per_folder, "").substr(0, 3), ec);
     if (ec) fail(o.out_dir, ": cannot create a subfolder: ", ec.message());
@@ -244,10 +240,10 @@ Summary write_dataset(const Options& o) {
         original = "synth:" + std::to_string(j) + ":" + perturb_name(k);
       }
       const fs::path p = dir / rel;
-      write_bytes(p, bytes);
+      write_file_atomic(p.string(), bytes, Durability::Deferred);  // no part file under a final name if killed
       fs::path cap = p;
       cap.replace_extension(".txt");
-      write_bytes(cap, caption + "\n");
+      write_file_atomic(cap.string(), caption + "\n", Durability::Deferred);
       if (o.manifest_jsonl) {
         nlohmann::json rec = {{"file", rel},
                               {"sha256", sha256_hex(bytes)},
@@ -271,8 +267,10 @@ Summary write_dataset(const Options& o) {
     }
     jsonl += lines[(size_t)i];
   }
-  if (o.manifest_jsonl) write_bytes(dir / "manifest.jsonl", jsonl);
-  write_bytes(dir / "duplicates.tsv", tsv);
+  // The images on disk first, then the index files (duplicates.tsv last: its presence marks a finished dataset).
+  sync_filesystem(dir.string());
+  if (o.manifest_jsonl) write_file_atomic((dir / "manifest.jsonl").string(), jsonl);
+  write_file_atomic((dir / "duplicates.tsv").string(), tsv);
   return s;
 }
 

@@ -265,7 +265,8 @@ struct StageClock {
   void begin(const std::string& name) {
     if (!stats) return;
     reset_peak_rss();
-    stats->stages.push_back({name});
+    stats->stages.emplace_back();
+    stats->stages.back().name = name;
     t0 = now_s();
   }
   void end() {

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <filesystem>
 #include <system_error>
+#include <vector>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -54,7 +55,15 @@ int remove_stale_temps(const std::string& dir) {
   return removed;
 }
 
-void write_atomic(const std::string& target, const std::function<void(const AtomicPut&)>& body) {
+int remove_stale_temps_below(const std::string& dir) {
+  int removed = remove_stale_temps(dir);
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_directory(ec) && !it->is_symlink(ec)) removed += remove_stale_temps(it->path().string());
+  return removed;
+}
+
+void write_atomic(const std::string& target, const std::function<void(const AtomicPut&)>& body, Durability durability) {
   const std::string tmp = atomic_temp_path(target, (long)::getpid());
   // Errors name the file the user knows: a StagedFiles temp ("x.safetensors.tmp.PID") by its final name.
   const std::string staged_suffix = ".tmp." + std::to_string((long)::getpid());
@@ -89,7 +98,7 @@ void write_atomic(const std::string& target, const std::function<void(const Atom
     };
     body(put);
     crash_point("atomic.fsync");
-    if (::fsync(fd) != 0) {
+    if (durability == Durability::Synced && ::fsync(fd) != 0) {
       int e = errno;
       fail(path, ": cannot write: fsync of ", tmp, " failed: ", errno_text(e));
     }
@@ -110,6 +119,7 @@ void write_atomic(const std::string& target, const std::function<void(const Atom
     throw;
   }
   crash_point("atomic.renamed");
+  if (durability == Durability::Deferred) return;
   // Make the rename durable. The new file is already in place; a failure here is still
   // reported because the caller asked for durability.
   const std::string dir = dir_of(target);
@@ -160,8 +170,77 @@ void StagedFiles::commit() {
   }
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  write_atomic(path, [&](const AtomicPut& put) { put(bytes.data(), bytes.size()); });
+void write_file_atomic(const std::string& path, const std::string& bytes, Durability durability) {
+  write_atomic(path, [&](const AtomicPut& put) { put(bytes.data(), bytes.size()); }, durability);
+}
+
+void place_file_atomic(const std::string& source, const std::string& path, const std::string& how) {
+  if (how == "copy" || how == "link") {
+    if (how == "link") {
+      const std::string tmp = atomic_temp_path(path, (long)::getpid());
+      ::unlink(tmp.c_str());
+      if (::link(source.c_str(), tmp.c_str()) == 0) {
+        crash_point("atomic.rename");
+        if (::rename(tmp.c_str(), path.c_str()) != 0) {
+          int e = errno;
+          ::unlink(tmp.c_str());
+          fail(path, ": cannot write: renaming ", tmp, " over it failed: ", errno_text(e));
+        }
+        ::unlink(tmp.c_str());  // rename() of two links to one file does nothing and leaves the temp name
+        return;
+      }
+      // another file system, or links not allowed: copy
+    }
+    int in = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
+    if (in < 0) {
+      int e = errno;
+      fail(source, ": cannot read it to write ", path, ": ", errno_text(e));
+    }
+    try {
+      write_atomic(path, [&](const AtomicPut& put) {
+        std::vector<char> buf(size_t(1) << 20);
+        for (;;) {
+          ssize_t r = ::read(in, buf.data(), buf.size());
+          if (r < 0 && errno == EINTR) continue;
+          if (r < 0) {
+            int e = errno;
+            fail(source, ": reading it to write ", path, " failed: ", errno_text(e));
+          }
+          if (r == 0) break;
+          put(buf.data(), (size_t)r);
+        }
+      }, Durability::Deferred);
+    } catch (...) {
+      ::close(in);
+      throw;
+    }
+    ::close(in);
+    return;
+  }
+  if (how != "symlink") fail("place_file_atomic: unknown mode ", how);
+  const std::string tmp = atomic_temp_path(path, (long)::getpid());
+  ::unlink(tmp.c_str());
+  std::error_code ec;
+  const std::string target = fs::absolute(source, ec).string();
+  if (::symlink(target.c_str(), tmp.c_str()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    fail(path, ": cannot write the link to ", source, ": ", errno_text(e));
+  }
+}
+
+void sync_filesystem(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    fail(dir, ": cannot open the folder to flush it to disk: ", errno_text(e));
+  }
+  if (::syncfs(fd) != 0) {
+    int e = errno;
+    ::close(fd);
+    fail(dir, ": flushing the folder's files to disk failed: ", errno_text(e));
+  }
+  ::close(fd);
 }
 
 }  // namespace oboro

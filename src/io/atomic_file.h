@@ -13,10 +13,23 @@ namespace oboro {
 
 // Receives the file's bytes in order (any number of calls).
 using AtomicPut = std::function<void(const void* data, size_t n)>;
+// Synced: the file and its folder are fsynced before write_atomic returns (one file that must survive a power
+// loss once written). Deferred: temp + rename only, no fsync — for the many files of one batch (an export's
+// images and captions, a synthetic dataset), made durable together by sync_filesystem() before the batch's own
+// index file is written Synced. Either way a reader (and a process killed mid-write) never leaves a part file
+// under the final name.
+enum class Durability { Synced, Deferred };
 // Writes what `body` puts into `path` atomically.
-void write_atomic(const std::string& path, const std::function<void(const AtomicPut&)>& body);
+void write_atomic(const std::string& path, const std::function<void(const AtomicPut&)>& body,
+                  Durability durability = Durability::Synced);
 // Write `bytes` to `path` atomically.
-void write_file_atomic(const std::string& path, const std::string& bytes);
+void write_file_atomic(const std::string& path, const std::string& bytes, Durability durability = Durability::Synced);
+// Places `path` as a hard link to (or a symbolic link at) `source`, or a copy of it, atomically: made under the temp
+// name, renamed over `path` (Deferred durability). `how`: "link" (falls back to a copy across file systems),
+// "symlink" or "copy".
+void place_file_atomic(const std::string& source, const std::string& path, const std::string& how);
+// syncfs() of the file system holding `dir`: every file written there so far reaches the disk. Fails naming `dir`.
+void sync_filesystem(const std::string& dir);
 
 // Files that belong together (a model and its text encoder), replaced together: each is first written in full
 // (by any writer, e.g. write_atomic or SafetensorsWriter) to the temp name stage() returns, then commit() renames
@@ -45,5 +58,7 @@ long atomic_temp_owner(const std::string& file_name);
 // processes (a concurrent save, or an unrelated process that reuses the PID) are left alone. Returns how many
 // were removed; errors are ignored (the files are only litter).
 int remove_stale_temps(const std::string& dir);
+// The same for `dir` and every folder below it.
+int remove_stale_temps_below(const std::string& dir);
 
 }  // namespace oboro

@@ -58,7 +58,11 @@ uint64_t append_line(const std::string& path, const std::string& line) {
   const off_t size = ::lseek(fd, 0, SEEK_END);
   char last = '\n';
   if (size > 0 && ::pread(fd, &last, 1, size - 1) != 1) last = '\n';
-  const std::string l = (last == '\n' ? "" : "\n") + line + "\n";
+  std::string l;
+  l.reserve(line.size() + 2);
+  if (last != '\n') l += '\n';
+  l += line;
+  l += '\n';
   const ssize_t n = ::write(fd, l.data(), l.size());
   const bool synced = ::fsync(fd) == 0;
   ::close(fd);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Full disks and I/O errors (issue 21), with the faultfs LD_PRELOAD shim (tests/crash/faultfs.c) making the
-writes of one file fail. For each of checkpoint save, model export, generated image and the SQLite manifest,
-under ENOSPC after some bytes, EIO on fsync and a failing rename:
+writes of one file fail. For each of checkpoint save, model export, the training log, generated image, the SQLite
+manifest and a dataset export, under ENOSPC after some bytes, EIO on fsync and a failing rename:
   * the command exits != 0 with ONE error line ("oboro: error: ...") that names the file;
   * the previous file (the earlier checkpoint, the previous model, the earlier image, the manifest's rows) is
     byte-identical / intact (`PRAGMA integrity_check` = ok, same rows);
@@ -12,6 +12,7 @@ and the run can be continued afterwards (train: --resume latest gives the uninte
 """
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
@@ -19,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from crash_util import files_under, log, run, same_bytes, temp_files  # noqa: E402
-from crash_train import make_dataset, write_config  # noqa: E402
+from crash_train import log_lines, make_dataset, write_config  # noqa: E402
 
 FAULTS = {
     "ENOSPC after 1 KiB": {"FAULTFS_OPS": "write", "FAULTFS_ERRNO": "ENOSPC", "FAULTFS_AFTER": "1024"},
@@ -90,6 +91,80 @@ def check_train(oboro, shim, wd):
             shutil.rmtree(out)
 
 
+def check_train_log(oboro, shim, wd):
+    """log.jsonl: its appends fail (a full disk, an I/O error) part-way through a run, or its rewrite on resume
+    fails; the run stops with one line naming log.jsonl, and --resume latest afterwards ends with the uninterrupted
+    run's model files and log records."""
+    data = os.path.join(wd, "data")
+    ref = os.path.join(wd, "log_ref")
+    write_config(os.path.join(wd, "log_ref.toml"), data, ref, 8)
+    run([oboro, "train", "--config", os.path.join(wd, "log_ref.toml")])
+    cases = {"ENOSPC after 700 bytes": {"FAULTFS_OPS": "write", "FAULTFS_ERRNO": "ENOSPC", "FAULTFS_AFTER": "700"},
+             "EIO on write": {"FAULTFS_OPS": "write", "FAULTFS_ERRNO": "EIO", "FAULTFS_AFTER": "500"},
+             "rename fails (resume)": {"FAULTFS_OPS": "rename", "FAULTFS_ERRNO": "EIO"}}
+    for fault, env in cases.items():
+        out = os.path.join(wd, f"log_{fault.split()[0]}_{len(fault)}")
+        cfg = out + ".toml"
+        write_config(cfg, data, out, 8)
+        if "resume" in fault:  # an interrupted run whose log holds records after its last checkpoint, the last torn
+            run([oboro, "train", "--config", cfg, "--stop-after", "3"])
+            with open(os.path.join(out, "log.jsonl"), "a") as f:
+                f.write('{"step": 4, "loss": 1.0}\n{"step": 5, "lo')
+            cmd = [oboro, "train", "--config", cfg, "--resume", "latest"]
+        else:
+            cmd = [oboro, "train", "--config", cfg]
+        before = snapshot(out) if os.path.isdir(out) else {}
+        rc, err, _ = run(cmd, dict(env, LD_PRELOAD=shim, FAULTFS_MATCH="log.jsonl"), check=False)
+        expect_clean_failure(f"train, log.jsonl, {fault}", rc, err, "log.jsonl", out)
+        if "resume" in fault and snapshot(out).get("log.jsonl") != before.get("log.jsonl"):
+            failures.append(f"train, log.jsonl, {fault}: the log changed although its rewrite failed")
+        rc, err, _ = run([oboro, "train", "--config", cfg, "--resume", "latest"], check=False)
+        if rc != 0:
+            failures.append(f"train, log.jsonl, {fault}: --resume latest afterwards failed: {err.strip()[-300:]}")
+            continue
+        for f in ("tiny.safetensors", "tiny.t5.safetensors"):
+            if not same_bytes(os.path.join(ref, f), os.path.join(out, f)):
+                failures.append(f"train, log.jsonl, {fault}: {f} after the resume differs from the reference")
+        if log_lines(os.path.join(out, "log.jsonl")) != log_lines(os.path.join(ref, "log.jsonl")):
+            failures.append(f"train, log.jsonl, {fault}: the log after the resume differs from the reference's records")
+        shutil.rmtree(out)
+
+
+def check_export(oboro, shim, wd):
+    """data export --force over a previous export, its writes failing: the previous manifest.jsonl and every file it
+    lists stay (even an image removed from the manifest since), no temp is left, and the export run again without
+    the fault gives the new export (the removed image's files gone)."""
+    src = os.path.join(wd, "export_src")
+    make_dataset(src)
+    faults = dict(FAULTS, **{"ENOSPC at once": {"FAULTFS_OPS": "write", "FAULTFS_ERRNO": "ENOSPC"}})
+    for fault, env in faults.items():
+        for mode in ("copy", "link"):
+            label = f"data export --mode {mode}, {fault}"
+            db = os.path.join(wd, f"x_{mode}_{fault.split()[0]}_{len(fault)}.db")
+            out = os.path.join(wd, f"x_{mode}_{fault.split()[0]}_{len(fault)}")
+            run([oboro, "data", "ingest", src, "--manifest", db, "--license", "CC0-1.0", "-q"])
+            run([oboro, "data", "export", "--manifest", db, "-o", out, "--mode", mode, "-q"])
+            before = snapshot(out)
+            with open(os.path.join(out, "manifest.jsonl")) as f:
+                first = json.loads(f.readline())
+            run([oboro, "data", "remove", "--manifest", db, "--hash", first["sha256"], "--reason", "rights"])
+            rc, err, _ = run([oboro, "data", "export", "--manifest", db, "-o", out, "--mode", mode, "--force", "-q"],
+                             dict(env, LD_PRELOAD=shim, FAULTFS_MATCH=out + "/"), check=False)
+            expect_clean_failure(label, rc, err, out, out)
+            after = snapshot(out)
+            if after != before:
+                failures.append(f"{label}: the previous export changed: "
+                                f"{sorted(f for f in set(before) | set(after) if before.get(f) != after.get(f))[:6]}")
+            rc, err, _ = run([oboro, "data", "export", "--manifest", db, "-o", out, "--mode", mode, "--force", "-q"],
+                             check=False)
+            final = snapshot(out) if rc == 0 else {}
+            gone = [f for f in final if first["sha256"] in f]
+            want = len(before) - 2
+            if rc != 0 or gone or len(final) != want or temp_files(out):
+                failures.append(f"{label}: the export again afterwards: exit {rc}, {len(final)} files (want {want}), "
+                                f"removed image's files still there: {gone}, temps: {temp_files(out)}")
+
+
 def check_generate(oboro, shim, wd):
     out = os.path.join(wd, "gen")
     base = [oboro, "generate", "a red square", "--size", "32x32", "--steps", "2", "--seed", "3", "-o", out]
@@ -148,8 +223,10 @@ def main():
     shutil.rmtree(wd, ignore_errors=True)
     os.makedirs(wd)
     check_train(oboro, shim, wd)
+    check_train_log(oboro, shim, wd)
     check_generate(oboro, shim, wd)
     check_manifest(oboro, shim, wd)
+    check_export(oboro, shim, wd)
     if failures:
         sys.exit("FAIL:\n  " + "\n  ".join(failures))
     log("PASS: every failing write gave one error line naming the file, a non-zero exit, the earlier files intact "
