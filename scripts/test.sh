@@ -15,7 +15,8 @@ if [ "${OBORO_SKIP_SANITIZE:-0}" != 1 ]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DOBORO_SANITIZE=ON -DOBORO_NATIVE=OFF >/dev/null
   cmake --build build-asan -j"$(nproc)" --target oboro_tests oboro
   export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
-  ./build-asan/tests/oboro_tests --gtest_brief=1
+  # under the throwaway PostgreSQL server too, so the manifest's PostgreSQL variants (libpq paths) run sanitized
+  tests/pg/with_server.sh ./build-asan/tests/oboro_tests --gtest_brief=1
   /usr/bin/python3 tests/twin/test_dit_twin.py --oboro build-asan/oboro --workdir build-asan/twin_dit
   /usr/bin/python3 tests/twin/test_t5_twin.py --oboro build-asan/oboro --workdir build-asan/twin_t5
   # oboro serve's HTTP routes on the sanitized binary (the quick API tests; the server must exit 0, leak-free, on SIGTERM)

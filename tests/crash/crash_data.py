@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""Crash points of `oboro data ingest` and `oboro data cache` (issue 21): SIGKILL each at --kills random moments
+"""Crash points of `oboro data ingest`, `oboro data cache` and `oboro data export` (issue 21): SIGKILL each at
+--kills random moments
 (wall-clock delays inside the run, and for the cache also the atomic writer's named crash points), rerun the same
 command each time, and check against one uninterrupted run:
   ingest: `PRAGMA integrity_check` = ok; no duplicate or missing rows (one row per image path and per sha256);
           every image's columns (but the ingest/update timestamps), captions and features equal the reference's;
   cache:  integrity ok; the cache entries (key, kind, bucket, row in its shard) and the tensors they point at are
-          byte-identical to the reference's, no two entries share a key; no temp file is left.
+          byte-identical to the reference's, no two entries share a key; no temp file is left;
+  export: a `--force` re-export over a previous export (3 images removed from the manifest since), killed and
+          rerun: after every kill the folder's manifest.jsonl lists only files that are there and whole (the old
+          or the new export); at the end the folder is file-for-file, byte-for-byte an uninterrupted export of the
+          same manifest into a new folder; no temp file is left.
 
   crash_data.py --oboro build/oboro --workdir DIR [--kills 20] [--images 400] [--seed 1]
 """
@@ -105,6 +110,86 @@ def kill_loop(name, cmd, rng, kills, t_ref, points):
     return done, attempts, by_kind, True
 
 
+def folder_bytes(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
+def export_consistent(folder):
+    """'' when every file manifest.jsonl lists is there with its sha256 (images) — else what is wrong."""
+    mpath = os.path.join(folder, "manifest.jsonl")
+    if not os.path.exists(mpath):
+        return "no manifest.jsonl"
+    import hashlib
+    with open(mpath) as f:
+        for line in f:
+            rec = json.loads(line)
+            p = os.path.join(folder, rec["file"])
+            try:
+                with open(p, "rb") as fh:
+                    if hashlib.sha256(fh.read()).hexdigest() != rec["sha256"]:
+                        return f"{rec['file']}: not the listed content"
+            except OSError:
+                return f"{rec['file']}: listed but missing"
+    return ""
+
+
+def check_export(oboro, wd, db, rng, kills, bad):
+    ref_db, exp_db = os.path.join(wd, "export_ref.db"), os.path.join(wd, "export.db")
+    shutil.copyfile(db, ref_db)
+    shutil.copyfile(db, exp_db)
+    folder, ref_folder = os.path.join(wd, "export"), os.path.join(wd, "export_ref")
+
+    def export(d, out):
+        return [oboro, "data", "export", "--manifest", d, "-o", out, "--mode", "copy", "--force", "-q"]
+
+    run(export(exp_db, folder))  # the previous export
+    with open(os.path.join(folder, "manifest.jsonl")) as f:
+        removed = [json.loads(line)["sha256"] for line in f][:3]
+    for d in (ref_db, exp_db):
+        for h in removed:
+            run([oboro, "data", "remove", "--manifest", d, "--hash", h, "--reason", "crash test"])
+    clock = Timer()
+    run(export(ref_db, ref_folder))
+    t_export = clock()
+    ref = folder_bytes(ref_folder)
+    done = attempts = 0
+    kinds = {}
+    while done < kills and attempts < 4 * kills + 20:
+        attempts += 1
+        if rng.random() < 0.5:
+            kill = ("point", f"{rng.choice(ATOMIC_POINTS)}#{rng.randint(1, 40)}")
+        else:
+            kill = ("time", rng.uniform(0.02, max(0.05, t_export)))
+        rc, err, killed = kill_run(export(exp_db, folder), kill)
+        if rc != 0 and not killed:
+            bad.append(f"export: exited {rc}: {err.strip()[-300:]}")
+            return
+        if killed:
+            done += 1
+            kind = kill[1].split("#")[0] if kill[0] == "point" else "wall-clock"
+            kinds[kind] = kinds.get(kind, 0) + 1
+            problem = export_consistent(folder)
+            if problem:
+                bad.append(f"export: after a kill ({kill[1]}): {problem}")
+    run(export(exp_db, folder))
+    got = folder_bytes(folder)
+    if got != ref:
+        diff = sorted(f for f in set(ref) | set(got) if ref.get(f) != got.get(f))
+        bad.append(f"export: {len(diff)} files differ from an uninterrupted export: {diff[:5]}")
+    if temp_files(folder):
+        bad.append(f"export: temp files left: {temp_files(folder)}")
+    log(f"export: {len(ref)} files in {t_export:.2f} s uninterrupted; {done} kills "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}) in {attempts} attempts")
+    if done < kills:
+        bad.append(f"export: only {done} of {kills} kills landed")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--oboro", required=True)
@@ -192,12 +277,13 @@ def main():
         if temp_files(cache):
             bad.append(f"cache: temp files left: {temp_files(cache)}")
     log(f"cache: {ref_n} entries in {t_cache:.2f} s uninterrupted; {kills_cache} kills "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(cache_kinds.items()))}) in {rounds} round(s); "
-        f"{clock():.1f} s in all")
+        f"({', '.join(f'{k} {v}' for k, v in sorted(cache_kinds.items()))}) in {rounds} round(s)")
+    check_export(oboro, wd, db, rng, a.kills, bad)
+    log(f"{clock():.1f} s in all")
     if bad:
         sys.exit("FAIL:\n  " + "\n  ".join(bad))
-    log("PASS: after the kills the manifest is intact with no duplicate or missing rows, and the cache entries and "
-        "their tensors equal the uninterrupted run's")
+    log("PASS: after the kills the manifest is intact with no duplicate or missing rows, the cache entries and "
+        "their tensors equal the uninterrupted run's, and so does the export folder, file for file")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 --count txt2img requests (32x32, --steps steps, a new seed each); the server's resident set (VmRSS of
 /proc/PID/status) is read after generation --warm and after the last. The test passes when the growth between
 the two stays within --margin-kib per generation past --warm plus --margin-mib in all. Each finished request
-leaves, by design, a PNG in the outputs folder, one line in its history index, and in memory one history record
-and one finished-job record (up to 4,096 jobs): about 2.3 KiB measured (docs/reliability.md); the per-generation
-margin covers that, the fixed margin allocator noise.
+leaves, by design, a PNG in the outputs folder, one line in its history index, and in memory a 24-byte history
+entry and one finished-job record (up to --keep-jobs, default 4,096; docs/reliability.md has the figures); the
+per-generation margin covers that, the fixed margin allocator noise. With --keep-jobs below --warm the job records
+stop growing too.
 
-  rss_generations.py --oboro build/oboro --workdir DIR [--count 1000] [--warm 100]
+  rss_generations.py --oboro build/oboro --workdir DIR [--count 1000] [--warm 100] [--keep-jobs N]
 """
 
 import argparse
@@ -37,11 +38,13 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--margin-mib", type=float, default=4.0)
     ap.add_argument("--margin-kib", type=float, default=4.0)
+    ap.add_argument("--keep-jobs", type=int, default=0, help="passed to oboro serve (0: its default)")
     a = ap.parse_args()
     wd = os.path.abspath(a.workdir)
     shutil.rmtree(wd, ignore_errors=True)
     os.makedirs(wd)
-    srv = Server(os.path.abspath(a.oboro), os.path.join(wd, "outputs"), "--threads", "1")
+    extra = ["--keep-jobs", str(a.keep_jobs)] if a.keep_jobs else []
+    srv = Server(os.path.abspath(a.oboro), os.path.join(wd, "outputs"), "--threads", "1", *extra)
     samples = []
     t0 = time.monotonic()
     try:
