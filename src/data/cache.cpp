@@ -131,6 +131,214 @@ bool has_entry(sql::Stmt& q, const std::string& key) {
   return r;
 }
 
+// An active image of the latent pass: its bucket (width 0: none yet) and, once encoded, its latent or error.
+struct LatentJob {
+  int64_t id;
+  std::string path, sha, key;
+  Bucket b;
+  int w, h;
+  Tensor latent;
+  std::string error;
+};
+
+// The next page (up to 512, by id) of active images after last_id, with their bucket of `stage`.
+std::vector<LatentJob> read_latent_page(sql::Db& db, int stage, int64_t last_id) {
+  std::vector<LatentJob> page;
+  sql::Stmt s(db, "SELECT i.id, i.path, i.sha256, i.width, i.height, b.width, b.height, b.crop_x, b.crop_y, b.crop_w, "
+                  "b.crop_h FROM images i LEFT JOIN buckets b ON b.image_id=i.id AND b.stage=? "
+                  "WHERE i.status='active' AND i.id > ? ORDER BY i.id LIMIT 512");
+  s.bind(1, stage).bind(2, last_id);
+  while (s.step()) {
+    LatentJob j;
+    j.id = s.i64(0);
+    j.path = s.text(1);
+    j.sha = s.text(2);
+    j.w = (int)s.i64(3);
+    j.h = (int)s.i64(4);
+    if (s.is_null(5)) {
+      j.b.width = 0;
+    } else {
+      j.b = Bucket{(int)s.i64(5), (int)s.i64(6), (int)s.i64(7), (int)s.i64(8), (int)s.i64(9), (int)s.i64(10)};
+    }
+    page.push_back(std::move(j));
+  }
+  return page;
+}
+
+// Sorts a page in one transaction: counts other shards' images and those without a bucket, links the images whose
+// latent is already cached (`link`), and returns the ones still to encode.
+std::vector<LatentJob> latents_to_encode(sql::Db& db, std::vector<LatentJob>& page, const CacheOptions& opt,
+                                         const std::string& codec_id, sql::Stmt& q_has, sql::Stmt& link,
+                                         CacheReport& rep) {
+  std::vector<LatentJob> todo;
+  sql::Transaction tx(db);
+  for (LatentJob& j : page) {
+    ++rep.images;
+    if (!opt.shard.mine(j.sha)) {
+      ++rep.other_shard;
+      continue;
+    }
+    if (j.b.width == 0) {  // too small for the stage, or `oboro data bucket` not run yet
+      ++rep.no_bucket;
+      continue;
+    }
+    j.key = latent_cache_key(j.sha, j.b.width, j.b.height, j.b.crop_x, j.b.crop_y, j.b.crop_w, j.b.crop_h, codec_id);
+    if (has_entry(q_has, j.key)) {
+      ++rep.latents_present;
+      link.bind(1, j.id).bind(2, opt.stage).bind(3, codec_id).bind(4, j.key).run();
+    } else {
+      todo.push_back(std::move(j));
+    }
+  }
+  tx.commit();
+  return todo;
+}
+
+// Encodes one bucket-sized image, chw [3, H, W] floats, into j.latent: F16 [C, H/stride, W/stride].
+void encode_latent(const LatentCodec& lc, LatentJob& j, const std::vector<float>& chw) {
+  const int s = lc.stride;
+  std::vector<float> lat((size_t)lc.channels() * (j.b.height / s) * (j.b.width / s));
+  lc.encode(chw.data(), j.b.height, j.b.width, lat.data());
+  Tensor t = Tensor::empty({lc.channels(), j.b.height / s, j.b.width / s}, DType::F16);
+  uint16_t* d = t.data<uint16_t>();
+  for (size_t k = 0; k < lat.size(); ++k) d[k] = f32_to_f16(lat[k]);
+  j.latent = std::move(t);
+}
+
+// Loads and crops the images in parallel and encodes them: in the same loop for the pixel codec, one at a time
+// afterwards for the VAE (it parallelises inside). A failure goes to the job's error.
+void encode_latents(const LatentCodec& lc, std::vector<LatentJob>& todo) {
+  const bool parallel_encode = !lc.vae;
+  std::vector<std::vector<float>> chws(todo.size());
+  parallel_for((int64_t)todo.size(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      LatentJob& j = todo[(size_t)i];
+      try {
+        const Image img = load_image(j.path);
+        const auto [fx, fy] = crop_fractions(img.width, img.height, j.b);
+        const Image crop = resize_cover_crop(img, j.b.width, j.b.height, fx, fy);
+        std::vector<float> chw((size_t)3 * crop.width * crop.height);
+        image_to_chw(crop, chw.data());
+        if (parallel_encode) encode_latent(lc, j, chw);
+        else chws[(size_t)i] = std::move(chw);
+      } catch (const std::exception& ex) {
+        j.error = ex.what();
+      }
+    }
+  });
+  if (!parallel_encode)
+    for (size_t i = 0; i < todo.size(); ++i)
+      if (todo[i].error.empty()) {
+        encode_latent(lc, todo[i], chws[i]);
+        std::vector<float>().swap(chws[i]);
+      }
+}
+
+// The latent pass: every active image of this shard with a bucket of opt.stage gets its latent, encoded into lw's
+// shards (linked in image_cache when a shard commits) or, when already cached, linked at once.
+void cache_latents(Manifest& m, const CacheOptions& opt, const LatentCodec& lc, const std::string& codec_id,
+                   ShardWriter& lw, sql::Stmt& link, sql::Stmt& q_has, CacheReport& rep) {
+  sql::Db& db = m.db();
+  const int64_t total = m.count("status='active'");
+  Progress prog("cache latents stage " + std::to_string(opt.stage) + " " + codec_id, total, opt.progress);
+  int64_t last_id = 0;
+  for (;;) {
+    std::vector<LatentJob> page = read_latent_page(db, opt.stage, last_id);
+    if (page.empty()) break;
+    last_id = page.back().id;
+    const int64_t page_n = (int64_t)page.size();
+    std::vector<LatentJob> todo = latents_to_encode(db, page, opt, codec_id, q_has, link, rep);
+    encode_latents(lc, todo);
+    for (LatentJob& j : todo) {
+      if (!j.error.empty()) {
+        std::fprintf(stderr, "oboro: warning: %s (not cached)\n", j.error.c_str());
+        ++rep.failed;
+        continue;
+      }
+      lw.add(j.key, std::move(j.latent), {j.id});
+      ++rep.latents_written;
+    }
+    prog.add(page_n);
+  }
+  lw.flush();
+  prog.finish();
+  rep.shards += lw.shards();
+}
+
+// (image id, sha) of the active images with a latent of this stage and codec, by id.
+std::vector<std::pair<int64_t, std::string>> images_with_latents(sql::Db& db, int stage, const std::string& codec_id) {
+  std::vector<std::pair<int64_t, std::string>> rows;
+  sql::Stmt s(db, "SELECT ic.image_id, i.sha256 FROM image_cache ic JOIN images i ON i.id=ic.image_id "
+                  "WHERE i.status='active' AND ic.stage=? AND ic.codec=? ORDER BY ic.image_id");
+  s.bind(1, stage).bind(2, codec_id);
+  while (s.step()) rows.push_back({s.i64(0), s.text(1)});
+  return rows;
+}
+
+// Captions waiting for the text encoder; identical captions share one entry.
+struct PendingTexts {
+  std::map<std::string, std::vector<int64_t>> ids;  // key → images
+  std::map<std::string, std::string> caption_of;
+
+  // Encodes the waiting captions in one batch and adds their states, F32 [valid tokens, dim], to tw.
+  void encode(TextEncoder& te, int max_tokens, ShardWriter& tw, CacheReport& rep) {
+    if (ids.empty()) return;
+    std::vector<std::string> keys, prompts;
+    for (const auto& [k, v] : ids) keys.push_back(k), prompts.push_back(caption_of[k]);
+    TextBatch tb = te.encode(prompts, false, max_tokens);
+    for (size_t b = 0; b < keys.size(); ++b) {
+      const int valid = tb.lengths[b];
+      const std::vector<float> row = download_row(tb, (int)b);
+      Tensor t = Tensor::empty({valid, tb.dim}, DType::F32);
+      std::copy(row.begin(), row.end(), t.f32());
+      tw.add(keys[b], std::move(t), ids[keys[b]]);
+      ++rep.texts_written;
+    }
+    ids.clear();
+    caption_of.clear();
+  }
+};
+
+// The text pass: the training caption of every image of this shard with a latent of this stage and codec gets its
+// text-encoder states (identical captions share one entry), linked in image_cache.
+void cache_texts(Backend& be, Manifest& m, const CacheOptions& opt, const std::string& codec_id,
+                 const std::string& shard_tag, sql::Stmt& q_has, CacheReport& rep) {
+  sql::Db& db = m.db();
+  std::unique_ptr<TextEncoder> te = TextEncoder::load(opt.text_encoder, be);
+  const std::string enc_id = text_encoder_identity(opt.text_encoder, te->dim());
+  ShardWriter tw(m, opt.out_dir, "text-" + sanitise(enc_id.substr(0, 19)) + shard_tag, "text", {{"oboro.text_encoder", enc_id}},
+                 opt.shard_bytes);
+  sql::Stmt tlink(db, "UPDATE image_cache SET text_key=? WHERE image_id=? AND stage=? AND codec=?");
+  tw.on_commit = [&](sql::Db&, const std::string& key, const std::vector<int64_t>& ids) {
+    for (int64_t id : ids) tlink.bind(1, key).bind(2, id).bind(3, opt.stage).bind(4, codec_id).run();
+  };
+  const std::vector<std::pair<int64_t, std::string>> rows = images_with_latents(db, opt.stage, codec_id);
+  Progress tprog("cache text " + enc_id, (int64_t)rows.size(), opt.progress);
+  PendingTexts pending;
+  for (const auto& [id, sha] : rows) {
+    if (!opt.shard.mine(sha)) {
+      tprog.add();
+      continue;
+    }
+    const std::string cap = m.training_caption(id);
+    const std::string key = text_cache_key(enc_id, opt.max_tokens, cap);
+    if (has_entry(q_has, key) && !pending.ids.count(key)) {
+      ++rep.texts_present;
+      tlink.bind(1, key).bind(2, id).bind(3, opt.stage).bind(4, codec_id).run();
+    } else if (!pending.ids.count(key) && tw.link_pending(key, id)) {
+      // encoded earlier in this run, its shard not yet written: linked when it is
+    } else {
+      pending.ids[key].push_back(id);
+      pending.caption_of[key] = cap;
+      if (pending.ids.size() >= 32) pending.encode(*te, opt.max_tokens, tw, rep);
+    }
+    tprog.add();
+  }
+  pending.encode(*te, opt.max_tokens, tw, rep);
+  tw.flush();
+  rep.shards += tw.shards();
+}
+
 // One shard (opt.shard) of the cache: latents, then text states.
 CacheReport build_cache_shard(Backend& be, Manifest& m, const CacheOptions& opt) {
   CacheReport rep;
@@ -146,7 +354,6 @@ CacheReport build_cache_shard(Backend& be, Manifest& m, const CacheOptions& opt)
   sql::Db& db = m.db();
   const std::string shard_tag = opt.shard.count > 1 ? "-s" + std::to_string(opt.shard.index) + "of" + std::to_string(opt.shard.count) : "";
   const LatentCodec lc = LatentCodec::open(opt.codec, opt.pixels_stride, opt.vae, be, "--vae");
-  const bool parallel_encode = !lc.vae;  // the VAE runs one image at a time (it parallelises inside)
 
   // ---- latents ----
   ShardWriter lw(m, opt.out_dir, "latent-" + sanitise(codec_id) + shard_tag, "latent", {{"oboro.codec", codec_id}},
@@ -157,111 +364,7 @@ CacheReport build_cache_shard(Backend& be, Manifest& m, const CacheOptions& opt)
     for (int64_t id : ids) link.bind(1, id).bind(2, opt.stage).bind(3, codec_id).bind(4, key).run();
   };
   sql::Stmt q_has(db, "SELECT 1 FROM cache_entries WHERE key=?");
-  const int64_t total = m.count("status='active'");
-  Progress prog("cache latents stage " + std::to_string(opt.stage) + " " + codec_id, total, opt.progress);
-  struct Job {
-    int64_t id;
-    std::string path, sha, key;
-    Bucket b;
-    int w, h;
-    Tensor latent;
-    std::string error;
-  };
-  int64_t last_id = 0;
-  for (;;) {
-    std::vector<Job> page;
-    {
-      sql::Stmt s(db, "SELECT i.id, i.path, i.sha256, i.width, i.height, b.width, b.height, b.crop_x, b.crop_y, b.crop_w, "
-                      "b.crop_h FROM images i LEFT JOIN buckets b ON b.image_id=i.id AND b.stage=? "
-                      "WHERE i.status='active' AND i.id > ? ORDER BY i.id LIMIT 512");
-      s.bind(1, opt.stage).bind(2, last_id);
-      while (s.step()) {
-        Job j;
-        j.id = s.i64(0);
-        j.path = s.text(1);
-        j.sha = s.text(2);
-        j.w = (int)s.i64(3);
-        j.h = (int)s.i64(4);
-        if (s.is_null(5)) {
-          j.b.width = 0;
-        } else {
-          j.b = Bucket{(int)s.i64(5), (int)s.i64(6), (int)s.i64(7), (int)s.i64(8), (int)s.i64(9), (int)s.i64(10)};
-        }
-        page.push_back(std::move(j));
-      }
-    }
-    if (page.empty()) break;
-    last_id = page.back().id;
-    const int64_t page_n = (int64_t)page.size();
-    std::vector<Job> todo;
-    {
-      sql::Transaction tx(db);
-      for (Job& j : page) {
-        ++rep.images;
-        if (!opt.shard.mine(j.sha)) {
-          ++rep.other_shard;
-          continue;
-        }
-        if (j.b.width == 0) {  // too small for the stage, or `oboro data bucket` not run yet
-          ++rep.no_bucket;
-          continue;
-        }
-        j.key = latent_cache_key(j.sha, j.b.width, j.b.height, j.b.crop_x, j.b.crop_y, j.b.crop_w, j.b.crop_h, codec_id);
-        if (has_entry(q_has, j.key)) {
-          ++rep.latents_present;
-          link.bind(1, j.id).bind(2, opt.stage).bind(3, codec_id).bind(4, j.key).run();
-        } else {
-          todo.push_back(std::move(j));
-        }
-      }
-      tx.commit();
-    }
-    std::vector<std::vector<float>> chws(todo.size());
-    auto encode = [&](Job& j, const std::vector<float>& chw) {
-      const int s = lc.stride;
-      std::vector<float> lat((size_t)lc.channels() * (j.b.height / s) * (j.b.width / s));
-      lc.encode(chw.data(), j.b.height, j.b.width, lat.data());
-      Tensor t = Tensor::empty({lc.channels(), j.b.height / s, j.b.width / s}, DType::F16);
-      uint16_t* d = t.data<uint16_t>();
-      for (size_t k = 0; k < lat.size(); ++k) d[k] = f32_to_f16(lat[k]);
-      j.latent = std::move(t);
-    };
-    parallel_for((int64_t)todo.size(), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        Job& j = todo[(size_t)i];
-        try {
-          const Image img = load_image(j.path);
-          const auto [fx, fy] = crop_fractions(img.width, img.height, j.b);
-          const Image crop = resize_cover_crop(img, j.b.width, j.b.height, fx, fy);
-          std::vector<float> chw((size_t)3 * crop.width * crop.height);
-          image_to_chw(crop, chw.data());
-          if (parallel_encode) encode(j, chw);
-          else chws[(size_t)i] = std::move(chw);
-        } catch (const std::exception& ex) {
-          j.error = ex.what();
-        }
-      }
-    });
-    if (!parallel_encode)
-      for (size_t i = 0; i < todo.size(); ++i)
-        if (todo[i].error.empty()) {
-          encode(todo[i], chws[i]);
-          std::vector<float>().swap(chws[i]);
-        }
-    for (Job& j : todo) {
-      if (!j.error.empty()) {
-        std::fprintf(stderr, "oboro: warning: %s (not cached)\n", j.error.c_str());
-        ++rep.failed;
-        continue;
-      }
-      lw.add(j.key, std::move(j.latent), {j.id});
-      ++rep.latents_written;
-    }
-    prog.add(page_n);
-  }
-  lw.flush();
-  prog.finish();
-  rep.shards += lw.shards();
+  cache_latents(m, opt, lc, codec_id, lw, link, q_has, rep);
 
   // ---- text ----
   if (opt.text_encoder.empty()) {
@@ -269,62 +372,7 @@ CacheReport build_cache_shard(Backend& be, Manifest& m, const CacheOptions& opt)
                     "outputs change every step and cannot be cached)";
     return rep;
   }
-  std::unique_ptr<TextEncoder> te = TextEncoder::load(opt.text_encoder, be);
-  const std::string enc_id = text_encoder_identity(opt.text_encoder, te->dim());
-  ShardWriter tw(m, opt.out_dir, "text-" + sanitise(enc_id.substr(0, 19)) + shard_tag, "text", {{"oboro.text_encoder", enc_id}},
-                 opt.shard_bytes);
-  sql::Stmt tlink(db, "UPDATE image_cache SET text_key=? WHERE image_id=? AND stage=? AND codec=?");
-  tw.on_commit = [&](sql::Db&, const std::string& key, const std::vector<int64_t>& ids) {
-    for (int64_t id : ids) tlink.bind(1, key).bind(2, id).bind(3, opt.stage).bind(4, codec_id).run();
-  };
-  std::vector<std::pair<int64_t, std::string>> rows;  // (image id, sha) with a latent of this stage/codec
-  {
-    sql::Stmt s(db, "SELECT ic.image_id, i.sha256 FROM image_cache ic JOIN images i ON i.id=ic.image_id "
-                    "WHERE i.status='active' AND ic.stage=? AND ic.codec=? ORDER BY ic.image_id");
-    s.bind(1, opt.stage).bind(2, codec_id);
-    while (s.step()) rows.push_back({s.i64(0), s.text(1)});
-  }
-  Progress tprog("cache text " + enc_id, (int64_t)rows.size(), opt.progress);
-  std::map<std::string, std::vector<int64_t>> pending;  // key → images (identical captions share an entry)
-  std::map<std::string, std::string> caption_of;
-  auto encode_pending = [&] {
-    if (pending.empty()) return;
-    std::vector<std::string> keys, prompts;
-    for (const auto& [k, ids] : pending) keys.push_back(k), prompts.push_back(caption_of[k]);
-    TextBatch tb = te->encode(prompts, false, opt.max_tokens);
-    for (size_t b = 0; b < keys.size(); ++b) {
-      const int valid = tb.lengths[b];
-      const std::vector<float> row = download_row(tb, (int)b);
-      Tensor t = Tensor::empty({valid, tb.dim}, DType::F32);
-      std::copy(row.begin(), row.end(), t.f32());
-      tw.add(keys[b], std::move(t), pending[keys[b]]);
-      ++rep.texts_written;
-    }
-    pending.clear();
-    caption_of.clear();
-  };
-  for (const auto& [id, sha] : rows) {
-    if (!opt.shard.mine(sha)) {
-      tprog.add();
-      continue;
-    }
-    const std::string cap = m.training_caption(id);
-    const std::string key = text_cache_key(enc_id, opt.max_tokens, cap);
-    if (has_entry(q_has, key) && !pending.count(key)) {
-      ++rep.texts_present;
-      tlink.bind(1, key).bind(2, id).bind(3, opt.stage).bind(4, codec_id).run();
-    } else if (!pending.count(key) && tw.link_pending(key, id)) {
-      // encoded earlier in this run, its shard not yet written: linked when it is
-    } else {
-      pending[key].push_back(id);
-      caption_of[key] = cap;
-      if (pending.size() >= 32) encode_pending();
-    }
-    tprog.add();
-  }
-  encode_pending();
-  tw.flush();
-  rep.shards += tw.shards();
+  cache_texts(be, m, opt, codec_id, shard_tag, q_has, rep);
   return rep;
 }
 

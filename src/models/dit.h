@@ -13,6 +13,8 @@
 
 namespace oboro {
 
+namespace dit_detail { struct Weights; }  // dit_internal.h
+
 class TensorSource;
 
 // A trainable addition to the DiT's Linear layers (LoRA training: train/lora_network.h). After a Linear
@@ -109,6 +111,14 @@ class DiT {
   void bind_views();
   void bind_linear_views();
   void require_f32(const char* what) const;
+  // backward's parts (dit_backward.cpp), in the order it runs them; W/G: the non-block params / grads.
+  GradScratch& grad_scratch(int M, int B, int L, int N);
+  void adapt_back(int l, const char* name, float* dx, const float* xin, int M, int K,
+                  std::initializer_list<LinearAdapter::DPart> douts);
+  void final_layer_backward(const float* dv, const dit_detail::Weights& W, const dit_detail::Weights& G);
+  void block_backward(int l);
+  void embedders_backward(float* dtxt, const dit_detail::Weights& W, const dit_detail::Weights& G);
+  void conditioning_backward(float* dtxt, const dit_detail::Weights& W, const dit_detail::Weights& G);
 
   DiTConfig cfg_;
   Backend& be_;
