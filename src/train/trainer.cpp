@@ -192,7 +192,7 @@ class TrainLoop {
   // Rank 0: the model files, then the checkpoint (so a checkpoint never exists without the model files of its
   // step), then the loss plot.
   void save_outputs() {
-    RunData run_data{data_.num_images(), data_.skipped_images(), provenance_};
+    RunData run_data{data_.num_images(), data_.skipped_images(), provenance_, ""};
     if (state_.lora) {  // ss_tag_frequency of the LoRA file (captions read once per run)
       if (tag_frequency_.empty())
         tag_frequency_ = kohya_tag_frequency(!cfg_.train_data_dir.empty() ? cfg_.train_data_dir
