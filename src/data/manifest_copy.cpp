@@ -85,21 +85,29 @@ CopyTable digest_table(sql::Db& db, const TableSpec& t) {
     for (int c = 0; c < n; ++c) {
       std::string v;
       if (s.is_null(c)) {
-        v = "N";
+        v = 'N';
       } else if (t.types[c] == 'i') {
-        v = "i" + std::to_string(s.i64(c));
+        v = 'i';
+        v += std::to_string(s.i64(c));
       } else if (t.types[c] == 'r') {
         const double d = s.f64(c);
         uint64_t bits;
         std::memcpy(&bits, &d, 8);
-        v = "r" + std::to_string(bits);
+        v = 'r';
+        v += std::to_string(bits);
       } else if (t.types[c] == 'b') {
         size_t len = 0;
         const void* p = s.blob_ptr(c, &len);
-        v = "b" + std::to_string(len) + ":" + std::string((const char*)p, len);
+        v = 'b';
+        v += std::to_string(len);
+        v += ':';
+        v.append((const char*)p, len);
       } else {
         const std::string x = s.text(c);
-        v = "t" + std::to_string(x.size()) + ":" + x;
+        v = 't';
+        v += std::to_string(x.size());
+        v += ':';
+        v += x;
       }
       h.update(v.data(), v.size());
     }

@@ -49,7 +49,10 @@ void Progress::draw(bool final) {
   std::string bar;
   if (tty_ && total_ > 0) {
     const int w = 24, fill = (int)(w * std::min(1.0, (double)done_ / total_));
-    bar = "[" + std::string((size_t)fill, '#') + std::string((size_t)(w - fill), '.') + "] ";
+    bar.assign(1, '[');
+    bar.append((size_t)fill, '#');
+    bar.append((size_t)(w - fill), '.');
+    bar += "] ";
   }
   std::fprintf(stderr, "%s%s: %s%s%s%s", tty_ ? "\r\033[K" : "", label_.c_str(), bar.c_str(), counts,
                extra_.empty() ? "" : (", " + extra_).c_str(), (final || !tty_) ? "\n" : "");

@@ -202,8 +202,9 @@ TEST(Codec, PixelsUnshuffleRoundTripAndLayout) {
     c.encode(img.data(), H, W, lat.data());
     c.decode(lat.data(), H, W, back.data());
     EXPECT_EQ(img, back);
-    if (s == 2)  // channel c·4 + i·2 + j at (y, x) is pixel (2y + i, 2x + j): check (c=1, i=1, j=0, y=1, x=2)
+    if (s == 2) {  // channel c·4 + i·2 + j at (y, x) is pixel (2y + i, 2x + j): check (c=1, i=1, j=0, y=1, x=2)
       EXPECT_EQ(lat[((1 * 4 + 2) * 2 + 1) * 3 + 2], img[(1 * H + 3) * W + 4]);
+    }
   }
   EXPECT_EQ(codec_stride("pixels", 12), 2);
   EXPECT_THROW(codec_stride("pixels", 16), Error);

@@ -216,7 +216,9 @@ TEST(ManifestParts, IterativeDedupFindsPlantedDuplicatesAndNeverMergesDistinctIm
     int64_t kept = 0;
     for (int64_t i = 0; i < p.set.size(); ++i)
       if (r.duplicate_of[(size_t)i] < 0) ++kept, kept_families.insert(p.family[(size_t)i]);
-    if (split == "graph") EXPECT_LE(kept, (int64_t)kept_families.size() + p.dups / 100);
+    if (split == "graph") {
+      EXPECT_LE(kept, (int64_t)kept_families.size() + p.dups / 100);
+    }
     if (split == "graph") graph_result = r;
   }
   // Same seed → same result; the kept member is the lowest rank of its cluster.
@@ -225,7 +227,9 @@ TEST(ManifestParts, IterativeDedupFindsPlantedDuplicatesAndNeverMergesDistinctIm
   const DedupResult& a = graph_result;
   EXPECT_EQ(iterative_dedup(p.set, p.rank, o).duplicate_of, a.duplicate_of);
   for (int64_t i = 0; i < p.set.size(); ++i)
-    if (a.duplicate_of[(size_t)i] >= 0) EXPECT_LT(p.rank[(size_t)a.duplicate_of[(size_t)i]], p.rank[(size_t)i]);
+    if (a.duplicate_of[(size_t)i] >= 0) {
+      EXPECT_LT(p.rank[(size_t)a.duplicate_of[(size_t)i]], p.rank[(size_t)i]);
+    }
   EXPECT_NE(error_of([&] { DedupOptions bad; bad.eps = 0; iterative_dedup(p.set, p.rank, bad); }).find("--eps"), std::string::npos);
 }
 

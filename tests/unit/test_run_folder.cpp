@@ -49,8 +49,9 @@ fs::path dataset() {
       Image im;
       im.width = im.height = 8;
       im.rgb.assign(8 * 8 * 3, (uint8_t)(40 * k));
-      save_png((dir / ("i" + std::to_string(k) + ".png")).string(), im);
-      std::ofstream(dir / ("i" + std::to_string(k) + ".txt")) << "a square number " << k;
+      const std::string stem = std::string(1, 'i').append(std::to_string(k));
+      save_png((dir / (stem + ".png")).string(), im);
+      std::ofstream(dir / (stem + ".txt")) << "a square number " << k;
     }
     return dir;
   }();
