@@ -64,13 +64,15 @@ int remove_stale_temps_below(const std::string& dir) {
 }
 
 void write_atomic(const std::string& target, const std::function<void(const AtomicPut&)>& body, Durability durability) {
-  const std::string tmp = atomic_temp_path(target, (long)::getpid());
-  // Errors name the file the user knows: a StagedFiles temp ("x.safetensors.tmp.PID") by its final name.
+  // A StagedFiles temp ("x.safetensors.tmp.PID") is already a temp: it is written in place (StagedFiles::commit
+  // renames it and fsyncs its folder), and errors name it by its final name, the file the user knows.
   const std::string staged_suffix = ".tmp." + std::to_string((long)::getpid());
-  const std::string path = target.size() > staged_suffix.size() &&
-                                   target.compare(target.size() - staged_suffix.size(), staged_suffix.size(), staged_suffix) == 0
-                               ? target.substr(0, target.size() - staged_suffix.size())
-                               : target;
+  const bool staged = target.size() > staged_suffix.size() &&
+                      target.compare(target.size() - staged_suffix.size(), staged_suffix.size(), staged_suffix) == 0;
+  const std::string path = staged ? target.substr(0, target.size() - staged_suffix.size()) : target;
+  const std::string tmp = staged ? target : atomic_temp_path(target, (long)::getpid());
+  // A staged temp written again is a new file (unlinked first), so a reader that mapped the earlier one keeps it.
+  if (staged) ::unlink(tmp.c_str());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) {
     int e = errno;
@@ -108,6 +110,7 @@ void write_atomic(const std::string& target, const std::function<void(const Atom
       int e = errno;
       fail(path, ": cannot write: closing ", tmp, " failed: ", errno_text(e));
     }
+    if (staged) return;
     crash_point("atomic.rename");
     if (::rename(tmp.c_str(), target.c_str()) != 0) {
       int e = errno;
@@ -148,14 +151,36 @@ std::string StagedFiles::stage(const std::string& path) {
 
 void StagedFiles::commit() {
   const long pid = (long)::getpid();
-  for (const std::string& p : paths_) {
+  // Each old file is first kept under a second name (a hard link, "<path>.previous.tmp.PID"), so that when a later
+  // rename fails the files renamed before it are put back: the set is replaced whole or not at all (a crash
+  // between two renames is not covered; the trainer's resume writes the set again).
+  std::vector<std::string> kept(paths_.size());
+  std::vector<char> existed(paths_.size(), 0);
+  auto drop_kept = [&] {
+    for (const std::string& k : kept)
+      if (!k.empty()) ::unlink(k.c_str());
+  };
+  for (size_t i = 0; i < paths_.size(); ++i) {
+    const std::string keep = atomic_temp_path(paths_[i] + ".previous", pid);
+    ::unlink(keep.c_str());
+    existed[i] = ::access(paths_[i].c_str(), F_OK) == 0;
+    if (existed[i] && ::link(paths_[i].c_str(), keep.c_str()) == 0) kept[i] = keep;  // (no hard links here: not kept)
+  }
+  for (size_t i = 0; i < paths_.size(); ++i) {
+    const std::string& p = paths_[i];
     const std::string tmp = atomic_temp_path(p, pid);
     crash_point("atomic.rename");
     if (::rename(tmp.c_str(), p.c_str()) != 0) {
-      int e = errno;
+      const int e = errno;
+      for (size_t j = 0; j < i; ++j) {  // put back what this commit replaced, remove what it added
+        if (!existed[j]) ::unlink(paths_[j].c_str());
+        else if (!kept[j].empty() && ::rename(kept[j].c_str(), paths_[j].c_str()) == 0) kept[j].clear();
+      }
+      drop_kept();
       fail(p, ": cannot write: renaming ", tmp, " over it failed: ", errno_text(e));
     }
   }
+  drop_kept();
   committed_ = true;
   crash_point("atomic.renamed");
   for (const std::string& p : paths_) {

@@ -34,7 +34,9 @@ void sync_filesystem(const std::string& dir);
 // Files that belong together (a model and its text encoder), replaced together: each is first written in full
 // (by any writer, e.g. write_atomic or SafetensorsWriter) to the temp name stage() returns, then commit() renames
 // them over their paths in order and fsyncs their folders. A failure while writing leaves every old file as it
-// was; the destructor removes the temps of an uncommitted set.
+// was; the destructor removes the temps of an uncommitted set. A rename that fails in commit() puts back the files
+// renamed before it (their old versions are kept as hard links until the set is in place), so the set is replaced
+// whole or not at all; only a crash between two renames can leave it mixed.
 class StagedFiles {
  public:
   StagedFiles() = default;

@@ -50,17 +50,8 @@ std::unique_ptr<TextEncoder> TextEncoder::load(const std::string& path, Backend&
 }
 
 void TextEncoder::save(const std::string& path) const {
-  // T5Encoder::save writes weights + config; re-write with the tokenizer added to the metadata.
-  t5_->save(path);
-  auto f = SafetensorsFile::open(path);
-  SafetensorsWriter wr;
-  std::vector<Tensor> keep;
-  for (const auto& info : f->tensors()) keep.push_back(f->tensor(info.name));
-  size_t k = 0;
-  for (const auto& info : f->tensors()) wr.add(info.name, keep[k++]);
-  for (const auto& [key, v] : f->metadata()) wr.set_metadata(key, v);
-  wr.set_metadata("oboro.tokenizer", base64_encode(tok_.serialized()));
-  wr.write(path);
+  // One file: the T5 weights and config, with the tokenizer in the metadata.
+  t5_->save(path, {{"oboro.tokenizer", base64_encode(tok_.serialized())}});
 }
 
 TextBatch TextEncoder::encode(const std::vector<std::string>& prompts, bool training, int max_len) {
