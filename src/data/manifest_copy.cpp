@@ -1,4 +1,5 @@
 #include "data/manifest_copy.h"
+#include "io/atomic_file.h"
 
 #include "core/error.h"
 #include "core/sha256.h"
@@ -199,12 +200,14 @@ CopyReport copy_into(const std::string& src_target, const std::string& dst_targe
 
 CopyReport copy_manifest(const std::string& src, const std::string& dst, bool progress) {
   if (sql::is_postgres_target(dst)) return copy_into(src, dst, progress);
-  // An SQLite DST is written as DST.tmp-PID and renamed once verified and committed: no half-written file.
+  // An SQLite DST is written as DST.tmp.PID and renamed once verified and committed: no half-written file. A copy
+  // killed earlier left its temp (and its -wal/-shm): removed once its process is gone.
   std::error_code ec;
   if (fs::exists(dst, ec)) fail(dst, ": already exists: copy into a new file (or remove it first)");
   if (!sql::is_postgres_target(src) && fs::exists(src, ec) && fs::equivalent(src, dst, ec))
     fail(dst, ": SRC and DST are the same manifest: name a new DST");
-  const std::string tmp = dst + ".tmp-" + std::to_string(::getpid());
+  remove_stale_temps_of(dst);
+  const std::string tmp = atomic_temp_path(dst, (long)::getpid());
   auto cleanup = [&] {
     for (const char* ext : {"", "-wal", "-shm", "-journal"}) fs::remove(tmp + ext, ec);
   };

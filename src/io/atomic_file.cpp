@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <vector>
@@ -60,6 +61,24 @@ int remove_stale_temps_below(const std::string& dir) {
   std::error_code ec;
   for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
     if (it->is_directory(ec) && !it->is_symlink(ec)) removed += remove_stale_temps(it->path().string());
+  return removed;
+}
+
+int remove_stale_temps_of(const std::string& path) {
+  const std::string prefix = fs::path(path).filename().string() + ".tmp.";
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir_of(path), ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    for (const char* companion : {"-wal", "-shm", "-journal"})
+      if (name.size() > std::strlen(companion) && name.ends_with(companion)) name.resize(name.size() - std::strlen(companion));
+    const long pid = name.size() > prefix.size() ? atomic_temp_owner(name) : -1;
+    if (pid < 0 || pid == (long)::getpid() || !it->is_regular_file(ec)) continue;
+    if (::kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    if (fs::remove(it->path(), rm)) ++removed;
+  }
   return removed;
 }
 

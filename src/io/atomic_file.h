@@ -62,5 +62,8 @@ long atomic_temp_owner(const std::string& file_name);
 int remove_stale_temps(const std::string& dir);
 // The same for `dir` and every folder below it.
 int remove_stale_temps_below(const std::string& dir);
+// The temps of one file only: "<path>.tmp.<pid>" of dead processes, with the SQLite companions of a database
+// written under that name ("-wal", "-shm", "-journal"). For folders that are the user's, not oboro's.
+int remove_stale_temps_of(const std::string& path);
 
 }  // namespace oboro

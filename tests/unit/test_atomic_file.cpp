@@ -9,11 +9,13 @@
 #include <fstream>
 #include <set>
 #include <stdexcept>
+#include <vector>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 using namespace oboro;
+using oboro::test::dead_pid;
 using oboro::test::error_of;
 namespace fs = std::filesystem;
 
@@ -146,4 +148,18 @@ TEST(AtomicFile, ARenameThatFailsInCommitPutsBackTheFilesRenamedBeforeIt) {
   EXPECT_EQ(slurp(te), "old te");  // put back
   EXPECT_EQ(slurp(model), "old model");
   EXPECT_EQ(names_in(dir), (std::set<std::string>{"m.safetensors", "m.t5.safetensors"}));  // no new file, no temp
+}
+
+TEST(AtomicFile, TheStaleTempsOfOneFileAreRemovedWithTheirSqliteCompanionsAndNothingElse) {
+  const fs::path dir = scratch("stale_of");
+  const std::string dead = std::to_string(dead_pid());
+  for (const std::string& n : std::vector<std::string>{"m.db.tmp." + dead, "m.db.tmp." + dead + "-wal", "m.db.tmp." + dead + "-shm",
+                               "m.db.tmp.1",                  // PID 1 is alive
+                               "other.db.tmp." + dead,        // another file's temp
+                               "m.db.tmp." + dead + "-notes", // not a temp's shape
+                               "m.db"})
+    std::ofstream(dir / n) << "x";
+  EXPECT_EQ(remove_stale_temps_of((dir / "m.db").string()), 3);
+  EXPECT_EQ(names_in(dir), (std::set<std::string>{"m.db", "m.db.tmp.1", "other.db.tmp." + dead,
+                                                  "m.db.tmp." + dead + "-notes"}));
 }

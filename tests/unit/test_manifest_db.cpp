@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <unistd.h>
 
 using namespace oboro;
@@ -101,6 +102,9 @@ TEST_P(ManifestSeam, CopyRoundTripKeepsRowsAndDigests) {
   }
   // sqlite → backend → sqlite
   const std::string mid = target(d, "mid"), back = (d / "back.db").string();
+  // What a copy into back.db killed earlier left (its temp database and WAL) goes once that process is gone.
+  const std::string dead = std::to_string(oboro::test::dead_pid());
+  for (const char* ext : {"", "-wal"}) std::ofstream(back + ".tmp." + dead + ext) << "half a database";
   const CopyReport a = copy_manifest(src, mid, false);
   const CopyReport b = copy_manifest(mid, back, false);
   EXPECT_EQ(a.active, 40);
@@ -110,6 +114,8 @@ TEST_P(ManifestSeam, CopyRoundTripKeepsRowsAndDigests) {
     EXPECT_EQ(a.tables[i].digest, b.tables[i].digest) << a.tables[i].name;
   }
   EXPECT_EQ(a.dataset_digest, b.dataset_digest);
+  EXPECT_FALSE(fs::exists(back + ".tmp." + dead));
+  EXPECT_FALSE(fs::exists(back + ".tmp." + dead + "-wal"));
   auto m = Manifest::open(back, false);
   EXPECT_EQ(m->count(), 40);
   // Independent of the copy's own column types: every column of every image row, as SQLite text, unchanged.

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 using namespace oboro;
+using oboro::test::dead_pid;
 using oboro::test::error_of;
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -91,13 +92,6 @@ int count_lines(const fs::path& p) {
 }
 
 // A process id that is certainly not alive: a child that has exited and been reaped.
-long dead_pid() {
-  pid_t p = ::fork();
-  if (p == 0) ::_exit(0);
-  ::waitpid(p, nullptr, 0);
-  return (long)p;
-}
-
 }  // namespace
 
 TEST(RunFolder, ResumeAtTheFinalStepWritesTheModelFilesAgain) {

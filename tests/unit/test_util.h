@@ -12,6 +12,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace oboro::test {
@@ -24,6 +25,14 @@ inline std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "(no error)";
+}
+
+// The PID of a process that has just exited (a fork that exits at once, reaped): no process has it, for now.
+inline long dead_pid() {
+  const pid_t p = ::fork();
+  if (p == 0) ::_exit(0);
+  ::waitpid(p, nullptr, 0);
+  return (long)p;
 }
 
 // $TMPDIR/<prefix>_<pid>: created fresh the first time it is asked for in this process.
