@@ -13,6 +13,7 @@ import base64
 import glob
 import json
 import os
+import pathlib
 import shutil
 import socket
 import sys
@@ -96,7 +97,7 @@ class ServeApi(unittest.TestCase):
         self.assertEqual(json.loads(text["oboro_request"])["seed"], 11)
         # Written to the outputs folder (with the same bytes) before the reply.
         files = glob.glob(os.path.join(self.outputs, "*", "*-11.png"))
-        self.assertTrue(any(open(f, "rb").read() == png for f in files), files)
+        self.assertTrue(any(pathlib.Path(f).read_bytes() == png for f in files), files)
 
     def test_same_request_twice_gives_the_same_image(self):
         a = self.post("/sdapi/v1/txt2img", dict(FAST, seed=1234)).json()["images"][0]
