@@ -427,8 +427,12 @@ json read_json_file(const std::string& path, const std::string& what) {
   return parse_json_strict(s.data(), s.data() + s.size(), path, what);
 }
 
+// A shard named by an index: a relative path inside the index's folder, with no control character (a newline in a
+// file name would also split every message that names the file).
 bool shard_name_ok(const std::string& s) {
-  if (s.empty() || s[0] == '/' || s.find('\0') != std::string::npos) return false;
+  if (s.empty() || s[0] == '/') return false;
+  for (unsigned char c : s)
+    if (c < 0x20 || c == 0x7f) return false;
   for (const auto& part : std::filesystem::path(s))
     if (part == "..") return false;
   return true;
@@ -513,7 +517,7 @@ TensorSource TensorSource::open(const std::string& path) {
     std::string shard = e.value().get<std::string>();
     if (!shard_name_ok(shard))
       fail(file, ": tensor ", quote(e.key()), ": shard ", quote(shard),
-           " must be a relative path inside the index's directory (no leading / or ..)");
+           " must be a relative path inside the index's directory (no leading / or .., no control characters)");
     listed[e.key()] = shard;
     auto& u = shard_users[shard];
     if (u.second++ == 0) u.first = e.key();

@@ -8,11 +8,13 @@
 #include "flow/lora_apply.h"
 #include "flow/infotext.h"
 #include "io/image.h"
+#include "io/safetensors.h"
 #include "train/trainer.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -167,4 +169,21 @@ TEST(FuzzRegressions, PromptLoraTagErrorIsOneLine) {
   const std::string e = error_of([&] { oboro::strip_prompt_loras("a cat <lora::5,\nx:0>", found); });
   EXPECT_EQ(e.find('\n'), std::string::npos) << e;
   EXPECT_NE(e.find("names no LoRA"), std::string::npos) << e;
+}
+
+// fuzz_safetensors_sharded (after 102,369 executions of its campaign): an index whose weight_map names a shard with
+// a newline in its file name ("model-00001-of-00003.safet\nsors"): the error naming the shard's path (not found)
+// was two lines. Fixed in src/io/safetensors.cpp (shard_name_ok): a shard name with a control character is refused
+// where the index is read, in one line.
+TEST(FuzzRegressions, ShardNameWithANewlineIsRefusedInOneLine) {
+  const std::filesystem::path dir = oboro::test::process_tmpdir("oboro_fuzzreg") / "sharded";
+  std::filesystem::create_directories(dir);
+  const std::string index = (dir / "model.safetensors.index.json").string();
+  std::ofstream(index) << R"({"weight_map": {"bos_embedder.mlp.0.bias": "model-00001-of-00003.safet\nsors"}})";
+  for (const std::string& e : {error_of([&] { TensorSource::open(index); }),
+                               error_of([&] { TensorSource::open(dir.string()); })}) {
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    EXPECT_NE(e.find("no control characters"), std::string::npos) << e;
+    EXPECT_NE(e.find("model.safetensors.index.json"), std::string::npos) << e;
+  }
 }
