@@ -14,6 +14,8 @@ import argparse, functools, os, shutil, signal, subprocess, sqlite3, sys, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crash"))
 from crash_data import tensor_bytes  # noqa: E402
 from crash_util import temp_files  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from concurrent_ingest import psql, run  # noqa: E402
 
 print = functools.partial(print, flush=True)  # noqa: A001 — lines reach ctest's log in order
 WORKERS = 3
@@ -150,15 +152,6 @@ def cache_content(db, cache_dir):
     if dup:
         broken.append("%d duplicate keys" % dup)
     return content, {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}, broken
-
-
-def run(cmd):
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-
-
-def psql(server, sql):
-    return subprocess.run(["psql", server, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql], check=True,
-                          capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":
